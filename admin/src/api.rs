@@ -1,0 +1,234 @@
+//! The admin HTTP API: translates requests into controller calls and
+//! errors into status codes. It decides nothing itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canopy_proxy::{Endpoint, ReleaseName, ServiceName};
+use http::{Method, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Guard;
+use crate::controller::{Controller, SwitchRequest};
+use crate::error::ApiError;
+
+/// Largest admin request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The OpenAPI 3 description of this API, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The status page served at `GET /`.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Body of `PUT /releases/{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    #[serde(default)]
+    backends: BTreeMap<ServiceName, Vec<Endpoint>>,
+}
+
+/// Body of `POST /switch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    release: ReleaseName,
+    #[serde(default)]
+    expect_generation: Option<u64>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Body of `POST /rollback` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    expect_generation: Option<u64>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// The admin application (one per process), served by a pingora listening service.
+pub struct AdminApi {
+    controller: Arc<Controller>,
+    guard: Guard,
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, v: impl serde::Serialize) -> Self {
+        let mut body = serde_json::to_vec_pretty(&v).expect("serialisable");
+        body.push(b'\n');
+        Self { status, content_type: "application/json", body }
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(e: ApiError) -> Self {
+        Reply::json(e.status(), e.body())
+    }
+}
+
+fn release_name(raw: &str) -> Result<ReleaseName, ApiError> {
+    ReleaseName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn parse_body<T: DeserializeOwned + Default>(body: &[u8], required: bool) -> Result<T, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        if required {
+            return Err(ApiError::BadRequest("request body is empty; a JSON object is required".into()));
+        }
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn query_flag(query: Option<&str>, key: &str) -> Result<Option<bool>, ApiError> {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if k == key {
+            return match v {
+                "true" | "1" => Ok(Some(true)),
+                "false" | "0" => Ok(Some(false)),
+                _ => Err(ApiError::BadRequest(format!("query parameter `{key}` must be true or false"))),
+            };
+        }
+    }
+    Ok(None)
+}
+
+async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ApiError::TooLarge(MAX_BODY));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(ApiError::BadRequest(format!("reading request body: {e}"))),
+        }
+    }
+}
+
+impl AdminApi {
+    /// The API over `controller`, protected by `guard`.
+    pub fn new(controller: Arc<Controller>, guard: Guard) -> Self {
+        Self { controller, guard }
+    }
+
+    async fn handle(&self, s: &mut ServerSession) -> Result<Reply, ApiError> {
+        let req = s.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let public = method == Method::GET && matches!(path.as_str(), "/healthz" | "/" | "/openapi.json");
+        self.guard.check(req, public)?;
+        let actor = self.guard.actor(req, s.client_addr());
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let c = &self.controller;
+        let not_allowed = || ApiError::MethodNotAllowed { method: method.to_string(), path: path.clone() };
+        let reply = match (segments.as_slice(), &method) {
+            ([""], &Method::GET) => Reply { status: 200, content_type: "text/html; charset=utf-8", body: STATUS_PAGE.into() },
+            (["healthz"], &Method::GET) => {
+                let st = c.status().await;
+                Reply::json(200, json!({"status": "ok", "live": st.live, "generation": st.generation}))
+            }
+            (["status"], &Method::GET) => Reply::json(200, c.status().await),
+            (["releases"], &Method::GET) => Reply::json(200, c.status().await.releases),
+            (["events"], &Method::GET) => Reply::json(200, c.events().await),
+            (["metrics"], &Method::GET) => Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: c.metrics_text().await.into_bytes(),
+            },
+            (["openapi.json"], &Method::GET) => Reply { status: 200, content_type: "application/json", body: OPENAPI.into() },
+            (["releases", name], &Method::GET) => {
+                let name = release_name(name)?;
+                let st = c.status().await;
+                let r = st.releases.into_iter().find(|r| r.name == name);
+                Reply::json(200, r.ok_or(ApiError::NotFound { kind: "release", name: name.to_string() })?)
+            }
+            (["releases", name], &Method::PUT) => {
+                let name = release_name(name)?;
+                let body: RegisterBody = parse_body(&read_body(s).await?, false)?;
+                let (view, created) = c.register(name, body.backends, &actor).await?;
+                Reply::json(if created { 201 } else { 200 }, view)
+            }
+            (["releases", name], &Method::DELETE) => {
+                let name = release_name(name)?;
+                Reply::json(200, c.retire(&name, &actor).await?)
+            }
+            (["releases", name, "check"], &Method::POST) => {
+                let name = release_name(name)?;
+                Reply::json(200, c.check(&name).await?)
+            }
+            (["switch"], &Method::POST) => {
+                let body: SwitchBodyOpt = parse_body(&read_body(s).await?, true)?;
+                let body = body.0.expect("required body");
+                let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
+                let req = SwitchRequest { release: body.release, expect_generation: body.expect_generation, force };
+                Reply::json(200, c.switch(req, &actor).await?)
+            }
+            (["rollback"], &Method::POST) => {
+                let body: RollbackBody = parse_body(&read_body(s).await?, false)?;
+                let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
+                Reply::json(200, c.rollback(body.expect_generation, force, &actor).await?)
+            }
+            ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"]
+            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"], _) => return Err(not_allowed()),
+            _ => return Err(ApiError::NotFound { kind: "path", name: path.clone() }),
+        };
+        Ok(reply)
+    }
+}
+
+/// `SwitchBody` behind an Option so `parse_body` can require it.
+#[derive(Debug, Default)]
+struct SwitchBodyOpt(Option<SwitchBody>);
+
+impl<'de> Deserialize<'de> for SwitchBodyOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SwitchBody::deserialize(d).map(|b| SwitchBodyOpt(Some(b)))
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let reply = match self.handle(s).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status() >= 500 {
+                    log::error!("admin {} {}: {e}", s.req_header().method, s.req_header().uri.path());
+                }
+                e.into()
+            }
+        };
+        let mut b = Response::builder()
+            .status(reply.status)
+            .header("content-type", reply.content_type)
+            .header("content-length", reply.body.len())
+            .header("cache-control", "no-store")
+            .header("x-content-type-options", "nosniff")
+            .header("x-frame-options", "DENY");
+        if reply.status == 401 {
+            b = b.header("www-authenticate", "Bearer realm=\"canopy\"");
+        }
+        b.body(reply.body).expect("valid response")
+    }
+}

@@ -1,0 +1,456 @@
+//! The controller: turns commands into validated, persisted, published
+//! state. Switch = validate -> persist -> flip -> reply; on any failure
+//! nothing changes. Also retires releases (drain, hooks) and runs the
+//! validation-window timer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use canopy_proxy::{Release, ReleaseName, ReleaseTable, Snapshot, Topology};
+use serde::Serialize;
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use crate::checks::{run_program, substitute, Attempt};
+use crate::error::ApiError;
+use crate::metrics::ControlMetrics;
+use crate::persist;
+use crate::report::Report;
+use crate::state::{BackendMap, Command, Event, Previous, State};
+use crate::validate::{Mode, Validator};
+use crate::view::{release_view, ReleaseView, StatusView};
+
+/// Control-plane settings, from `[admin]` and `[releases]` in proxy.toml.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Where the durable state lives.
+    pub state_file: PathBuf,
+    /// How long the previous release stays warm after a flip.
+    pub validation_window: Duration,
+    /// How long a retirement waits for in-flight requests before running hooks anyway.
+    pub drain_timeout: Duration,
+    /// Commands run (argv, `{release}` substituted) after a release is drained.
+    pub retire_hooks: Vec<Vec<String>>,
+    /// Limit for each retire hook.
+    pub hook_timeout: Duration,
+    /// Whether `x-canopy-release` request headers select registered releases.
+    pub preview: bool,
+}
+
+/// How the state is seeded when no state file exists.
+#[derive(Debug, Clone, Default)]
+pub struct Seed {
+    /// Release made live on first start.
+    pub initial: Option<ReleaseName>,
+    /// Releases registered on first start, with explicit backends.
+    pub releases: BTreeMap<ReleaseName, BackendMap>,
+}
+
+/// A `POST /switch` request.
+#[derive(Debug, Clone)]
+pub struct SwitchRequest {
+    /// Target release.
+    pub release: ReleaseName,
+    /// Refuse unless the generation is still this.
+    pub expect_generation: Option<u64>,
+    /// Skip validation.
+    pub force: bool,
+}
+
+/// The reply to a successful switch or rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlipReply {
+    /// Live release now.
+    pub live: ReleaseName,
+    /// Release live before (now warm until `retire_at`).
+    pub previous: Option<Previous>,
+    /// Generation now.
+    pub generation: u64,
+    /// Validation was skipped on request.
+    pub forced: bool,
+    /// The validation report (absent when forced).
+    pub report: Option<Report>,
+    /// Validation + persist + flip, in milliseconds.
+    pub duration_ms: f64,
+}
+
+/// What a retire hook did.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookResult {
+    /// The command run.
+    pub argv: Vec<String>,
+    /// Exit 0 within the timeout.
+    pub passed: bool,
+    /// Exit status or why it failed.
+    pub reason: String,
+    /// Captured output (truncated).
+    pub output: Option<String>,
+}
+
+/// The reply to a retirement.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetireReply {
+    /// The retired release.
+    pub release: ReleaseName,
+    /// All in-flight requests finished before the hooks ran.
+    pub drained: bool,
+    /// Requests still in flight when the drain timeout ended.
+    pub inflight_left: i64,
+    /// Hook results, in order.
+    pub hooks: Vec<HookResult>,
+}
+
+/// The control plane's single owner of state.
+pub struct Controller {
+    table: Arc<ReleaseTable>,
+    topology: Arc<Topology>,
+    validator: Validator,
+    settings: ControlSettings,
+    state: Mutex<State>,
+    flip: Mutex<()>,
+    wake: Notify,
+    metrics: ControlMetrics,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn resolve(
+    topology: &Topology,
+    table: &ReleaseTable,
+    name: &ReleaseName,
+    backends: &BackendMap,
+) -> Result<Arc<Release>, ApiError> {
+    Release::resolve(topology, name.clone(), backends.clone(), table.stats())
+        .await
+        .map(Arc::new)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+impl Controller {
+    /// Loads the state file (or seeds a first state and writes it), resolves
+    /// every release and publishes the first snapshot. A corrupt state file
+    /// is an error naming it: canopy must not start without its live release.
+    pub async fn start(
+        table: Arc<ReleaseTable>,
+        validator: Validator,
+        settings: ControlSettings,
+        seed: Seed,
+    ) -> Result<Self, ApiError> {
+        let topology = table.load().topology().clone();
+        let state = match persist::load(&settings.state_file)? {
+            Some(s) => s,
+            None => {
+                let mut s = State::empty();
+                let now = now_ms();
+                let mut seeds = seed.releases.clone();
+                if let Some(initial) = &seed.initial {
+                    seeds.entry(initial.clone()).or_default();
+                }
+                for (name, backends) in seeds {
+                    s = s.apply(Command::Register { name, backends }, now, "canopy (config)")?;
+                }
+                if let Some(initial) = seed.initial {
+                    let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0 };
+                    s = s.apply(cmd, now, "canopy (initial)")?;
+                }
+                persist::store(&settings.state_file, &s)?;
+                s
+            }
+        };
+        let resolving = state.releases.iter().map(|(n, r)| resolve(&topology, &table, n, &r.backends));
+        let releases = futures_util::future::try_join_all(resolving).await?;
+        {
+            let _w = table.write_lock();
+            table.store(Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), settings.preview));
+        }
+        let metrics = ControlMetrics::new(validator.checks());
+        Ok(Self {
+            table,
+            topology,
+            validator,
+            settings,
+            state: Mutex::new(state),
+            flip: Mutex::new(()),
+            wake: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Persists `next`, then publishes a snapshot with `upsert` added (or
+    /// replacing its namesake) and `remove` dropped, then adopts `next`.
+    /// If the write fails nothing is published and the old state stays.
+    fn commit(
+        &self,
+        guard: &mut MutexGuard<'_, State>,
+        next: State,
+        upsert: Option<Arc<Release>>,
+        remove: Option<&ReleaseName>,
+    ) -> Result<(), ApiError> {
+        persist::store(&self.settings.state_file, &next)?;
+        {
+            let _w = self.table.write_lock();
+            let cur = self.table.load();
+            let mut releases: Vec<Arc<Release>> = cur
+                .releases()
+                .iter()
+                .filter(|r| Some(r.name()) != remove && upsert.as_ref().is_none_or(|u| u.name() != r.name()))
+                .cloned()
+                .collect();
+            releases.extend(upsert);
+            self.table.store(Snapshot::new(
+                next.generation,
+                self.topology.clone(),
+                releases,
+                next.live.as_ref(),
+                self.settings.preview,
+            ));
+        }
+        **guard = next;
+        Ok(())
+    }
+
+    fn release(&self, name: &ReleaseName) -> Result<Arc<Release>, ApiError> {
+        self.table.load().find(name).cloned().ok_or_else(|| ApiError::NotFound { kind: "release", name: name.to_string() })
+    }
+
+    async fn run_validation(&self, release: &Release, mode: Mode) -> Report {
+        let report = self.validator.validate(&self.topology, release, mode, now_ms()).await;
+        self.metrics.record_checks(&report);
+        report
+    }
+
+    fn refusal_event(&self, st: &State, action: &str, actor: &str, to: Option<ReleaseName>, result: &str, detail: String) -> Event {
+        Event {
+            at: now_ms(),
+            action: action.into(),
+            actor: actor.into(),
+            from: st.live.clone(),
+            to,
+            result: result.into(),
+            forced: false,
+            generation: st.generation,
+            detail,
+        }
+    }
+
+    /// Registers (or re-registers with new backends) a release. Returns its
+    /// view and whether it was new. Unresolvable hosts are reported in the view,
+    /// not refused: containers may start after they are registered.
+    pub async fn register(&self, name: ReleaseName, backends: BackendMap, actor: &str) -> Result<(ReleaseView, bool), ApiError> {
+        for svc in backends.keys() {
+            if self.topology.service_index(svc).is_none() {
+                let known: Vec<&str> = self.topology.services().iter().map(|s| s.name.as_str()).collect();
+                return Err(ApiError::BadRequest(format!("unknown service `{svc}` (known: {})", known.join(", "))));
+            }
+        }
+        if let Some((svc, _)) = backends.iter().find(|(_, v)| v.is_empty()) {
+            return Err(ApiError::BadRequest(format!("service `{svc}` has an empty backend list")));
+        }
+        let release = resolve(&self.topology, &self.table, &name, &backends).await?;
+        let mut st = self.state.lock().await;
+        let created = !st.releases.contains_key(&name);
+        let next = st.apply(Command::Register { name: name.clone(), backends }, now_ms(), actor)?;
+        self.commit(&mut st, next, Some(release.clone()), None)?;
+        let view = release_view(&st, &release, &self.topology);
+        Ok((view, created))
+    }
+
+    /// Runs full validation of a registered release and remembers the report.
+    pub async fn check(&self, name: &ReleaseName) -> Result<Report, ApiError> {
+        let release = self.release(name)?;
+        let report = self.run_validation(&release, Mode::Full).await;
+        let mut st = self.state.lock().await;
+        if let Ok(next) = st.apply(Command::RecordCheck { report: report.clone() }, now_ms(), "") {
+            self.commit(&mut st, next, None, None)?;
+        }
+        Ok(report)
+    }
+
+    /// Validates `req.release` (unless forced), then persists and flips.
+    pub async fn switch(&self, req: SwitchRequest, actor: &str) -> Result<FlipReply, ApiError> {
+        let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
+        let started = Instant::now();
+        let window_ms = self.settings.validation_window.as_millis() as u64;
+        let cmd = Command::Switch {
+            to: req.release.clone(),
+            expect_generation: req.expect_generation,
+            forced: req.force,
+            window_ms,
+        };
+        self.state.lock().await.precheck(&cmd).inspect_err(|_| self.metrics.switch("refused"))?;
+        let release = self.release(&req.release)?;
+        let report = if req.force { None } else { Some(self.run_validation(&release, Mode::Full).await) };
+        let result = self.flip_commit(cmd, report, "switch", actor, Some(req.release), started).await;
+        self.metrics.switch(match &result {
+            Ok(_) => "ok",
+            Err(ApiError::Persist(_)) => "failed",
+            Err(_) => "refused",
+        });
+        result
+    }
+
+    /// Re-checks the previous release quickly (unless forced), then flips back to it.
+    pub async fn rollback(&self, expect_generation: Option<u64>, force: bool, actor: &str) -> Result<FlipReply, ApiError> {
+        let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
+        let started = Instant::now();
+        let window_ms = self.settings.validation_window.as_millis() as u64;
+        let cmd = Command::Rollback { expect_generation, forced: force, window_ms };
+        let target = {
+            let st = self.state.lock().await;
+            st.precheck(&cmd).inspect_err(|_| self.metrics.rollback("refused"))?;
+            st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked")
+        };
+        let release = self.release(&target)?;
+        let report = if force { None } else { Some(self.run_validation(&release, Mode::Quick).await) };
+        let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), started).await;
+        self.metrics.rollback(match &result {
+            Ok(_) => "ok",
+            Err(ApiError::Persist(_)) => "failed",
+            Err(_) => "refused",
+        });
+        result
+    }
+
+    async fn flip_commit(
+        &self,
+        cmd: Command,
+        report: Option<Report>,
+        action: &str,
+        actor: &str,
+        to: Option<ReleaseName>,
+        started: Instant,
+    ) -> Result<FlipReply, ApiError> {
+        let forced = report.is_none();
+        let mut st = self.state.lock().await;
+        if let Some(r) = report.as_ref().filter(|r| !r.passed) {
+            // Refused: remember the report and the refusal, leave live alone.
+            let event = self.refusal_event(&st, action, actor, to, "refused", r.summary());
+            let next = st
+                .apply(Command::RecordCheck { report: r.clone() }, now_ms(), actor)
+                .and_then(|s| s.apply(Command::Audit { event }, now_ms(), actor));
+            if let Ok(next) = next {
+                if let Err(e) = self.commit(&mut st, next, None, None) {
+                    log::error!("recording refused {action}: {e}");
+                }
+            }
+            log::warn!("{action} refused: {}", r.summary());
+            return Err(ApiError::Validation(Box::new(r.clone())));
+        }
+        let mut next = st.apply(cmd, now_ms(), actor)?;
+        if let Some(r) = &report {
+            next = next.apply(Command::RecordCheck { report: r.clone() }, now_ms(), actor)?;
+        }
+        if let Err(e) = self.commit(&mut st, next, None, None) {
+            log::error!("{action} failed: {e}");
+            return Err(e);
+        }
+        let duration = started.elapsed();
+        self.metrics.flipped(duration);
+        if forced {
+            log::warn!("{action} to {} FORCED by {actor}: validation skipped", st.live.as_ref().map_or("-", |l| l.as_str()));
+        } else {
+            log::info!("{action} to {} by {actor} in {duration:?}", st.live.as_ref().map_or("-", |l| l.as_str()));
+        }
+        self.wake.notify_one();
+        Ok(FlipReply {
+            live: st.live.clone().expect("a flip sets live"),
+            previous: st.previous.clone(),
+            generation: st.generation,
+            forced,
+            report,
+            duration_ms: duration.as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Retires a release: drop it from the table (no new requests), wait for
+    /// its in-flight requests (bounded by the drain timeout), run the retire
+    /// hooks (each bounded), forget its counters. Refused for the live release.
+    pub async fn retire(&self, name: &ReleaseName, actor: &str) -> Result<RetireReply, ApiError> {
+        let stats = self.release(name)?.stats().clone();
+        {
+            let mut st = self.state.lock().await;
+            let next = st.apply(Command::Retire { name: name.clone() }, now_ms(), actor)?;
+            self.commit(&mut st, next, None, Some(name))?;
+        }
+        self.wake.notify_one();
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        while stats.inflight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let inflight_left = stats.inflight().max(0);
+        let mut hooks = Vec::new();
+        for argv in &self.settings.retire_hooks {
+            let argv = substitute(argv, name, None);
+            let Attempt { passed, reason, output } = run_program(&argv, self.settings.hook_timeout).await;
+            if !passed {
+                log::error!("retire hook {argv:?} for {name} failed: {reason}");
+            }
+            hooks.push(HookResult { argv, passed, reason, output });
+        }
+        self.table.stats().forget(name);
+        if !hooks.is_empty() {
+            let failed = hooks.iter().filter(|h| !h.passed).count();
+            let mut st = self.state.lock().await;
+            let detail = format!("{} hook(s), {failed} failed; drained: {}", hooks.len(), inflight_left == 0);
+            let result = if failed == 0 { "ok" } else { "failed" };
+            let event = self.refusal_event(&st, "retire-hooks", actor, Some(name.clone()), result, detail);
+            if let Ok(next) = st.apply(Command::Audit { event }, now_ms(), actor) {
+                let _ = self.commit(&mut st, next, None, None);
+            }
+        }
+        log::info!("retired {name} (drained: {})", inflight_left == 0);
+        Ok(RetireReply { release: name.clone(), drained: inflight_left == 0, inflight_left, hooks })
+    }
+
+    /// Retires the previous release when its validation window ends. Runs
+    /// until `shutdown` flips; woken early by every state change.
+    pub async fn run_window_timer(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let due = self.state.lock().await.previous.clone();
+            let sleep = match &due {
+                Some(p) => Duration::from_millis(p.retire_at.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {
+                    let Some(p) = due else { continue };
+                    let still = self.state.lock().await.previous.as_ref() == Some(&p);
+                    if still {
+                        log::info!("validation window of {} ended; retiring it", p.release);
+                        if let Err(e) = self.retire(&p.release, "canopy (validation window)").await {
+                            log::error!("automatic retire of {}: {e}", p.release);
+                        }
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// The status document: live, previous, generation, every release.
+    pub async fn status(&self) -> StatusView {
+        let st = self.state.lock().await.clone();
+        let snap = self.table.load();
+        StatusView::build(&st, &snap, &self.topology, self.flip.try_lock().is_err())
+    }
+
+    /// The audit log, newest last.
+    pub async fn events(&self) -> Vec<Event> {
+        self.state.lock().await.events.iter().cloned().collect()
+    }
+
+    /// Prometheus text for control-plane, data-plane and process metrics.
+    pub async fn metrics_text(&self) -> String {
+        let live = self.state.lock().await.live.clone();
+        let mut out = String::with_capacity(16 * 1024);
+        self.metrics.render(&mut out, live.as_ref());
+        self.table.stats().render(&mut out);
+        crate::metrics::render_process(&mut out);
+        out
+    }
+}

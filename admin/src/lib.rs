@@ -1,0 +1,42 @@
+//! canopy-admin: the control plane. Admin HTTP API, validation checks, the
+//! switch/rollback/retire state machine and the durable state file.
+//!
+//! Endpoints (JSON unless noted; errors are `{"error": ...}` with 400, 401,
+//! 403, 404, 405, 409, 413, 422 or 500):
+//! - `GET /` — status page (HTML)
+//! - `GET /healthz` — the proxy itself is up (no token needed)
+//! - `GET /status` — live, previous, generation, releases with backends and state
+//! - `GET /releases`, `GET /releases/{name}` — registered releases
+//! - `PUT /releases/{name}` — register, body `{"backends": {"server": ["host:port"]}}` (optional)
+//! - `POST /releases/{name}/check` — run validation, return the report
+//! - `POST /switch` — `{"release": "elm", "expect_generation": 3, "force": false}`; `?force=true`
+//! - `POST /rollback` — `{"expect_generation": 4, "force": false}` (optional); `?force=true`
+//! - `DELETE /releases/{name}` — retire (drain, hooks); refused for the live release
+//! - `GET /events` — audit log
+//! - `GET /metrics` — Prometheus text
+//! - `GET /openapi.json` — this API as OpenAPI 3
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod api;
+mod auth;
+mod checks;
+mod controller;
+mod error;
+mod metrics;
+mod persist;
+mod report;
+mod state;
+mod validate;
+mod view;
+
+pub use api::{AdminApi, MAX_BODY, OPENAPI};
+pub use auth::Guard;
+pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
+pub use controller::{now_ms, ControlSettings, Controller, FlipReply, HookResult, RetireReply, Seed, SwitchRequest};
+pub use error::ApiError;
+pub use persist::{load as load_state, store as store_state, PersistError};
+pub use report::{CheckResult, Report};
+pub use state::{BackendMap, Command, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
+pub use validate::{Mode, Validator};
+pub use view::{PreviousView, ReleaseView, ServiceView, StatusView};

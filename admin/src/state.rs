@@ -1,0 +1,403 @@
+//! The control state and its pure state machine: `State::apply(Command)`.
+//! No I/O here: handlers translate requests into commands, the controller
+//! persists and publishes what `apply` returns.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use canopy_proxy::{Endpoint, ReleaseName, ServiceName};
+use serde::{Deserialize, Serialize};
+
+use crate::report::Report;
+
+/// Version of the state file format written by this build.
+pub const STATE_VERSION: u32 = 1;
+/// Audit events kept (oldest dropped first).
+pub const MAX_EVENTS: usize = 200;
+
+/// Milliseconds since the Unix epoch (the state's clock; passed in, never read here).
+pub type UnixMillis = u64;
+
+/// Explicit backends per service; services absent use the address template.
+pub type BackendMap = BTreeMap<ServiceName, Vec<Endpoint>>;
+
+/// One registered release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRecord {
+    /// Explicit backends (may be empty: all from the template).
+    #[serde(default)]
+    pub backends: BackendMap,
+    /// When it was first registered.
+    pub registered_at: UnixMillis,
+    /// The last validation report, if it was ever checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<Report>,
+}
+
+/// The release that was live before the last flip, kept warm until `retire_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Previous {
+    /// Its name.
+    pub release: ReleaseName,
+    /// When the validation window ends and it is retired automatically.
+    pub retire_at: UnixMillis,
+}
+
+/// One audit log entry: who did what, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// When it happened.
+    pub at: UnixMillis,
+    /// `switch`, `rollback`, `retire` or `register`.
+    pub action: String,
+    /// Who asked (from the admin request), or `canopy` for automatic actions.
+    pub actor: String,
+    /// Live release before.
+    #[serde(default)]
+    pub from: Option<ReleaseName>,
+    /// Release acted on (switch target, retired release...).
+    #[serde(default)]
+    pub to: Option<ReleaseName>,
+    /// `ok`, `refused` or `failed`.
+    pub result: String,
+    /// Validation skipped on request.
+    #[serde(default)]
+    pub forced: bool,
+    /// Generation after the action.
+    pub generation: u64,
+    /// Short summary (failed checks, reason).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Everything that must survive a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// File format version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Bumped by every flip (switch or rollback).
+    pub generation: u64,
+    /// The release serving traffic.
+    pub live: Option<ReleaseName>,
+    /// The release that was live before, while its validation window runs.
+    pub previous: Option<Previous>,
+    /// Every registered release.
+    pub releases: BTreeMap<ReleaseName, ReleaseRecord>,
+    /// Audit log, newest last.
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+}
+
+/// A change to the control state.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Register a release, or replace the backends of a registered one.
+    Register {
+        /// The release.
+        name: ReleaseName,
+        /// Its explicit backends.
+        backends: BackendMap,
+    },
+    /// Make `to` live; the current live release becomes `previous`.
+    Switch {
+        /// The release to make live.
+        to: ReleaseName,
+        /// Refuse unless the generation is still this.
+        expect_generation: Option<u64>,
+        /// Validation was skipped.
+        forced: bool,
+        /// How long the old live release stays warm.
+        window_ms: u64,
+    },
+    /// Make `previous` live again; the current live release becomes `previous`.
+    Rollback {
+        /// Refuse unless the generation is still this.
+        expect_generation: Option<u64>,
+        /// Validation was skipped.
+        forced: bool,
+        /// How long the release rolled back from stays warm.
+        window_ms: u64,
+    },
+    /// Drop a release (never the live one).
+    Retire {
+        /// The release.
+        name: ReleaseName,
+    },
+    /// Remember the last validation report of a release.
+    RecordCheck {
+        /// The report (names its release).
+        report: Report,
+    },
+    /// Append an audit entry only (refusals and failures).
+    Audit {
+        /// The entry.
+        event: Event,
+    },
+}
+
+/// Why a command was refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The named release is not registered.
+    #[error("release `{name}` is not registered")]
+    NotFound {
+        /// The name asked for.
+        name: ReleaseName,
+    },
+    /// The release asked for is already live.
+    #[error("release `{name}` is already live")]
+    AlreadyLive {
+        /// The live release.
+        name: ReleaseName,
+    },
+    /// The caller's view is out of date.
+    #[error("stale generation: expected {expected}, current is {current}")]
+    StaleGeneration {
+        /// What the caller expected.
+        expected: u64,
+        /// The current generation.
+        current: u64,
+    },
+    /// Rollback with nothing to roll back to.
+    #[error("nothing to roll back to: no previous release is warm")]
+    NoPrevious,
+    /// The live release cannot be retired.
+    #[error("release `{name}` is live; switch to another release before retiring it")]
+    RetireLive {
+        /// The live release.
+        name: ReleaseName,
+    },
+}
+
+impl State {
+    /// The state of a fresh install: nothing registered.
+    pub fn empty() -> Self {
+        Self {
+            version: STATE_VERSION,
+            generation: 0,
+            live: None,
+            previous: None,
+            releases: BTreeMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn check_generation(&self, expect: Option<u64>) -> Result<(), StateError> {
+        match expect {
+            Some(e) if e != self.generation => {
+                Err(StateError::StaleGeneration { expected: e, current: self.generation })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn require(&self, name: &ReleaseName) -> Result<(), StateError> {
+        if self.releases.contains_key(name) {
+            Ok(())
+        } else {
+            Err(StateError::NotFound { name: name.clone() })
+        }
+    }
+
+    /// Checks whether `cmd` would be accepted, without building the new state.
+    pub fn precheck(&self, cmd: &Command) -> Result<(), StateError> {
+        match cmd {
+            Command::Register { .. } | Command::Audit { .. } => Ok(()),
+            Command::Switch { to, expect_generation, .. } => {
+                self.check_generation(*expect_generation)?;
+                self.require(to)?;
+                if self.live.as_ref() == Some(to) {
+                    return Err(StateError::AlreadyLive { name: to.clone() });
+                }
+                Ok(())
+            }
+            Command::Rollback { expect_generation, .. } => {
+                self.check_generation(*expect_generation)?;
+                match &self.previous {
+                    Some(p) if self.releases.contains_key(&p.release) => Ok(()),
+                    _ => Err(StateError::NoPrevious),
+                }
+            }
+            Command::Retire { name } => {
+                self.require(name)?;
+                if self.live.as_ref() == Some(name) {
+                    return Err(StateError::RetireLive { name: name.clone() });
+                }
+                Ok(())
+            }
+            Command::RecordCheck { report } => self.require(&report.release),
+        }
+    }
+
+    /// Applies `cmd` at time `now`, returning the new state (or why not).
+    /// `actor` is recorded in the audit log for flips and retirements.
+    pub fn apply(&self, cmd: Command, now: UnixMillis, actor: &str) -> Result<State, StateError> {
+        self.precheck(&cmd)?;
+        let mut next = self.clone();
+        match cmd {
+            Command::Register { name, backends } => {
+                let registered_at =
+                    self.releases.get(&name).map_or(now, |r| r.registered_at);
+                let last_check = None; // new backends invalidate the last report
+                next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check });
+                next.push(now, "register", actor, None, Some(name), false, String::new());
+            }
+            Command::Switch { to, forced, window_ms, .. } => {
+                let from = next.live.replace(to.clone());
+                next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
+                next.generation += 1;
+                next.push(now, "switch", actor, from, Some(to), forced, String::new());
+            }
+            Command::Rollback { forced, window_ms, .. } => {
+                let prev = next.previous.take().expect("prechecked").release;
+                let from = next.live.replace(prev.clone());
+                next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
+                next.generation += 1;
+                next.push(now, "rollback", actor, from, Some(prev), forced, String::new());
+            }
+            Command::Retire { name } => {
+                next.releases.remove(&name);
+                if next.previous.as_ref().is_some_and(|p| p.release == name) {
+                    next.previous = None;
+                }
+                let live = next.live.clone();
+                next.push(now, "retire", actor, live, Some(name), false, String::new());
+            }
+            Command::RecordCheck { report } => {
+                let rec = next.releases.get_mut(&report.release).expect("prechecked");
+                rec.last_check = Some(report);
+            }
+            Command::Audit { event } => next.push_event(event),
+        }
+        Ok(next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        at: UnixMillis,
+        action: &str,
+        actor: &str,
+        from: Option<ReleaseName>,
+        to: Option<ReleaseName>,
+        forced: bool,
+        detail: String,
+    ) {
+        let generation = self.generation;
+        self.push_event(Event {
+            at,
+            action: action.into(),
+            actor: actor.into(),
+            from,
+            to,
+            result: "ok".into(),
+            forced,
+            generation,
+            detail,
+        });
+    }
+
+    fn push_event(&mut self, e: Event) {
+        self.events.push_back(e);
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> ReleaseName {
+        ReleaseName::parse(s).unwrap()
+    }
+
+    fn reg(s: State, name: &str) -> State {
+        s.apply(Command::Register { name: n(name), backends: BackendMap::new() }, 1, "t").unwrap()
+    }
+
+    fn switch(to: &str, expect: Option<u64>) -> Command {
+        Command::Switch { to: n(to), expect_generation: expect, forced: false, window_ms: 1000 }
+    }
+
+    fn two() -> State {
+        let s = reg(reg(State::empty(), "juniper"), "elm");
+        s.apply(switch("juniper", None), 10, "t").unwrap()
+    }
+
+    #[test]
+    fn switch_moves_live_and_keeps_previous_warm() {
+        let s = two().apply(switch("elm", Some(1)), 100, "ops").unwrap();
+        assert_eq!(s.live, Some(n("elm")));
+        assert_eq!(s.previous, Some(Previous { release: n("juniper"), retire_at: 1100 }));
+        assert_eq!(s.generation, 2);
+        let e = s.events.back().unwrap();
+        assert_eq!((e.action.as_str(), e.actor.as_str(), e.result.as_str()), ("switch", "ops", "ok"));
+        assert_eq!((e.from.clone(), e.to.clone()), (Some(n("juniper")), Some(n("elm"))));
+    }
+
+    #[test]
+    fn refusals_leave_state_alone() {
+        let s = two();
+        assert_eq!(s.apply(switch("oak", None), 5, "t"), Err(StateError::NotFound { name: n("oak") }));
+        assert_eq!(s.apply(switch("juniper", None), 5, "t"), Err(StateError::AlreadyLive { name: n("juniper") }));
+        assert_eq!(
+            s.apply(switch("elm", Some(0)), 5, "t"),
+            Err(StateError::StaleGeneration { expected: 0, current: 1 })
+        );
+        assert_eq!(s.apply(Command::Retire { name: n("juniper") }, 5, "t"), Err(StateError::RetireLive { name: n("juniper") }));
+        let fresh = reg(State::empty(), "elm");
+        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0 };
+        assert_eq!(fresh.apply(rb, 5, "t"), Err(StateError::NoPrevious));
+    }
+
+    #[test]
+    fn rollback_swaps_live_and_previous() {
+        let s = two().apply(switch("elm", None), 100, "t").unwrap();
+        let rb = Command::Rollback { expect_generation: Some(2), forced: false, window_ms: 50 };
+        let r = s.apply(rb, 200, "t").unwrap();
+        assert_eq!(r.live, Some(n("juniper")));
+        assert_eq!(r.previous, Some(Previous { release: n("elm"), retire_at: 250 }));
+        assert_eq!(r.generation, 3);
+    }
+
+    #[test]
+    fn retiring_previous_clears_it() {
+        let s = two().apply(switch("elm", None), 100, "t").unwrap();
+        let r = s.apply(Command::Retire { name: n("juniper") }, 200, "t").unwrap();
+        assert!(r.previous.is_none());
+        assert!(!r.releases.contains_key(&n("juniper")));
+        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0 };
+        assert_eq!(r.apply(rb, 300, "t"), Err(StateError::NoPrevious));
+    }
+
+    #[test]
+    fn reregistering_keeps_registration_time_and_drops_report() {
+        let s = reg(State::empty(), "elm");
+        let mut b = BackendMap::new();
+        b.insert(ServiceName::parse("server").unwrap(), vec![Endpoint::parse("127.0.0.1:1").unwrap()]);
+        let s2 = s.apply(Command::Register { name: n("elm"), backends: b.clone() }, 99, "t").unwrap();
+        assert_eq!(s2.releases[&n("elm")].registered_at, 1);
+        assert_eq!(s2.releases[&n("elm")].backends, b);
+    }
+
+    #[test]
+    fn audit_log_is_bounded() {
+        let mut s = State::empty();
+        for i in 0..(MAX_EVENTS + 10) {
+            s = reg(s, if i % 2 == 0 { "elm" } else { "oak" });
+        }
+        assert_eq!(s.events.len(), MAX_EVENTS);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let s = two();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    }
+}

@@ -1,0 +1,88 @@
+//! Optional access log: one JSON line per request, written by a background
+//! thread so the request path never blocks on I/O (lines are dropped, and
+//! counted, if the writer falls behind).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines buffered between request threads and the writer before dropping.
+const QUEUE: usize = 16 * 1024;
+
+/// What one access log line says.
+pub struct AccessRecord<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Request path (no query string: it may carry tokens).
+    pub path: &'a str,
+    /// Release that served the request.
+    pub release: &'a str,
+    /// Service the request was routed to.
+    pub service: &'a str,
+    /// Status sent downstream (0 if none).
+    pub status: u16,
+    /// Time from arrival to end of response.
+    pub duration: Duration,
+    /// The backend of the last attempt.
+    pub upstream: Option<SocketAddr>,
+    /// Connection attempts made.
+    pub attempts: usize,
+}
+
+/// Handle to the access log writer; cheap to share.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread over `sink` (a file or stdout).
+    pub fn start(sink: Box<dyn Write + Send>) -> Self {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("canopy-access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(sink);
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // drain what is queued, then flush once
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            })
+            .expect("spawn access log thread");
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Queues one line; never blocks.
+    pub fn write(&self, r: &AccessRecord<'_>) {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let line = serde_json::json!({
+            "ts": ts,
+            "method": r.method,
+            "path": r.path,
+            "release": r.release,
+            "service": r.service,
+            "status": r.status,
+            "duration_ms": r.duration.as_secs_f64() * 1e3,
+            "upstream": r.upstream.map(|a| a.to_string()),
+            "attempts": r.attempts,
+        })
+        .to_string()
+            + "\n";
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Lines dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+}

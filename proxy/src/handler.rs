@@ -1,0 +1,293 @@
+//! The pingora `ProxyHttp` implementation: load the snapshot once, route,
+//! pick a backend of the chosen release, forward, tag the response, count.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::routing::request_host;
+use crate::snapshot::{Miss, Snapshot, Target};
+use crate::stats::UpstreamErrorKind;
+use crate::table::ReleaseTable;
+
+/// Header naming the release: set on every response, and read from requests
+/// to preview a registered release.
+pub const RELEASE_HEADER: &str = "x-canopy-release";
+
+/// Data-plane tunables, from `[proxy]` in proxy.toml.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Time allowed to establish a TCP connection to a backend (then retry or 502).
+    pub connect_timeout: Duration,
+    /// Time allowed between bytes from the upstream while waiting for or reading
+    /// its response (then 504 if nothing was sent yet).
+    pub upstream_timeout: Duration,
+    /// Extra attempts on other backends of the same release after a connect failure.
+    pub max_retries: usize,
+    /// How long idle upstream keep-alive connections stay pooled.
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(60),
+            max_retries: 2,
+            upstream_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The proxy logic; one instance serves every request of the proxy service.
+pub struct CanopyProxy {
+    table: Arc<ReleaseTable>,
+    settings: ProxySettings,
+    access_log: Option<AccessLog>,
+}
+
+/// Per-request state: the snapshot loaded on arrival (kept through retries),
+/// the routing decision and the bookkeeping for metrics.
+#[derive(Default)]
+pub struct RequestCtx {
+    snapshot: Option<Arc<Snapshot>>,
+    target: Option<Target>,
+    rr_start: usize,
+    attempts: usize,
+    started: Option<Instant>,
+    failure: Option<UpstreamErrorKind>,
+    upstream: Option<std::net::SocketAddr>,
+}
+
+impl RequestCtx {
+    fn release(&self) -> Option<(&Snapshot, Target)> {
+        Some((self.snapshot.as_deref()?, self.target?))
+    }
+}
+
+impl CanopyProxy {
+    /// Builds the proxy over a shared release table.
+    pub fn new(table: Arc<ReleaseTable>, settings: ProxySettings, access_log: Option<AccessLog>) -> Self {
+        Self { table, settings, access_log }
+    }
+
+    fn peer(&self, addr: std::net::SocketAddr) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.settings.connect_timeout);
+        o.read_timeout = Some(self.settings.upstream_timeout);
+        o.write_timeout = Some(self.settings.upstream_timeout);
+        o.idle_timeout = Some(self.settings.upstream_idle_timeout);
+        Box::new(peer)
+    }
+}
+
+/// Writes a small JSON error response (with the release header when known).
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    release: Option<&http::HeaderValue>,
+    body: String,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if let Some(r) = release {
+        resp.insert_header(RELEASE_HEADER, r.clone())?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+fn classify(e: &Error) -> UpstreamErrorKind {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            UpstreamErrorKind::Timeout
+        }
+        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError
+        | ErrorType::SocketError | ErrorType::BindError => UpstreamErrorKind::Connect,
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => {
+            UpstreamErrorKind::Protocol
+        }
+        _ => UpstreamErrorKind::Closed,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for CanopyProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Loads the release table once and routes; answers 404/503 itself when
+    /// there is no route or no live release.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        let snapshot = self.table.load();
+        let req = session.req_header();
+        let preview = req.headers.get(RELEASE_HEADER).map(|v| v.as_bytes());
+        let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
+        match routed {
+            Ok(target) => {
+                let release = snapshot.release(target.release);
+                release.stats().start();
+                ctx.rr_start = release.backends(target.service).start();
+                ctx.target = Some(target);
+                ctx.snapshot = Some(snapshot);
+                Ok(false)
+            }
+            Err(Miss::NoRoute) => {
+                respond_json(session, 404, None, r#"{"error":"no route for this path"}"#.into()).await?;
+                Ok(true)
+            }
+            Err(Miss::NoLiveRelease { service }) => {
+                let svc = &snapshot.topology().services()[service].name;
+                let body = format!(r#"{{"error":"no live release","service":"{svc}"}}"#);
+                respond_json(session, 503, None, body).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The next backend of the request's release for its service, round robin;
+    /// a retry moves on to the following backend.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let (snapshot, t) = ctx.release().ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let backends = snapshot.release(t.release).backends(t.service);
+        let Some(addr) = backends.pick(ctx.rr_start, ctx.attempts) else {
+            ctx.failure = Some(UpstreamErrorKind::NoBackend);
+            return Err(Error::explain(ErrorType::ConnectNoRoute, "release has no resolved backend"));
+        };
+        ctx.attempts += 1;
+        ctx.upstream = Some(addr);
+        Ok(self.peer(addr))
+    }
+
+    fn fail_to_connect(&self, _s: &mut Session, _p: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some((snapshot, t)) = ctx.release() {
+            let release = snapshot.release(t.release);
+            release.stats().service(t.service).upstream_error(classify(&e));
+            let backends = release.backends(t.service).addrs().len();
+            // Another untried backend exists and the retry budget is not spent.
+            if ctx.attempts < backends && ctx.attempts <= self.settings.max_retries {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Standard forwarding headers; the preview selector is not forwarded.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut pingora::http::RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream.remove_header(RELEASE_HEADER);
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session.req_header().headers.get(http::header::HOST).cloned() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    /// Tags the response with the release that served it.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some((snapshot, t)) = ctx.release() {
+            resp.insert_header(RELEASE_HEADER, snapshot.release(t.release).header().clone())?;
+        }
+        Ok(())
+    }
+
+    /// Upstream failures become a JSON 502 (504 on timeout) naming the release
+    /// and service; nothing internal (addresses, error chains) is exposed.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let upstream_side = e.esource() == &ErrorSource::Upstream || ctx.failure.is_some();
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            _ if upstream_side => {
+                let kind = *ctx.failure.get_or_insert(classify(e));
+                if kind == UpstreamErrorKind::Timeout { 504 } else { 502 }
+            }
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                if e.esource() == &ErrorSource::Downstream => 0,
+            _ if e.esource() == &ErrorSource::Downstream => 400,
+            _ => 500,
+        };
+        if let (Some((snapshot, t)), Some(kind)) = (ctx.release(), ctx.failure) {
+            if kind != UpstreamErrorKind::Connect {
+                // connect failures were counted per attempt in fail_to_connect
+                snapshot.release(t.release).stats().service(t.service).upstream_error(kind);
+            }
+        }
+        if code > 0 && session.response_written().is_none() {
+            let (header, body) = match ctx.release() {
+                Some((snapshot, t)) => {
+                    let release = snapshot.release(t.release);
+                    let service = &snapshot.topology().services()[t.service].name;
+                    let what = match (code, ctx.failure) {
+                        (504, _) => "upstream timed out",
+                        (_, Some(UpstreamErrorKind::NoBackend)) => "release has no resolved backend",
+                        (502, _) => "upstream unavailable",
+                        _ => "request failed",
+                    };
+                    (
+                        Some(release.header()),
+                        format!(r#"{{"error":"{what}","release":"{}","service":"{service}"}}"#, release.name()),
+                    )
+                }
+                None => (None, format!(r#"{{"error":"request failed","status":{code}}}"#)),
+            };
+            if let Err(err) = respond_json(session, code, header, body).await {
+                log::debug!("could not send error response: {err}");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Counts the finished request and writes the access log line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some((snapshot, t)) = ctx.release() else { return };
+        let release = snapshot.release(t.release);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.map_or(Duration::ZERO, |s| s.elapsed());
+        release.stats().service(t.service).record(status, elapsed);
+        release.stats().finish();
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.write(&AccessRecord {
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                release: release.name().as_str(),
+                service: snapshot.topology().services()[t.service].name.as_str(),
+                status,
+                duration: elapsed,
+                upstream: ctx.upstream,
+                attempts: ctx.attempts,
+            });
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! canopy-proxy: the data plane. A release table (`ArcSwap<Snapshot>`),
+//! pure routing, the pingora `ProxyHttp` implementation and lock-free
+//! per-request metrics. Never depends on the control plane.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod access_log;
+mod endpoint;
+mod handler;
+mod names;
+mod release;
+mod resolver;
+mod routing;
+mod snapshot;
+mod stats;
+mod table;
+mod topology;
+
+pub use access_log::{AccessLog, AccessRecord};
+pub use endpoint::{Endpoint, EndpointError, ResolveError};
+pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};
+pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
+pub use release::{Backends, Release};
+pub use resolver::Resolver;
+pub use routing::{request_host, Route, RouteError, RouteTable};
+pub use snapshot::{Miss, Snapshot, Target};
+pub use stats::{Histogram, ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
+pub use table::ReleaseTable;
+pub use topology::{AddressTemplate, Service, TemplateError, Topology, TopologyError};

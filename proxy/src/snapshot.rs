@@ -1,0 +1,109 @@
+//! An immutable view of every registered release and which one is live.
+//! Requests load one snapshot and keep it until they finish.
+
+use std::sync::Arc;
+
+use crate::names::ReleaseName;
+use crate::release::Release;
+use crate::topology::Topology;
+
+/// Everything a request needs to be routed, frozen at one generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    generation: u64,
+    topology: Arc<Topology>,
+    releases: Box<[Arc<Release>]>,
+    live: Option<usize>,
+    preview: bool,
+}
+
+/// Where a request goes: indexes into its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Index of the release in [`Snapshot::releases`].
+    pub release: usize,
+    /// Index of the service in the topology.
+    pub service: usize,
+}
+
+/// Why a request could not be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No route matches the path (and host).
+    NoRoute,
+    /// A route matched but no release is live.
+    NoLiveRelease {
+        /// The service the route selected.
+        service: usize,
+    },
+}
+
+impl Snapshot {
+    /// Builds a snapshot. `live` must name one of `releases` (else nothing is live).
+    pub fn new(
+        generation: u64,
+        topology: Arc<Topology>,
+        releases: Vec<Arc<Release>>,
+        live: Option<&ReleaseName>,
+        preview: bool,
+    ) -> Self {
+        let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
+        Self { generation, topology, releases: releases.into(), live, preview }
+    }
+
+    /// An empty snapshot: nothing registered, nothing live.
+    pub fn empty(topology: Arc<Topology>, preview: bool) -> Self {
+        Self::new(0, topology, Vec::new(), None, preview)
+    }
+
+    /// Routes a request: longest-prefix route to a service, then the live
+    /// release, or the preview release named by `preview_header` when preview
+    /// is enabled and that release is registered (unknown names fall back to live).
+    /// Pure and allocation-free.
+    #[inline]
+    pub fn route(&self, host: Option<&[u8]>, path: &[u8], preview_header: Option<&[u8]>) -> Result<Target, Miss> {
+        let service = self.topology.routes().route(host, path).ok_or(Miss::NoRoute)?;
+        let release = preview_header
+            .filter(|_| self.preview)
+            .and_then(|want| self.releases.iter().position(|r| r.name().as_str().as_bytes() == want))
+            .or(self.live)
+            .ok_or(Miss::NoLiveRelease { service })?;
+        Ok(Target { release, service })
+    }
+
+    /// The generation this snapshot was built for (bumped by every switch).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// All registered releases.
+    pub fn releases(&self) -> &[Arc<Release>] {
+        &self.releases
+    }
+
+    /// The release at `index`.
+    #[inline]
+    pub fn release(&self, index: usize) -> &Release {
+        &self.releases[index]
+    }
+
+    /// The registered release with this name.
+    pub fn find(&self, name: &ReleaseName) -> Option<&Arc<Release>> {
+        self.releases.iter().find(|r| r.name() == name)
+    }
+
+    /// The live release, if any.
+    pub fn live(&self) -> Option<&Arc<Release>> {
+        self.live.map(|i| &self.releases[i])
+    }
+
+    /// Whether preview routing by header is enabled.
+    pub fn preview(&self) -> bool {
+        self.preview
+    }
+}

@@ -1,0 +1,54 @@
+//! The release table: one `ArcSwap<Snapshot>` read once per request and
+//! replaced whole by the control plane.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+
+use crate::snapshot::Snapshot;
+use crate::stats::StatsRegistry;
+use crate::topology::Topology;
+
+/// The shared release table and the counters registry.
+#[derive(Debug)]
+pub struct ReleaseTable {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    stats: StatsRegistry,
+}
+
+impl ReleaseTable {
+    /// A table holding an empty snapshot of `topology`.
+    pub fn new(topology: Arc<Topology>, preview: bool) -> Self {
+        let stats = StatsRegistry::new(topology.services().iter().map(|s| s.name.clone()).collect());
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty(topology, preview)),
+            writer: Mutex::new(()),
+            stats,
+        }
+    }
+
+    /// The current snapshot; a request calls this exactly once and keeps the `Arc`.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Serialises writers (the control plane and the background re-resolver)
+    /// so one never overwrites another's snapshot with a stale one. Readers
+    /// never take it.
+    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a new snapshot atomically; requests that already loaded the
+    /// old one finish on it. Callers hold [`Self::write_lock`].
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// The counters registry (one entry per registered release).
+    pub fn stats(&self) -> &StatsRegistry {
+        &self.stats
+    }
+}

@@ -1,0 +1,99 @@
+//! Command-line interface: `serve`, `check-config` and the admin client commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// canopy: a reverse proxy with built-in blue/green release switching.
+#[derive(Debug, Parser)]
+#[command(name = "canopy", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// How client commands reach the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Admin API base URL.
+    #[arg(long, env = "CANOPY_ADMIN", default_value = "http://127.0.0.1:9901", global = true)]
+    pub admin: String,
+    /// File holding the admin bearer token.
+    #[arg(long, env = "CANOPY_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print the raw JSON reply instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the proxy and admin API.
+    Serve {
+        /// Config file.
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (0 = valid).
+    CheckConfig {
+        /// Config file.
+        #[arg(short, long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Show the live release, the previous one and every registered release.
+    Status(#[command(flatten)] ClientOpts),
+    /// List registered releases with their backends.
+    Releases(#[command(flatten)] ClientOpts),
+    /// Register a release (or replace its backends).
+    Register {
+        /// Release name, e.g. `elm`.
+        name: String,
+        /// Explicit backend `service=host:port` (repeatable); other services use the address template.
+        #[arg(long = "backend", value_name = "SERVICE=HOST:PORT")]
+        backends: Vec<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Run every validation check of a release and print the report.
+    Check {
+        /// Release name.
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Validate a release and flip all traffic to it.
+    Switch {
+        /// Release name.
+        name: String,
+        /// Skip validation (logged and reported).
+        #[arg(long)]
+        force: bool,
+        /// Refuse unless the generation is still this.
+        #[arg(long)]
+        expect_generation: Option<u64>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Flip back to the previous release.
+    Rollback {
+        /// Skip the quick re-check.
+        #[arg(long)]
+        force: bool,
+        /// Refuse unless the generation is still this.
+        #[arg(long)]
+        expect_generation: Option<u64>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Retire a release: drain it, run retire hooks, drop it.
+    Retire {
+        /// Release name.
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show the switch audit log.
+    Events(#[command(flatten)] ClientOpts),
+}

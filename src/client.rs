@@ -1,0 +1,225 @@
+//! The admin API client behind `canopy status`, `switch`, ...: sends one
+//! request, prints text (or `--json`), and fails with the server's reason.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::cli::{ClientOpts, Cmd};
+
+/// A refusal or transport failure, printed by main.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The admin API could not be reached.
+    #[error("cannot reach the admin API at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The admin API refused; the text is its explanation.
+    #[error("{0}")]
+    Refused(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(o: &ClientOpts) -> Result<Self, ClientError> {
+        let token = match &o.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ClientError::Usage(format!("cannot read token file {}: {e}", p.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        Ok(Self { http, base: o.admin.trim_end_matches('/').to_string(), token })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        req = req.header("x-canopy-actor", actor);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| ClientError::Unreachable { url, reason: e.to_string() })?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, v))
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_report(r: &Value) -> String {
+    let mut out = format!(
+        "validation of {} ({}): {} in {} ms\n",
+        s(&r["release"]),
+        s(&r["mode"]),
+        if r["passed"].as_bool() == Some(true) { "PASSED" } else { "FAILED" },
+        s(&r["duration_ms"])
+    );
+    for c in r["checks"].as_array().into_iter().flatten() {
+        let mark = if c["passed"].as_bool() == Some(true) { "ok  " } else { "FAIL" };
+        let target = c["target"].as_str().map(|t| format!(" @{t}")).unwrap_or_default();
+        out += &format!("  {mark} {}/{}{target}: {} ({} ms, {} attempt(s))\n", s(&c["service"]), s(&c["check"]), s(&c["reason"]), s(&c["duration_ms"]), s(&c["attempts"]));
+        if let Some(o) = c["output"].as_str().filter(|o| !o.trim().is_empty() && c["passed"].as_bool() != Some(true)) {
+            for line in o.lines().take(10) {
+                out += &format!("         | {line}\n");
+            }
+        }
+    }
+    out
+}
+
+fn print_releases(rels: &Value) -> String {
+    let mut out = String::new();
+    for r in rels.as_array().into_iter().flatten() {
+        out += &format!("  {:<16} {:<10} inflight {}\n", s(&r["name"]), s(&r["state"]), s(&r["inflight"]));
+        for (svc, b) in r["services"].as_object().into_iter().flatten() {
+            let addrs: Vec<String> = b["addresses"].as_array().into_iter().flatten().map(s).collect();
+            let unresolved: Vec<String> = b["unresolved"].as_array().into_iter().flatten().map(s).collect();
+            out += &format!("      {svc:<12} {}", if addrs.is_empty() { "-".into() } else { addrs.join(", ") });
+            if !unresolved.is_empty() {
+                out += &format!("  (unresolved: {})", unresolved.join("; "));
+            }
+            out += "\n";
+        }
+    }
+    out
+}
+
+fn human(cmd: &Cmd, v: &Value) -> String {
+    match cmd {
+        Cmd::Status(_) => {
+            let mut out = format!("live:       {}\ngeneration: {}\n", s(&v["live"]), s(&v["generation"]));
+            if let Some(p) = v["previous"].as_object() {
+                out += &format!("previous:   {} (warm, retired in {:.0}s)\n", s(&p["release"]), p["seconds_left"].as_f64().unwrap_or(0.0));
+            }
+            if v["switch_in_progress"].as_bool() == Some(true) {
+                out += "a switch is in progress\n";
+            }
+            out + "releases:\n" + &print_releases(&v["releases"])
+        }
+        Cmd::Releases(_) => print_releases(v),
+        Cmd::Register { name, .. } => format!("registered {name}\n{}", print_releases(&json!([v]))),
+        Cmd::Check { .. } => print_report(v),
+        Cmd::Switch { .. } | Cmd::Rollback { .. } => {
+            let verb = if matches!(cmd, Cmd::Switch { .. }) { "switched" } else { "rolled back" };
+            let mut out = format!("{verb} to {} (generation {}) in {:.1} ms", s(&v["live"]), s(&v["generation"]), v["duration_ms"].as_f64().unwrap_or(0.0));
+            if v["forced"].as_bool() == Some(true) {
+                out += " — FORCED, validation skipped";
+            }
+            if let Some(p) = v["previous"].as_object() {
+                out += &format!("\nprevious release {} stays warm for the validation window", s(&p["release"]));
+            }
+            out + "\n"
+        }
+        Cmd::Retire { name, .. } => {
+            let mut out = format!("retired {name} (drained: {})\n", s(&v["drained"]));
+            for h in v["hooks"].as_array().into_iter().flatten() {
+                out += &format!("  hook {}: {}\n", s(&h["argv"]), s(&h["reason"]));
+            }
+            out
+        }
+        Cmd::Events(_) => {
+            let mut out = String::new();
+            for e in v.as_array().into_iter().flatten() {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e["at"].as_u64().unwrap_or(0));
+                out += &format!(
+                    "{} {:<12} {:<8} {} -> {} by {}{} {}\n",
+                    humantime::format_rfc3339_seconds(at),
+                    s(&e["action"]),
+                    s(&e["result"]),
+                    s(&e["from"]),
+                    s(&e["to"]),
+                    s(&e["actor"]),
+                    if e["forced"].as_bool() == Some(true) { " (forced)" } else { "" },
+                    s(&e["detail"])
+                );
+            }
+            out
+        }
+        Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
+    }
+}
+
+fn backends(list: &[String]) -> Result<Value, ClientError> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for b in list {
+        let (svc, addr) = b
+            .split_once('=')
+            .ok_or_else(|| ClientError::Usage(format!("--backend `{b}`: expected SERVICE=HOST:PORT")))?;
+        map.entry(svc.to_string()).or_default().push(addr.to_string());
+    }
+    Ok(json!({ "backends": map }))
+}
+
+/// Runs one client command; `Ok` carries what to print.
+pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
+    use reqwest::Method;
+    let (opts, method, path, body) = match &cmd {
+        Cmd::Status(o) => (o, Method::GET, "/status".to_string(), None),
+        Cmd::Releases(o) => (o, Method::GET, "/releases".into(), None),
+        Cmd::Events(o) => (o, Method::GET, "/events".into(), None),
+        Cmd::Register { name, backends: b, opts } => (opts, Method::PUT, format!("/releases/{name}"), Some(backends(b)?)),
+        Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
+        Cmd::Switch { name, force, expect_generation, opts } => (
+            opts,
+            Method::POST,
+            "/switch".into(),
+            Some(json!({ "release": name, "force": force, "expect_generation": expect_generation })),
+        ),
+        Cmd::Rollback { force, expect_generation, opts } => {
+            (opts, Method::POST, "/rollback".into(), Some(json!({ "force": force, "expect_generation": expect_generation })))
+        }
+        Cmd::Retire { name, opts } => (opts, Method::DELETE, format!("/releases/{name}"), None),
+        Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
+    };
+    let client = Client::new(opts)?;
+    let (status, v) = client.call(method, &path, body).await?;
+    let failed_check = matches!(cmd, Cmd::Check { .. }) && v["passed"].as_bool() == Some(false);
+    if opts.json {
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+        return if status >= 400 || failed_check { Err(ClientError::Refused(text)) } else { Ok(text) };
+    }
+    if status >= 400 {
+        let mut msg = format!("refused ({status}): {}", s(&v["error"]));
+        if v["report"].is_object() {
+            msg += "\n";
+            msg += &print_report(&v["report"]);
+        }
+        return Err(ClientError::Refused(msg));
+    }
+    let text = human(&cmd, &v);
+    if failed_check {
+        return Err(ClientError::Refused(text));
+    }
+    Ok(text)
+}

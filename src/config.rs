@@ -1,0 +1,576 @@
+//! proxy.toml -> runtime types. `File*` types mirror the file one to one
+//! (serde, unknown keys refused); `TryFrom`-style conversion then checks
+//! every rule and reports the file, line and column of the offending value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use canopy_admin::{Check, CheckKind, ControlSettings, Seed, SmokeRequest};
+use canopy_proxy::{
+    AddressTemplate, Endpoint, ProxySettings, ReleaseName, Route, Service, ServiceName, Topology,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A config that cannot be used; says where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape error (unknown key, wrong type, bad value).
+    #[error("{}", .at)]
+    Parse {
+        /// Where, with the message.
+        at: Located,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parses but breaks a rule (duplicate service, ...).
+    #[error("{0}")]
+    Invalid(Located),
+}
+
+/// A message pinned to a place in the config file, shown with the line and a caret.
+#[derive(Debug)]
+pub struct Located {
+    /// The config file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    source_line: String,
+}
+
+impl Located {
+    fn new(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
+        let start = span.map_or(0, |s| s.start).min(text.len());
+        let before = &text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = text[line_start..start].chars().count() + 1;
+        let source_line = text[line_start..].lines().next().unwrap_or("").to_string();
+        Self { path: path.to_path_buf(), line, column, message, source_line }
+    }
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.line.to_string();
+        let pad = " ".repeat(n.len());
+        writeln!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message.trim_end())?;
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{n} | {}", self.source_line)?;
+        write!(f, "{pad} | {}^", " ".repeat(self.column.saturating_sub(1)))
+    }
+}
+
+/// A duration written like `10m`, `2s` or `500ms`.
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (write e.g. `500ms`, `10s`, `10m`)")))
+    }
+}
+
+/// A socket address such as `0.0.0.0:8080`.
+#[derive(Debug, Clone, Copy)]
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Addr).map_err(|_| {
+            serde::de::Error::custom(format!("invalid listen address `{s}`: expected ip:port such as `0.0.0.0:8080` or `[::]:8080`"))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    proxy: FileProxy,
+    #[serde(default)]
+    admin: FileAdmin,
+    releases: FileReleases,
+    #[serde(default)]
+    service: Vec<FileService>,
+    #[serde(default)]
+    release: Vec<FileRelease>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileProxy {
+    listen: Spanned<OneOrMany<String>>,
+    threads: Option<Spanned<usize>>,
+    connect_timeout: Option<Dur>,
+    upstream_timeout: Option<Dur>,
+    upstream_idle_timeout: Option<Dur>,
+    max_retries: Option<usize>,
+    shutdown_grace: Option<Dur>,
+    access_log: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileAdmin {
+    listen: Option<Spanned<Addr>>,
+    state_file: Option<String>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileReleases {
+    address_template: Spanned<String>,
+    initial: Option<ReleaseName>,
+    validation_window: Option<Dur>,
+    #[serde(default)]
+    preview: bool,
+    drain_timeout: Option<Dur>,
+    #[serde(default)]
+    retire_hooks: Vec<Spanned<Vec<String>>>,
+    hook_timeout: Option<Dur>,
+    resolve_interval: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileService {
+    name: Spanned<ServiceName>,
+    port: Spanned<u16>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
+    #[serde(default)]
+    checks: Vec<Spanned<FileCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileRelease {
+    name: Spanned<ReleaseName>,
+    backends: BTreeMap<Spanned<ServiceName>, Vec<Endpoint>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum FileCheckKind {
+    Http,
+    Graphql,
+    Smoke,
+    Command,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileCheck {
+    kind: FileCheckKind,
+    name: Option<String>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    expect_body: Option<String>,
+    query: Option<String>,
+    requests: Option<Vec<FileSmokeRequest>>,
+    argv: Option<Vec<String>>,
+    timeout: Option<Dur>,
+    retries: Option<u32>,
+    interval: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSmokeRequest {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    body: Option<String>,
+    #[serde(default = "ok")]
+    expect_status: u16,
+    expect_body: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn ok() -> u16 {
+    200
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// A validated configuration: everything `serve` needs.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Proxy listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Data-plane tunables.
+    pub proxy: ProxySettings,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Access log destination (off when `None`).
+    pub access_log: Option<AccessLogTarget>,
+    /// Admin listen address.
+    pub admin_listen: SocketAddr,
+    /// Admin bearer token, read from `token-file`.
+    pub token: Option<String>,
+    /// Services and routes.
+    pub topology: Topology,
+    /// Checks per service (topology order).
+    pub checks: Vec<Vec<Check>>,
+    /// Control-plane settings.
+    pub control: ControlSettings,
+    /// First-start seed.
+    pub seed: Seed,
+    /// How often backends are re-resolved.
+    pub resolve_interval: Duration,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid(Located::new(self.path, self.text, Some(span), message.into()))
+    }
+
+    fn relative(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    parse(path, &text)
+}
+
+/// Validates config text (`path` is used in messages and for relative paths).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        at: Located::new(path, text, source.span(), source.message().to_string()),
+        source,
+    })?;
+    let cx = Ctx { path, text };
+    let whole = 0..0;
+
+    // [[service]]: names, ports, routes, checks
+    let mut services: Vec<Service> = Vec::new();
+    let mut routes: Vec<(usize, Route)> = Vec::new();
+    let mut checks = Vec::new();
+    for (i, s) in file.service.iter().enumerate() {
+        Topology::check_service(&services, s.name.get_ref()).map_err(|e| cx.err(s.name.span(), e.to_string()))?;
+        if *s.port.get_ref() == 0 {
+            return Err(cx.err(s.port.span(), "port must be between 1 and 65535"));
+        }
+        services.push(Service { name: s.name.get_ref().clone(), port: *s.port.get_ref() });
+        for r in &s.routes {
+            let route = Route::parse(r.get_ref()).map_err(|e| cx.err(r.span(), e.to_string()))?;
+            Topology::check_route(&services, &routes, i, &route).map_err(|e| cx.err(r.span(), e.to_string()))?;
+            routes.push((i, route));
+        }
+        let mut svc_checks = Vec::new();
+        for c in &s.checks {
+            svc_checks.push(check(&cx, c)?);
+        }
+        checks.push(svc_checks);
+    }
+    if services.is_empty() {
+        return Err(cx.err(whole.clone(), "no [[service]] is configured; canopy needs at least one"));
+    }
+    if routes.is_empty() {
+        return Err(cx.err(whole, "no service has `routes`; nothing would be served"));
+    }
+    let template = AddressTemplate::parse(file.releases.address_template.get_ref())
+        .map_err(|e| cx.err(file.releases.address_template.span(), e.to_string()))?;
+    let topology = Topology::new(services, routes, template).expect("rules checked above");
+
+    // [[release]] seeds
+    let mut seed = Seed { initial: file.releases.initial.clone(), releases: BTreeMap::new() };
+    for r in &file.release {
+        if seed.releases.contains_key(r.name.get_ref()) {
+            return Err(cx.err(r.name.span(), format!("release `{}` is listed twice", r.name.get_ref())));
+        }
+        let mut backends = BTreeMap::new();
+        for (svc, list) in &r.backends {
+            if topology.service_index(svc.get_ref()).is_none() {
+                return Err(cx.err(svc.span(), format!("unknown service `{}` in release backends", svc.get_ref())));
+            }
+            if list.is_empty() {
+                return Err(cx.err(svc.span(), format!("service `{}` has an empty backend list", svc.get_ref())));
+            }
+            backends.insert(svc.get_ref().clone(), list.clone());
+        }
+        seed.releases.insert(r.name.get_ref().clone(), backends);
+    }
+
+    // [proxy]
+    let p = &file.proxy;
+    let listen_strs: Vec<&String> = match p.listen.get_ref() {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v.iter().collect(),
+    };
+    let mut listen = Vec::new();
+    for a in listen_strs {
+        listen.push(a.parse::<SocketAddr>().map_err(|_| {
+            cx.err(p.listen.span(), format!("invalid listen address `{a}`: expected ip:port such as `0.0.0.0:8080` or `[::]:8080`"))
+        })?);
+    }
+    if listen.is_empty() {
+        return Err(cx.err(p.listen.span(), "`listen` needs at least one address"));
+    }
+    let threads = match &p.threads {
+        Some(t) if *t.get_ref() == 0 || *t.get_ref() > 1024 => return Err(cx.err(t.span(), "threads must be between 1 and 1024")),
+        Some(t) => *t.get_ref(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let defaults = ProxySettings::default();
+    let proxy = ProxySettings {
+        connect_timeout: p.connect_timeout.map_or(defaults.connect_timeout, |d| d.0),
+        upstream_timeout: p.upstream_timeout.map_or(defaults.upstream_timeout, |d| d.0),
+        upstream_idle_timeout: p.upstream_idle_timeout.map_or(defaults.upstream_idle_timeout, |d| d.0),
+        max_retries: p.max_retries.unwrap_or(defaults.max_retries),
+    };
+    let access_log = p.access_log.as_deref().map(|s| match s {
+        "stdout" | "-" => AccessLogTarget::Stdout,
+        f => AccessLogTarget::File(cx.relative(f)),
+    });
+
+    // [admin]
+    let admin_listen = file.admin.listen.as_ref().map_or(SocketAddr::from(([127, 0, 0, 1], 9901)), |a| a.get_ref().0);
+    let token = match &file.admin.token_file {
+        Some(t) => {
+            let p = cx.relative(t.get_ref());
+            let raw = std::fs::read_to_string(&p)
+                .map_err(|e| cx.err(t.span(), format!("cannot read token file {}: {e}", p.display())))?;
+            let token = raw.trim().to_string();
+            if token.len() < 16 {
+                return Err(cx.err(t.span(), format!("token file {} holds fewer than 16 characters", p.display())));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if !admin_listen.ip().is_loopback() && token.is_none() {
+        let span = file.admin.listen.as_ref().map_or(0..0, |a| a.span());
+        return Err(cx.err(span, format!("admin listens on non-loopback {admin_listen}: set `token-file` so the admin API requires a bearer token")));
+    }
+
+    // [releases]
+    let r = &file.releases;
+    for h in &r.retire_hooks {
+        if h.get_ref().first().is_none_or(|a| a.is_empty()) {
+            return Err(cx.err(h.span(), "a retire hook needs a program (argv[0])"));
+        }
+    }
+    let control = ControlSettings {
+        state_file: cx.relative(file.admin.state_file.as_deref().unwrap_or("canopy-state.json")),
+        validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
+        drain_timeout: r.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        retire_hooks: r.retire_hooks.iter().map(|h| h.get_ref().clone()).collect(),
+        hook_timeout: r.hook_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        preview: r.preview,
+    };
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        listen,
+        threads,
+        proxy,
+        shutdown_grace: p.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        access_log,
+        admin_listen,
+        token,
+        topology,
+        checks,
+        control,
+        seed,
+        resolve_interval: r.resolve_interval.map_or(Duration::from_secs(30), |d| d.0),
+    })
+}
+
+/// Converts one `checks = [...]` entry, refusing fields that do not apply to its kind.
+fn check(cx: &Ctx<'_>, c: &Spanned<FileCheck>) -> Result<Check, ConfigError> {
+    let f = c.get_ref();
+    let err = |m: String| cx.err(c.span(), m);
+    let kind_name = match f.kind {
+        FileCheckKind::Http => "http",
+        FileCheckKind::Graphql => "graphql",
+        FileCheckKind::Smoke => "smoke",
+        FileCheckKind::Command => "command",
+    };
+    let allowed: &[&str] = match f.kind {
+        FileCheckKind::Http => &["path", "expect-status", "expect-body"],
+        FileCheckKind::Graphql => &["path", "query"],
+        FileCheckKind::Smoke => &["requests"],
+        FileCheckKind::Command => &["argv"],
+    };
+    let present = [
+        ("path", f.path.is_some()),
+        ("expect-status", f.expect_status.is_some()),
+        ("expect-body", f.expect_body.is_some()),
+        ("query", f.query.is_some()),
+        ("requests", f.requests.is_some()),
+        ("argv", f.argv.is_some()),
+    ];
+    if let Some((k, _)) = present.iter().find(|(k, p)| *p && !allowed.contains(k)) {
+        return Err(err(format!("`{k}` does not apply to {kind_name} checks (they take: {})", allowed.join(", "))));
+    }
+    let need = |v: &Option<String>, k: &str| v.clone().ok_or_else(|| err(format!("{kind_name} checks need `{k}`")));
+    let kind = match f.kind {
+        FileCheckKind::Http => CheckKind::Http {
+            path: need(&f.path, "path")?,
+            expect_status: f.expect_status.unwrap_or(200),
+            expect_body: f.expect_body.clone(),
+        },
+        FileCheckKind::Graphql => CheckKind::Graphql { path: need(&f.path, "path")?, query: need(&f.query, "query")? },
+        FileCheckKind::Smoke => {
+            let mut requests = Vec::new();
+            for r in f.requests.as_deref().unwrap_or_default() {
+                let method = http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| err(format!("invalid HTTP method `{}`", r.method)))?;
+                requests.push(SmokeRequest {
+                    method,
+                    path: r.path.clone(),
+                    body: r.body.clone(),
+                    expect_status: r.expect_status,
+                    expect_body: r.expect_body.clone(),
+                });
+            }
+            CheckKind::Smoke { requests }
+        }
+        FileCheckKind::Command => CheckKind::Command { argv: f.argv.clone().unwrap_or_default() },
+    };
+    let check = Check {
+        name: f.name.clone().unwrap_or_else(|| Check::default_name(&kind)),
+        kind,
+        timeout: f.timeout.map_or(Duration::from_secs(5), |d| d.0),
+        retries: f.retries.unwrap_or(2),
+        interval: f.interval.map_or(Duration::from_secs(1), |d| d.0),
+    };
+    check.validate().map_err(|e| err(e.to_string()))?;
+    Ok(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:8080"
+
+[releases]
+address-template = "app-{service}--{release}"
+
+[[service]]
+name = "server"
+port = 3000
+routes = ["/"]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("proxy.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = parse(Path::new("/etc/canopy/proxy.toml"), MINIMAL).unwrap();
+        assert_eq!(c.admin_listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.control.state_file, Path::new("/etc/canopy/canopy-state.json"));
+        assert_eq!(c.control.validation_window, Duration::from_secs(600));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = MINIMAL.replace("port = 3000", "port = 3000\nprot = 1");
+        let e = err(&text);
+        assert!(e.starts_with("proxy.toml:11:1: unknown field `prot`"), "{e}");
+        assert!(e.contains("11 | prot = 1"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_service_points_at_second_name() {
+        let text = format!("{MINIMAL}\n[[service]]\nname = \"server\"\nport = 3001\n");
+        let e = err(&text);
+        assert!(e.starts_with("proxy.toml:14:8: duplicate service name `server`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_route_is_refused() {
+        let text = format!("{MINIMAL}\n[[service]]\nname = \"web\"\nport = 3001\nroutes = [\"/\"]\n");
+        let e = err(&text);
+        assert!(e.starts_with("proxy.toml:16:11: route `/` of service `web` is already routed to service `server`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_address() {
+        let e = err(&MINIMAL.replace("[releases]", "[releases]\nvalidation-window = \"ten minutes\""));
+        assert!(e.starts_with("proxy.toml:6:21: invalid duration `ten minutes`"), "{e}");
+        let e = err(&MINIMAL.replace("127.0.0.1:8080", "localhost:http"));
+        assert!(e.starts_with("proxy.toml:3:10: invalid listen address `localhost:http`"), "{e}");
+    }
+
+    #[test]
+    fn check_fields_must_fit_kind() {
+        let text = MINIMAL.replace(
+            "routes = [\"/\"]",
+            "routes = [\"/\"]\nchecks = [{ kind = \"http\", path = \"/health\", query = \"{ x }\" }]",
+        );
+        let e = err(&text);
+        assert!(e.contains("`query` does not apply to http checks"), "{e}");
+    }
+
+    #[test]
+    fn public_admin_needs_token() {
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+        let e = err(&text);
+        assert!(e.contains("set `token-file`"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The `canopy` binary's library half: config loading, the CLI, the admin
+//! client and server assembly (kept here so tests and benches can use them).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod serve;

@@ -1,0 +1,207 @@
+//! Data plane end to end: the real canopy binary in front of real upstreams.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+
+async fn live_juniper() -> (Canopy, Stack, Stack) {
+    let c = Canopy::start(&config("", ""));
+    let juniper = Stack::spawn("juniper").await;
+    let elm = Stack::spawn("elm").await;
+    juniper.register(&c, "juniper").await;
+    elm.register(&c, "elm").await;
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 200, "{body}");
+    (c, juniper, elm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_longest_prefix_and_tags_release() {
+    let (c, _j, _e) = live_juniper().await;
+    for (path, service) in [
+        ("/shop-api", "server"),
+        ("/shop-api/x?y=1", "server"),
+        ("/assets/logo.png", "server"),
+        ("/payments/stripe", "server"),
+        ("/shop-apix", "storefront"),
+        ("/", "storefront"),
+        ("/products/42", "storefront"),
+    ] {
+        let (code, release, body) = get(&c, path).await;
+        assert_eq!(code, 200, "{path}");
+        assert_eq!(release, "juniper", "{path}");
+        assert_eq!(body["service"], service, "{path}");
+        assert_eq!(body["release"], "juniper", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_forwarding_headers() {
+    let (c, _j, _e) = live_juniper().await;
+    let r = client()
+        .get(c.url("/products"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["x_forwarded_for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(body["x_forwarded_proto"], "http");
+    assert_eq!(body["x_forwarded_host"], c.proxy.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_megabyte_post_body_is_byte_exact() {
+    let (c, _j, _e) = live_juniper().await;
+    // every byte value, in a pattern that would show reordering or loss
+    let body: Vec<u8> = (0..1_048_576u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let r = client().post(c.url("/echo")).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-canopy-release"], "juniper");
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got[..] == body[..], "body changed in transit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_streams_through() {
+    let (c, _j, _e) = live_juniper().await;
+    let addr = c.proxy;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = b"POST /echo HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for chunk in ["hello ", "chunked ", "world"] {
+            req.extend(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+        }
+        req.extend(b"0\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        String::from_utf8_lossy(&resp).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-canopy-release: juniper"), "{out}");
+    assert!(out.contains("hello chunked world"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() {
+    let (c, _j, _e) = live_juniper().await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", c.proxy)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["x-canopy-release"], "juniper");
+    for i in 0..3 {
+        ws.send(format!("ping {i}").into()).await.unwrap();
+        let msg = ws.next().await.unwrap().unwrap();
+        assert_eq!(msg.into_text().unwrap().as_str(), format!("juniper:ping {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_the_next_backend_of_the_same_release() {
+    let c = Canopy::start(&config("", ""));
+    let oak = Stack::spawn("oak").await;
+    let dead = dead_addr();
+    let body = serde_json::json!({"backends": {
+        "server": [dead.to_string(), oak.server.addr.to_string()],
+        "worker": [oak.worker.addr.to_string()],
+        "storefront": [dead.to_string(), oak.storefront.addr.to_string()]}});
+    let r = client().put(c.admin_url("/releases/oak")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client().post(c.admin_url("/switch?force=true")).json(&serde_json::json!({"release": "oak"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..10 {
+        let (code, release, body) = get(&c, "/shop-api/q").await;
+        assert_eq!((code, release.as_str()), (200, "oak"), "{body}");
+    }
+    assert_eq!(oak.server.hits.load(std::sync::atomic::Ordering::Relaxed), 10);
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("canopy_upstream_errors_total{release=\"oak\",service=\"server\",kind=\"connect\"} 5"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_refusing_is_a_json_502() {
+    let c = Canopy::start(&config("", ""));
+    let dead = dead_addr().to_string();
+    let body = serde_json::json!({"backends": {"server": [dead.clone(), dead.clone()], "worker": [dead.clone()], "storefront": [dead]}});
+    client().put(c.admin_url("/releases/ash")).json(&body).send().await.unwrap();
+    client().post(c.admin_url("/switch?force=true")).json(&serde_json::json!({"release": "ash"})).send().await.unwrap();
+    let r = client().get(c.url("/shop-api")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-canopy-release"], "ash");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let text = r.text().await.unwrap();
+    assert_eq!(text, r#"{"error":"upstream unavailable","release":"ash","service":"server"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_a_504_after_the_timeout() {
+    let (c, _j, _e) = live_juniper().await;
+    let started = std::time::Instant::now();
+    let r = client().get(c.url("/products?ms=5000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    let text = r.text().await.unwrap();
+    assert_eq!(text, r#"{"error":"upstream timed out","release":"juniper","service":"storefront"}"#);
+    // and the next request is served normally
+    let (code, release, _) = get(&c, "/products").await;
+    assert_eq!((code, release.as_str()), (200, "juniper"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_header_selects_a_registered_release() {
+    let (c, _j, _e) = live_juniper().await;
+    let send = |rel: &'static str| client().get(c.url("/products")).header("x-canopy-release", rel).send();
+    let r = send("elm").await.unwrap();
+    assert_eq!(r.headers()["x-canopy-release"], "elm");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["release"], "elm");
+    assert_eq!(body["x_canopy_release"], serde_json::Value::Null, "selector must not be forwarded");
+    let r = send("nonexistent").await.unwrap();
+    assert_eq!(r.headers()["x-canopy-release"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_live_release_is_a_json_503() {
+    let c = Canopy::start(&config("", ""));
+    let r = client().get(c.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), r#"{"error":"no live release","service":"storefront"}"#);
+}
+
+#[test]
+fn bad_config_names_file_line_and_column_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config("", "").replace("{proxy_port}", &port.to_string()).replace("{admin_port}", &free_port().to_string());
+    let bad = text.replace("validation-window = \"10m\"", "validation-window = \"10 parsecs\"");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &bad).unwrap();
+    for cmd in ["check-config", "serve"] {
+        let out = std::process::Command::new(bin()).args([cmd, "-c"]).arg(&path).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let expected = format!("error: {}:15:21: invalid duration `10 parsecs`", path.display());
+        assert!(err.contains(&expected), "{cmd}: {err}");
+        assert!(err.contains("15 | validation-window = \"10 parsecs\""), "{err}");
+    }
+    // nothing bound the proxy port
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+
+    let unknown = text.replace("threads = 2", "threads = 2\nlisten-backlog = 5");
+    std::fs::write(&path, &unknown).unwrap();
+    let out = std::process::Command::new(bin()).args(["check-config", "-c"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":5:1: unknown field `listen-backlog`"), "{err}");
+
+    let ok = std::process::Command::new(bin()).args(["check-config", "-c", "proxy.toml"]).output().unwrap();
+    assert!(ok.status.success(), "shipped proxy.toml must be valid: {}", String::from_utf8_lossy(&ok.stderr));
+}

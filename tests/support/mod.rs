@@ -1,0 +1,229 @@
+//! Test harness: runs the real `canopy` binary on loopback ports with a
+//! generated config, and real upstreams from `upstream.rs`.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A port that was free a moment ago (canopy binds it itself; start retries on a clash).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A loopback address where nothing listens (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The config used by most tests: server, worker (no routes) and storefront.
+/// `{extra_releases}` and `{extra_server_checks}` are filled by callers.
+pub fn config(extra_top: &str, server_checks: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:{{proxy_port}}"
+threads = 2
+connect-timeout = "500ms"
+upstream-timeout = "2s"
+shutdown-grace = "5s"
+
+[admin]
+listen = "127.0.0.1:{{admin_port}}"
+state-file = "state.json"
+
+[releases]
+address-template = "test-{{service}}--{{release}}.invalid"
+validation-window = "10m"
+preview = true
+drain-timeout = "10s"
+{extra_top}
+
+[[service]]
+name = "server"
+port = 3000
+routes = ["/shop-api", "/admin-api", "/assets", "/payments", "/health"]
+checks = [
+  {{ kind = "http", path = "/health", timeout = "1s", retries = 0 }},
+  {{ kind = "graphql", path = "/shop-api", query = "{{ products {{ totalItems }} }}", timeout = "1s", retries = 0 }},
+  {server_checks}
+]
+
+[[service]]
+name = "worker"
+port = 3020
+checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 0 }}]
+
+[[service]]
+name = "storefront"
+port = 4000
+routes = ["/"]
+checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 0 }}]
+"#
+    )
+}
+
+/// A running canopy process.
+pub struct Canopy {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_text: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_canopy")
+}
+
+impl Canopy {
+    /// Starts canopy in a fresh temp dir with `config` (ports substituted).
+    pub fn start(config: &str) -> Canopy {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut c = Self::start_in(&dir, config);
+        c._tmp = Some(tmp);
+        c
+    }
+
+    /// Starts canopy in `dir` (keeps an existing state file there).
+    pub fn start_in(dir: &Path, config: &str) -> Canopy {
+        for _ in 0..5 {
+            let (pp, ap) = (free_port(), free_port());
+            let text = config.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string());
+            if let Some(c) = Self::try_start(dir, text, pp, ap) {
+                return c;
+            }
+        }
+        panic!("canopy did not start");
+    }
+
+    fn try_start(dir: &Path, text: String, pp: u16, ap: u16) -> Option<Canopy> {
+        std::fs::write(dir.join("proxy.toml"), &text).unwrap();
+        let log = std::fs::File::create(dir.join("canopy.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(dir.join("proxy.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut c = Canopy {
+            child,
+            dir: dir.to_path_buf(),
+            proxy: SocketAddr::from(([127, 0, 0, 1], pp)),
+            admin: SocketAddr::from(([127, 0, 0, 1], ap)),
+            config_text: text,
+            _tmp: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                let log = c.log();
+                if log.contains("cannot listen") {
+                    return None;
+                }
+                panic!("canopy exited with {status}:\n{log}");
+            }
+            let admin_up = std::net::TcpStream::connect(c.admin).is_ok();
+            let proxy_up = std::net::TcpStream::connect(c.proxy).is_ok();
+            if admin_up && proxy_up {
+                return Some(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("canopy not ready in 20s:\n{}", c.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("canopy.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs a CLI client command against this canopy's admin API.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin()).args(args).env("CANOPY_ADMIN", format!("http://{}", self.admin)).output().unwrap()
+    }
+}
+
+impl Drop for Canopy {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// Registers `release` with the given upstreams for server, worker and storefront.
+pub async fn register(c: &Canopy, release: &str, server: SocketAddr, worker: SocketAddr, storefront: SocketAddr) -> Value {
+    let body = serde_json::json!({"backends": {
+        "server": [server.to_string()], "worker": [worker.to_string()], "storefront": [storefront.to_string()]}});
+    let r = client().put(c.admin_url(&format!("/releases/{release}"))).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "register {release}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// One release's three upstreams.
+pub struct Stack {
+    pub server: upstream::Upstream,
+    pub worker: upstream::Upstream,
+    pub storefront: upstream::Upstream,
+}
+
+impl Stack {
+    pub async fn spawn(release: &str) -> Stack {
+        Stack {
+            server: upstream::spawn(release, "server").await,
+            worker: upstream::spawn(release, "worker").await,
+            storefront: upstream::spawn(release, "storefront").await,
+        }
+    }
+
+    pub async fn register(&self, c: &Canopy, release: &str) -> Value {
+        register(c, release, self.server.addr, self.worker.addr, self.storefront.addr).await
+    }
+}
+
+/// POST /switch; returns (status, body).
+pub async fn switch(c: &Canopy, release: &str) -> (u16, Value) {
+    let r = client().post(c.admin_url("/switch")).json(&serde_json::json!({"release": release})).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// GET through the proxy; returns (status, x-canopy-release, JSON body or Null).
+pub async fn get(c: &Canopy, path: &str) -> (u16, String, Value) {
+    let r = client().get(c.url(path)).send().await.unwrap();
+    let rel = r.headers().get("x-canopy-release").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (r.status().as_u16(), rel, r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn status(c: &Canopy) -> Value {
+    client().get(c.admin_url("/status")).send().await.unwrap().json().await.unwrap()
+}

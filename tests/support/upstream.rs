@@ -1,0 +1,169 @@
+//! A small real HTTP/1.1 upstream for tests, benchmarks and the demo: it
+//! reports which release and service answered, echoes bodies byte for byte,
+//! answers health and GraphQL probes, sleeps on request, and echoes WebSocket
+//! messages. Binds whatever listener it is given (tests pass 127.0.0.1:0).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// Behaviour switches shared with the running server (flip them live).
+#[derive(Debug, Default)]
+pub struct Knobs {
+    /// GraphQL answers carry an `errors` array (like Vendure after a failed migration).
+    pub graphql_errors: AtomicBool,
+    /// `/health` answers 503.
+    pub unhealthy: AtomicBool,
+}
+
+/// A running upstream.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests answered.
+    pub hits: Arc<AtomicUsize>,
+    /// Live behaviour switches.
+    pub knobs: Arc<Knobs>,
+}
+
+struct Ctx {
+    release: String,
+    service: String,
+    hits: Arc<AtomicUsize>,
+    knobs: Arc<Knobs>,
+}
+
+fn query_ms(req: &Request<Incoming>) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap()
+}
+
+async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    ctx.hits.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if path == "/ws" && header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        let key = header("sec-websocket-key").unwrap_or_default();
+        let accept = derive_accept_key(key.as_bytes());
+        let release = ctx.release.clone();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let reply = format!("{release}:{}", msg.into_text().unwrap());
+                        if ws.send(reply.into()).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
+    let method = req.method().clone();
+    let ms = query_ms(&req);
+    let xff = header("x-forwarded-for");
+    let xfp = header("x-forwarded-proto");
+    let xfh = header("x-forwarded-host");
+    let preview = header("x-canopy-release");
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(json(400, serde_json::json!({"error": "body"}))),
+    };
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let resp = match path.as_str() {
+        "/health" if ctx.knobs.unhealthy.load(Ordering::Relaxed) => json(503, serde_json::json!({"status": "down"})),
+        "/health" => json(200, serde_json::json!({"status": "ok", "release": ctx.release})),
+        p if p.starts_with("/echo") => Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream")
+            .header("x-release", ctx.release.as_str())
+            .body(Full::new(body))
+            .unwrap(),
+        "/shop-api" | "/admin-api" if method == hyper::Method::POST => {
+            if ctx.knobs.graphql_errors.load(Ordering::Relaxed) {
+                json(200, serde_json::json!({"data": null, "errors": [{"message": "relation \"product\" does not exist"}]}))
+            } else {
+                json(200, serde_json::json!({"data": {"products": {"totalItems": 1}}, "release": ctx.release}))
+            }
+        }
+        _ => json(
+            200,
+            serde_json::json!({
+                "release": ctx.release,
+                "service": ctx.service,
+                "method": method.as_str(),
+                "path": path,
+                "body_len": body.len(),
+                "x_forwarded_for": xff,
+                "x_forwarded_proto": xfp,
+                "x_forwarded_host": xfh,
+                "x_canopy_release": preview,
+            }),
+        ),
+    };
+    Ok(resp)
+}
+
+/// Serves on `listener` until the runtime ends, answering as `release`/`service`.
+pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let knobs = Arc::new(Knobs::default());
+    let ctx = Arc::new(Ctx { release: release.into(), service: service.into(), hits: hits.clone(), knobs: knobs.clone() });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(ctx.clone(), req));
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+            });
+        }
+    });
+    Upstream { addr, hits, knobs }
+}
+
+/// Binds 127.0.0.1:0 and serves.
+pub async fn spawn(release: &str, service: &str) -> Upstream {
+    serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), release, service)
+}
