@@ -76,7 +76,9 @@ pub struct Canopy {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub config_text: String,
-    _tmp: Option<tempfile::TempDir>,
+    /// The config with `{proxy_port}`/`{admin_port}` placeholders, for restarts.
+    pub template: String,
+    pub tmp: Option<tempfile::TempDir>,
 }
 
 pub fn bin() -> &'static str {
@@ -89,7 +91,7 @@ impl Canopy {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut c = Self::start_in(&dir, config);
-        c._tmp = Some(tmp);
+        c.tmp = Some(tmp);
         c
     }
 
@@ -98,7 +100,8 @@ impl Canopy {
         for _ in 0..5 {
             let (pp, ap) = (free_port(), free_port());
             let text = config.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string());
-            if let Some(c) = Self::try_start(dir, text, pp, ap) {
+            if let Some(mut c) = Self::try_start(dir, text, pp, ap) {
+                c.template = config.to_string();
                 return c;
             }
         }
@@ -122,7 +125,8 @@ impl Canopy {
             proxy: SocketAddr::from(([127, 0, 0, 1], pp)),
             admin: SocketAddr::from(([127, 0, 0, 1], ap)),
             config_text: text,
-            _tmp: None,
+            template: String::new(),
+            tmp: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -1,0 +1,354 @@
+//! Control plane end to end: validation-gated switch, rollback, retire,
+//! durability across kill -9, security. Real binary, real upstreams.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+async fn post(c: &Canopy, path: &str, body: Value) -> (u16, Value) {
+    let r = client().post(c.admin_url(path)).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn two_releases(extra_top: &str, server_checks: &str) -> (Canopy, Stack, Stack) {
+    let c = Canopy::start(&config(extra_top, server_checks));
+    let juniper = Stack::spawn("juniper").await;
+    let elm = Stack::spawn("elm").await;
+    juniper.register(&c, "juniper").await;
+    elm.register(&c, "elm").await;
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 200, "{body}");
+    (c, juniper, elm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_errors_refuse_the_switch_and_live_stays() {
+    let (c, _j, elm) = two_releases("", "").await;
+    elm.server.knobs.graphql_errors.store(true, Ordering::Relaxed);
+    let state_before = std::fs::read_to_string(c.state_file()).unwrap();
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 422, "{body}");
+    let failed: Vec<&Value> = body["report"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{body}");
+    assert_eq!(failed[0]["check"], "graphql /shop-api");
+    assert_eq!(failed[0]["reason"], "1 error(s) in response: relation \"product\" does not exist");
+    assert!(body["error"].as_str().unwrap().contains("validation of release `elm` failed"));
+    // live unchanged, traffic unchanged, generation unchanged
+    let st = status(&c).await;
+    assert_eq!(st["live"], "juniper");
+    assert_eq!(st["generation"], 1);
+    assert_eq!(get(&c, "/").await.1, "juniper");
+    let state_after: Value = serde_json::from_str(&std::fs::read_to_string(c.state_file()).unwrap()).unwrap();
+    let before: Value = serde_json::from_str(&state_before).unwrap();
+    assert_eq!(state_after["live"], before["live"]);
+    assert_eq!(state_after["generation"], before["generation"]);
+    // the CLI says which check failed and exits non-zero
+    let out = c.cli(&["switch", "elm"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused (422)"), "{err}");
+    assert!(err.contains("FAIL server/graphql /shop-api"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_command_check_refuses_with_its_output() {
+    let check = r#"{ kind = "command", name = "migrations", argv = ["sh", "-c", "echo checking {release}/{service}; test {release} != elm"], timeout = "2s", retries = 0 },"#;
+    let (c, _j, _e) = two_releases("", check).await;
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 422, "{body}");
+    let cmd = body["report"]["checks"].as_array().unwrap().iter().find(|c| c["check"] == "migrations").unwrap().clone();
+    assert_eq!(cmd["passed"], false);
+    assert_eq!(cmd["reason"], "exit status 1");
+    assert_eq!(cmd["output"], "checking elm/server\n");
+    assert_eq!(status(&c).await["live"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_check_program_is_a_clear_failure() {
+    let check = r#"{ kind = "command", argv = ["/nonexistent/check-{release}"], timeout = "2s", retries = 0 },"#;
+    let c = Canopy::start(&config("", check));
+    let elm = Stack::spawn("elm").await;
+    elm.register(&c, "elm").await;
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 422);
+    let text = body.to_string();
+    assert!(text.contains("cannot run `/nonexistent/check-elm`"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
+    let (c, _j, _e) = two_releases("", "").await;
+    assert_eq!(get(&c, "/shop-api/x").await.1, "juniper");
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["live"], "elm");
+    assert_eq!(body["previous"]["release"], "juniper");
+    assert_eq!(body["report"]["passed"], true);
+    // every check of every service ran, the worker included
+    let services: Vec<&str> = body["report"]["checks"].as_array().unwrap().iter().map(|c| c["service"].as_str().unwrap()).collect();
+    for s in ["server", "worker", "storefront"] {
+        assert!(services.contains(&s), "{s} not checked: {body}");
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&c, "/shop-api/x").await.1, "elm");
+        assert_eq!(get(&c, "/").await.1, "elm");
+    }
+    let (code, body) = post(&c, "/rollback", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["live"], "juniper");
+    assert_eq!(body["report"]["mode"], "quick");
+    assert!(body["duration_ms"].as_f64().unwrap() < 1000.0, "{body}");
+    assert_eq!(get(&c, "/").await.1, "juniper");
+    let st = status(&c).await;
+    assert_eq!((st["live"].clone(), st["generation"].clone()), (json!("juniper"), json!(3)));
+    assert_eq!(st["previous"]["release"], "elm");
+    // stale generation and switching to the live release are conflicts
+    let (code, body) = post(&c, "/switch", json!({"release": "elm", "expect_generation": 2})).await;
+    assert_eq!(code, 409);
+    assert_eq!(body["error"], "stale generation: expected 2, current is 3");
+    let (code, _) = post(&c, "/switch", json!({"release": "juniper"})).await;
+    assert_eq!(code, 409);
+    // audit log
+    let events: Value = client().get(c.admin_url("/events")).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "switch").count(), 2);
+    assert_eq!(actions.last(), Some(&"rollback"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_rechecks_the_previous_release_unless_forced() {
+    let (c, juniper, _e) = two_releases("", "").await;
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    juniper.server.knobs.unhealthy.store(true, Ordering::Relaxed);
+    let (code, body) = post(&c, "/rollback", json!({})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(status(&c).await["live"], "elm");
+    let (code, body) = post(&c, "/rollback?force=true", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["forced"], true);
+    assert_eq!(body["report"], Value::Null);
+    assert_eq!(status(&c).await["live"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_live_release_is_refused() {
+    let (c, _j, _e) = two_releases("", "").await;
+    let r = client().delete(c.admin_url("/releases/juniper")).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "release `juniper` is live; switch to another release before retiring it");
+    assert_eq!(get(&c, "/").await.1, "juniper");
+    let r = client().delete(c.admin_url("/releases/oak")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // retiring a candidate works and removes it
+    let r = client().delete(c.admin_url("/releases/elm")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let st = status(&c).await;
+    assert_eq!(st["releases"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_expiry_drains_then_runs_the_retire_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook_log = dir.path().join("hooks.log");
+    let extra = format!(
+        "retire-hooks = [[\"sh\", \"-c\", \"echo retired {{release}} >> {}\"]]\nhook-timeout = \"5s\"",
+        hook_log.display()
+    );
+    let text = config(&extra, "").replace("validation-window = \"10m\"", "validation-window = \"1s\"");
+    let c = Canopy::start(&text);
+    let juniper = Stack::spawn("juniper").await;
+    let elm = Stack::spawn("elm").await;
+    juniper.register(&c, "juniper").await;
+    elm.register(&c, "elm").await;
+    assert_eq!(switch(&c, "juniper").await.0, 200);
+    // a slow request on juniper, started before the flip, outlives the window
+    let slow_url = c.url("/products?ms=1500");
+    let slow = tokio::spawn(async move {
+        let r = client().get(slow_url).send().await.unwrap();
+        let rel = r.headers()["x-canopy-release"].to_str().unwrap().to_string();
+        (r.status().as_u16(), rel, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // let it reach the upstream
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    let (code, rel, finished) = slow.await.unwrap();
+    assert_eq!((code, rel.as_str()), (200, "juniper"));
+    // the hook runs only after the slow request finished
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hook_log.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hooked_at = Instant::now();
+    assert_eq!(std::fs::read_to_string(&hook_log).unwrap(), "retired juniper\n");
+    assert!(hooked_at >= finished);
+    let st = status(&c).await;
+    assert_eq!(st["previous"], Value::Null);
+    let names: Vec<&str> = st["releases"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["elm"]);
+    let events: Value = client().get(c.admin_url("/events")).send().await.unwrap().json().await.unwrap();
+    let retire = events.as_array().unwrap().iter().find(|e| e["action"] == "retire").unwrap();
+    assert_eq!(retire["actor"], "canopy (validation window)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_switch_ack_keeps_the_switch() {
+    let (mut c, _j, _e) = two_releases("", "").await;
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    c.kill9();
+    let dir = c.dir.clone();
+    let text = c.template.clone();
+    let tmp = c.tmp.take();
+    c = Canopy::start_in(&dir, &text);
+    c.tmp = tmp;
+    // upstream addresses were persisted with the registration
+    let st = status(&c).await;
+    assert_eq!(st["live"], "elm");
+    assert_eq!(st["generation"], 2);
+    assert_eq!(get(&c, "/").await.1, "elm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_and_kill_loop_never_loses_an_acknowledged_switch() {
+    let (mut c, _j, _e) = two_releases("", "").await;
+    let dir = c.dir.clone();
+    let text = c.template.clone();
+    let mut acked: Option<(String, u64)> = None;
+    let started = Instant::now();
+    let mut cycles = 0;
+    while cycles < 200 && started.elapsed() < Duration::from_secs(120) {
+        let target = if cycles % 2 == 0 { "elm" } else { "juniper" };
+        // force: this loop is about durability, not validation
+        let (code, body) = post(&c, "/switch?force=true", json!({"release": target})).await;
+        assert_eq!(code, 200, "{body}");
+        acked = Some((target.to_string(), body["generation"].as_u64().unwrap()));
+        c.kill9();
+        let saved: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+            .expect("state file must always parse");
+        let (live, generation) = acked.clone().unwrap();
+        assert_eq!(saved["live"], live.as_str());
+        assert_eq!(saved["generation"], generation);
+        let tmp = c.tmp.take();
+        c = Canopy::start_in(&dir, &text);
+        c.tmp = tmp;
+        cycles += 1;
+    }
+    assert!(cycles >= 50, "only {cycles} cycles in time");
+    let st = status(&c).await;
+    let (live, generation) = acked.unwrap();
+    assert_eq!(st["live"], live.as_str());
+    assert_eq!(st["generation"], generation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_and_change_nothing() {
+    let (c, _j, _e) = two_releases("", "").await;
+    let before = std::fs::read(c.state_file()).unwrap();
+    for (method, path, body, code) in [
+        ("POST", "/switch", "{not json", 400),
+        ("POST", "/switch", r#"{"release": 5}"#, 400),
+        ("POST", "/switch", r#"{"release": "Elm"}"#, 400),
+        ("POST", "/switch", r#"{"release": "elm", "extra": 1}"#, 400),
+        ("POST", "/switch", "", 400),
+        ("POST", "/switch", r#"{"release": "oak"}"#, 404),
+        ("PUT", "/releases/..%2Fetc", "{}", 400),
+        ("PUT", "/releases/UPPER", "{}", 400),
+        ("PUT", "/releases/elm", r#"{"backends": {"nosuch": ["127.0.0.1:1"]}}"#, 400),
+        ("PUT", "/releases/elm", r#"{"backends": {"server": ["nohost"]}}"#, 400),
+        ("GET", "/nowhere", "", 404),
+        ("GET", "/switch", "", 405),
+    ] {
+        let r = client()
+            .request(method.parse().unwrap(), c.admin_url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code, "{method} {path} {body}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    let long = "a".repeat(1024);
+    let r = client().put(c.admin_url(&format!("/releases/{long}"))).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(std::fs::read(c.state_file()).unwrap(), before, "state file touched");
+    assert_eq!(status(&c).await["live"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_origin_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, "s3cret-token-0123456789\n").unwrap();
+    let text = config("", "").replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token_path.display()));
+    let c = Canopy::start(&text);
+    let status_url = c.admin_url("/status");
+    let r = client().get(&status_url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"canopy\"");
+    let r = client().get(&status_url).bearer_auth("wrong-token-0123456789").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client().get(&status_url).bearer_auth("s3cret-token-0123456789").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // health stays open for probes
+    assert_eq!(client().get(c.admin_url("/healthz")).send().await.unwrap().status(), 200);
+    // cross-origin browser request refused even with the token
+    let r = client()
+        .post(c.admin_url("/rollback"))
+        .bearer_auth("s3cret-token-0123456789")
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // CLI with the token file
+    let out = std::process::Command::new(bin())
+        .args(["status", "--token-file"])
+        .arg(&token_path)
+        .env("CANOPY_ADMIN", format!("http://{}", c.admin))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("live:"));
+    let out = c.cli(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused (401)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_without_token_only_same_origin_loopback() {
+    let c = Canopy::start(&config("", ""));
+    let r = client().get(c.admin_url("/status")).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let same = format!("http://{}", c.admin);
+    let r = client().get(c.admin_url("/status")).header("origin", same).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // DNS rebinding: same-origin but a non-loopback Host name
+    let r = client()
+        .get(c.admin_url("/status"))
+        .header("origin", format!("http://evil.example:{}", c.admin.port()))
+        .header("host", format!("evil.example:{}", c.admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_state_file_stops_startup_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), "{\"version\": 1, \"live\": ").unwrap();
+    let text = config("", "").replace("{proxy_port}", &free_port().to_string()).replace("{admin_port}", &free_port().to_string());
+    std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
+    let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.path().join("proxy.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("state file {} is corrupt", dir.path().join("state.json").display())), "{err}");
+    // and the file is left as it was
+    assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).unwrap(), "{\"version\": 1, \"live\": ");
+}
