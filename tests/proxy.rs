@@ -205,3 +205,28 @@ fn bad_config_names_file_line_and_column_and_binds_nothing() {
     let ok = std::process::Command::new(bin()).args(["check-config", "-c", "proxy.toml"]).output().unwrap();
     assert!(ok.status.success(), "shipped proxy.toml must be valid: {}", String::from_utf8_lossy(&ok.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_inflight_requests_then_exits() {
+    let (mut c, _j, _e) = live_juniper().await;
+    let url = c.url("/products?ms=1000");
+    let slow = tokio::spawn(async move { client().get(url).send().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await; // reach the upstream
+    let sent = std::time::Instant::now();
+    let pid = c.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let r = slow.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-canopy-release"], "juniper");
+    // exits once drained: well inside the 5 s grace, nowhere near pingora's 300 s default
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = c.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "canopy still running 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(sent.elapsed() < Duration::from_secs(3), "{:?}", sent.elapsed());
+}

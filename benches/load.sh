@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Load comparison: what does canopy cost per request compared with a bare
+# pingora pass-through proxy, nginx and (if installed) haproxy?
+#
+#   bash benches/load.sh                      # defaults: THREADS=1 DURATION=10s
+#   THREADS=2 DURATION=20s bash benches/load.sh
+#
+# One upstream (examples/upstream.rs) answers GET /products with a small JSON.
+# Each proxy in turn fronts it on loopback; wrk drives it with 32 keep-alive
+# connections for DURATION after a 2s warm-up. We read the proxy's CPU time
+# (utime+stime from /proc/PID/stat, summed over all its processes) before and
+# after the measured run, so "CPU us/req" is the proxy's own cost per request,
+# independent of how much of the (shared, small) machine wrk and the upstream
+# take. Throughput and latency on a 2-core box are dominated by the load
+# generator and the upstream sharing the CPUs; CPU us/req is the figure to
+# compare.
+#
+# Needs: cargo, wrk, curl, python3 (to pick free ports). Optional: nginx,
+# haproxy, oha. Everything binds 127.0.0.1 only.
+
+set -euo pipefail
+
+THREADS=${THREADS:-1}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-32}
+READY_TIMEOUT=${READY_TIMEOUT:-15}   # seconds to wait for a process to answer
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-load.XXXXXX")
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- cleanup
+# Every process we start is recorded here and killed (by pid) on exit.
+PIDS=()
+
+stop_pid() { # stop_pid PID: TERM (the process and its children), then KILL after 5s
+  local pid=$1 kids i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kids=$(pgrep -P "$pid" || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  # nginx workers exit with their master; make sure anyway
+  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+die() { echo "load.sh: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+# Free loopback ports, all held open at once so they are distinct.
+free_ports() { # free_ports N
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# wait_http NAME PID URL: poll until URL answers 200, the process dies, or the deadline.
+wait_http() {
+  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/$name.log" >&2 || true; die "$name exited during start-up"; }
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
+    sleep 0.05
+  done
+  tail -n 20 "$TMP/$name.log" >&2 || true
+  die "$name did not answer 200 on $url within ${READY_TIMEOUT}s"
+}
+
+# CPU ticks (utime+stime) of PID and its direct children (nginx workers).
+cpu_ticks() {
+  local total=0 p stat
+  for p in "$1" $(pgrep -P "$1" || true); do
+    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    stat=${stat##*) }            # drop "pid (comm) " - comm may contain spaces
+    set -- $stat                  # $1 = state (field 3), so utime = $12, stime = $13
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+# wrk latency like 812.00us / 1.23ms / 1.01s -> milliseconds
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+# ---------------------------------------------------------------- build
+command -v wrk >/dev/null || die "wrk is not installed"
+command -v curl >/dev/null || die "curl is not installed"
+echo "== building release binaries"
+cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -n 3
+BIN=$ROOT/target/release
+
+# ---------------------------------------------------------------- upstream
+read -r UP_PORT CANOPY_PORT ADMIN_PORT BARE_PORT NGINX_PORT HAPROXY_PORT <<<"$(free_ports 6)"
+UPSTREAM=127.0.0.1:$UP_PORT
+
+"$BIN/examples/upstream" juniper "storefront=$UPSTREAM" >"$TMP/upstream.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_http upstream "$UP_PID" "http://$UPSTREAM/products"
+echo "== upstream on $UPSTREAM (pid $UP_PID); proxies get THREADS=$THREADS, wrk -t1 -c$CONNS -d$DURATION"
+
+# ---------------------------------------------------------------- proxies
+# Each start_* writes the proxy's pid into PROXY_PID and its URL into PROXY_URL.
+
+start_canopy() {
+  cat >"$TMP/canopy.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$CANOPY_PORT"
+threads = $THREADS
+shutdown-grace = "1s"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+state-file = "$TMP/canopy-state.json"
+
+[releases]
+address-template = "bench-{service}--{release}.invalid"
+initial = "juniper"
+
+[[service]]
+name = "storefront"
+port = $UP_PORT
+routes = ["/"]
+
+[[release]]
+name = "juniper"
+backends = { storefront = ["$UPSTREAM"] }
+EOF
+  "$BIN/canopy" serve -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 &
+  PROXY_PID=$!
+  PROXY_URL=http://127.0.0.1:$CANOPY_PORT
+}
+
+start_bare() {
+  "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" >"$TMP/bare.log" 2>&1 &
+  PROXY_PID=$!
+  PROXY_URL=http://127.0.0.1:$BARE_PORT
+}
+
+start_nginx() {
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes $THREADS;
+error_log $TMP/nginx/error.log warn;
+pid $TMP/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx/body;
+  proxy_temp_path $TMP/nginx/proxy;
+  upstream u { server $UPSTREAM; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://u;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  # -e: early error log (before the config is read) also goes to the temp dir
+  /usr/sbin/nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
+  PROXY_PID=$!
+  PROXY_URL=http://127.0.0.1:$NGINX_PORT
+}
+
+start_haproxy() {
+  cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread $THREADS
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend b
+backend b
+  server s1 $UPSTREAM
+EOF
+  /usr/sbin/haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+  PROXY_PID=$!
+  PROXY_URL=http://127.0.0.1:$HAPROXY_PORT
+}
+
+PROXIES=(canopy bare)
+[[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
+[[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
+HAVE_OHA=0
+command -v oha >/dev/null && HAVE_OHA=1
+
+declare -A RPS P99 CPU OHA_P99
+
+# ---------------------------------------------------------------- measure
+for name in "${PROXIES[@]}"; do
+  echo "== $name"
+  "start_$name"
+  PIDS+=("$PROXY_PID")
+  wait_http "$name" "$PROXY_PID" "$PROXY_URL/products"
+
+  # correctness first: a 200, and canopy must say which release answered
+  headers=$(curl -s -D - -o "$TMP/$name.body" --max-time 2 "$PROXY_URL/products")
+  status=$(head -n 1 <<<"$headers" | awk '{print $2}')
+  [[ $status == 200 ]] || die "$name: GET /products answered $status"
+  if [[ $name == canopy ]]; then
+    grep -qi '^x-canopy-release: juniper' <<<"$headers" || die "canopy: response lacks x-canopy-release: juniper"
+  fi
+  grep -q '"release":"juniper"' "$TMP/$name.body" || die "$name: body did not come from the upstream"
+
+  wrk -t1 -c"$CONNS" -d"$WARMUP" "$PROXY_URL/products" >/dev/null
+
+  before=$(cpu_ticks "$PROXY_PID")
+  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$PROXY_URL/products" >"$TMP/$name.wrk"
+  after=$(cpu_ticks "$PROXY_PID")
+
+  out=$(cat "$TMP/$name.wrk")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  RPS[$name]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+  P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  # µs of proxy CPU per request
+  CPU[$name]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "   warning: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')"
+  fi
+  echo "   $requests requests, ${RPS[$name]} req/s, p99 ${P99[$name]} ms, CPU $((after - before)) ticks"
+
+  if ((HAVE_OHA)); then
+    oha -z 10s -q 2000 -c "$CONNS" --no-tui "$PROXY_URL/products" >"$TMP/$name.oha" 2>&1
+    # "99.00% in 0.0012 secs" (older oha: "99% in ...")
+    OHA_P99[$name]=$(awk '/^ *99(\.00)?% in/ {printf "%.3f", $3 * 1000}' "$TMP/$name.oha")
+  fi
+
+  stop_pid "$PROXY_PID"   # one proxy at a time: nothing else competes for CPU
+done
+
+# ---------------------------------------------------------------- report
+echo
+echo "THREADS=$THREADS, wrk -t1 -c$CONNS -d$DURATION, GET /products, $(nproc) CPUs"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+fmt='%-8s %10s %10s %12s %14s %12s\n'
+# shellcheck disable=SC2059
+printf "$fmt" proxy "req/s" "p99 ms" "CPU us/req" "CPU vs bare" "p99 vs nginx"
+for name in "${PROXIES[@]}"; do
+  # shellcheck disable=SC2059
+  printf "$fmt" "$name" "${RPS[$name]}" "${P99[$name]}" "${CPU[$name]}" \
+    "$(ratio "${CPU[$name]}" "${CPU[bare]}")" "$(ratio "${P99[$name]}" "${P99[nginx]:-0}")"
+done
+
+echo
+if ((HAVE_OHA)); then
+  echo "oha fixed rate (2000 req/s, $CONNS connections, 10s), p99:"
+  for name in "${PROXIES[@]}"; do printf '  %-8s %s ms\n' "$name" "${OHA_P99[$name]:-?}"; done
+else
+  echo "(oha not installed: fixed-rate latency pass skipped)"
+fi

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# canopy on the shipped proxy.toml, in front of two local "releases" of the
+# Vendure stack (juniper and elm), each a set of small real HTTP servers.
+# It registers both, shows traffic on juniper, validates and switches to elm,
+# rolls back, and leaves canopy running until Ctrl-C.
+#
+#   proxy:  http://127.0.0.1:8080      admin/status page: http://127.0.0.1:9901
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --bin canopy --example upstream
+canopy=target/release/canopy
+upstream=target/release/examples/upstream
+
+work=$(mktemp -d)
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# The release containers vendure-{service}--{release} stand in as local ports.
+$upstream juniper server=127.0.0.1:13000 worker=127.0.0.1:13020 storefront=127.0.0.1:14000 &
+$upstream elm     server=127.0.0.1:23000 worker=127.0.0.1:23020 storefront=127.0.0.1:24000 &
+
+# The shipped config, copied so its state file lands in a scratch directory.
+cp proxy.toml "$work/proxy.toml"
+$canopy check-config -c "$work/proxy.toml"
+# deploy/check-migrations asks the release's database; the demo has none.
+CANOPY_DEMO_MIGRATIONS=ok $canopy serve -c "$work/proxy.toml" 2> "$work/canopy.log" &
+
+export CANOPY_ADMIN=http://127.0.0.1:9901
+for _ in $(seq 100); do
+  curl -fs "$CANOPY_ADMIN/healthz" > /dev/null && break
+  sleep 0.1
+done
+curl -fs "$CANOPY_ADMIN/healthz" > /dev/null || { cat "$work/canopy.log"; exit 1; }
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+served_by() { curl -s -o /dev/null -D - "http://127.0.0.1:8080$1" | tr -d '\r' | grep -i '^x-canopy-release'; }
+
+step $canopy register juniper --backend server=127.0.0.1:13000 --backend worker=127.0.0.1:13020 --backend storefront=127.0.0.1:14000
+step $canopy register elm --backend server=127.0.0.1:23000 --backend worker=127.0.0.1:23020 --backend storefront=127.0.0.1:24000
+step served_by /shop-api
+step served_by /products/42
+step $canopy check elm
+step $canopy switch elm
+step served_by /products/42
+step $canopy rollback
+step served_by /products/42
+step $canopy status
+printf '\ncanopy is serving on http://127.0.0.1:8080 (admin: %s). Ctrl-C stops everything.\n' "$CANOPY_ADMIN"
+printf 'Try: curl -i http://127.0.0.1:8080/ -H "x-canopy-release: elm"   (preview)\n'
+printf '     %s switch elm; %s rollback; %s events\n' "$canopy" "$canopy" "$canopy"
+wait
