@@ -27,6 +27,17 @@ pub struct ClientOpts {
     pub json: bool,
 }
 
+/// Options shared by `switch` and `rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct FlipOpts {
+    /// Skip validation (logged, and reported in the reply and the audit log).
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse unless the generation is still this.
+    #[arg(long)]
+    pub expect_generation: Option<u64>,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
@@ -67,23 +78,15 @@ pub enum Cmd {
     Switch {
         /// Release name.
         name: String,
-        /// Skip validation (logged and reported).
-        #[arg(long)]
-        force: bool,
-        /// Refuse unless the generation is still this.
-        #[arg(long)]
-        expect_generation: Option<u64>,
+        #[command(flatten)]
+        flip: FlipOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },
     /// Flip back to the previous release.
     Rollback {
-        /// Skip the quick re-check.
-        #[arg(long)]
-        force: bool,
-        /// Refuse unless the generation is still this.
-        #[arg(long)]
-        expect_generation: Option<u64>,
+        #[command(flatten)]
+        flip: FlipOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },

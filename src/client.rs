@@ -190,15 +190,18 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         Cmd::Events(o) => (o, Method::GET, "/events".into(), None),
         Cmd::Register { name, backends: b, opts } => (opts, Method::PUT, format!("/releases/{name}"), Some(backends(b)?)),
         Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
-        Cmd::Switch { name, force, expect_generation, opts } => (
+        Cmd::Switch { name, flip, opts } => (
             opts,
             Method::POST,
             "/switch".into(),
-            Some(json!({ "release": name, "force": force, "expect_generation": expect_generation })),
+            Some(json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation })),
         ),
-        Cmd::Rollback { force, expect_generation, opts } => {
-            (opts, Method::POST, "/rollback".into(), Some(json!({ "force": force, "expect_generation": expect_generation })))
-        }
+        Cmd::Rollback { flip, opts } => (
+            opts,
+            Method::POST,
+            "/rollback".into(),
+            Some(json!({ "force": flip.force, "expect_generation": flip.expect_generation })),
+        ),
         Cmd::Retire { name, opts } => (opts, Method::DELETE, format!("/releases/{name}"), None),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
     };

@@ -14,17 +14,6 @@ async fn post(c: &Canopy, path: &str, body: Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn two_releases(extra_top: &str, server_checks: &str) -> (Canopy, Stack, Stack) {
-    let c = Canopy::start(&config(extra_top, server_checks));
-    let juniper = Stack::spawn("juniper").await;
-    let elm = Stack::spawn("elm").await;
-    juniper.register(&c, "juniper").await;
-    elm.register(&c, "elm").await;
-    let (code, body) = switch(&c, "juniper").await;
-    assert_eq!(code, 200, "{body}");
-    (c, juniper, elm)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_errors_refuse_the_switch_and_live_stays() {
     let (c, _j, elm) = two_releases("", "").await;

@@ -8,20 +8,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use support::*;
 
-async fn live_juniper() -> (Canopy, Stack, Stack) {
-    let c = Canopy::start(&config("", ""));
-    let juniper = Stack::spawn("juniper").await;
-    let elm = Stack::spawn("elm").await;
-    juniper.register(&c, "juniper").await;
-    elm.register(&c, "elm").await;
-    let (code, body) = switch(&c, "juniper").await;
-    assert_eq!(code, 200, "{body}");
-    (c, juniper, elm)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_longest_prefix_and_tags_release() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     for (path, service) in [
         ("/shop-api", "server"),
         ("/shop-api/x?y=1", "server"),
@@ -41,7 +30,7 @@ async fn routes_by_longest_prefix_and_tags_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_forwarding_headers() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     let r = client()
         .get(c.url("/products"))
         .header("x-forwarded-for", "203.0.113.7")
@@ -56,7 +45,7 @@ async fn sets_forwarding_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_megabyte_post_body_is_byte_exact() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     // every byte value, in a pattern that would show reordering or loss
     let body: Vec<u8> = (0..1_048_576u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let r = client().post(c.url("/echo")).body(body.clone()).send().await.unwrap();
@@ -69,7 +58,7 @@ async fn one_megabyte_post_body_is_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_upload_streams_through() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     let addr = c.proxy;
     let out = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -93,7 +82,7 @@ async fn chunked_upload_streams_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", c.proxy)).await.unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["x-canopy-release"], "juniper");
@@ -144,7 +133,7 @@ async fn all_backends_refusing_is_a_json_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_a_504_after_the_timeout() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     let started = std::time::Instant::now();
     let r = client().get(c.url("/products?ms=5000")).send().await.unwrap();
     assert_eq!(r.status(), 504);
@@ -158,7 +147,7 @@ async fn slow_upstream_is_a_504_after_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preview_header_selects_a_registered_release() {
-    let (c, _j, _e) = live_juniper().await;
+    let (c, _j, _e) = two_releases("", "").await;
     let send = |rel: &'static str| client().get(c.url("/products")).header("x-canopy-release", rel).send();
     let r = send("elm").await.unwrap();
     assert_eq!(r.headers()["x-canopy-release"], "elm");
@@ -208,7 +197,7 @@ fn bad_config_names_file_line_and_column_and_binds_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_inflight_requests_then_exits() {
-    let (mut c, _j, _e) = live_juniper().await;
+    let (mut c, _j, _e) = two_releases("", "").await;
     let url = c.url("/products?ms=1000");
     let slow = tokio::spawn(async move { client().get(url).send().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await; // reach the upstream

@@ -231,3 +231,17 @@ pub async fn get(c: &Canopy, path: &str) -> (u16, String, Value) {
 pub async fn status(c: &Canopy) -> Value {
     client().get(c.admin_url("/status")).send().await.unwrap().json().await.unwrap()
 }
+
+/// Canopy with releases `juniper` (live, validated) and `elm` (registered), each
+/// a real three-service stack; `extra_top` goes into `[releases]`, `server_checks`
+/// into the server's checks.
+pub async fn two_releases(extra_top: &str, server_checks: &str) -> (Canopy, Stack, Stack) {
+    let c = Canopy::start(&config(extra_top, server_checks));
+    let juniper = Stack::spawn("juniper").await;
+    let elm = Stack::spawn("elm").await;
+    juniper.register(&c, "juniper").await;
+    elm.register(&c, "elm").await;
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 200, "{body}");
+    (c, juniper, elm)
+}
