@@ -243,6 +243,8 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         ("POST", "/switch", r#"{"release": "Elm"}"#, 400),
         ("POST", "/switch", r#"{"release": "elm", "extra": 1}"#, 400),
         ("POST", "/switch", "", 400),
+        ("POST", "/switch", r#"["elm"]"#, 400),
+        ("POST", "/rollback", "[]", 400),
         ("POST", "/switch", r#"{"release": "oak"}"#, 404),
         ("PUT", "/releases/..%2Fetc", "{}", 400),
         ("PUT", "/releases/UPPER", "{}", 400),

@@ -92,6 +92,10 @@ fn parse_body<T: DeserializeOwned + Default>(body: &[u8], required: bool) -> Res
         }
         return Ok(T::default());
     }
+    // serde would also read a struct from a JSON array; only objects are accepted
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest("request body must be a JSON object".into()));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
@@ -230,5 +234,42 @@ impl ServeHttp for AdminApi {
             b = b.header("www-authenticate", "Bearer realm=\"canopy\"");
         }
         b.body(reply.body).expect("valid response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router answers is described in the OpenAPI document.
+    #[test]
+    fn openapi_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for (path, method) in [
+            ("/", "get"),
+            ("/healthz", "get"),
+            ("/status", "get"),
+            ("/releases", "get"),
+            ("/releases/{name}", "get"),
+            ("/releases/{name}", "put"),
+            ("/releases/{name}", "delete"),
+            ("/releases/{name}/check", "post"),
+            ("/switch", "post"),
+            ("/rollback", "post"),
+            ("/events", "get"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+        }
+    }
+
+    #[test]
+    fn query_flags() {
+        assert_eq!(query_flag(Some("force=true"), "force").unwrap(), Some(true));
+        assert_eq!(query_flag(Some("a=1&force"), "force").unwrap(), Some(true));
+        assert_eq!(query_flag(None, "force").unwrap(), None);
+        assert!(query_flag(Some("force=yes"), "force").is_err());
     }
 }
