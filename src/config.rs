@@ -135,6 +135,7 @@ struct FileProxy {
     upstream_timeout: Option<Dur>,
     upstream_idle_timeout: Option<Dur>,
     max_retries: Option<usize>,
+    metrics: Option<bool>,
     shutdown_grace: Option<Dur>,
     access_log: Option<String>,
 }
@@ -375,6 +376,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         upstream_timeout: p.upstream_timeout.map_or(defaults.upstream_timeout, |d| d.0),
         upstream_idle_timeout: p.upstream_idle_timeout.map_or(defaults.upstream_idle_timeout, |d| d.0),
         max_retries: p.max_retries.unwrap_or(defaults.max_retries),
+        metrics: p.metrics.unwrap_or(defaults.metrics),
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,

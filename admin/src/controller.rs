@@ -154,7 +154,8 @@ impl Controller {
                     s = s.apply(Command::Register { name, backends }, now, "canopy (config)")?;
                 }
                 if let Some(initial) = seed.initial {
-                    let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0 };
+                    let detail = "initial release from config".to_string();
+                    let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0, detail };
                     s = s.apply(cmd, now, "canopy (initial)")?;
                 }
                 persist::store(&settings.state_file, &s)?;
@@ -280,6 +281,7 @@ impl Controller {
             expect_generation: req.expect_generation,
             forced: req.force,
             window_ms,
+            detail: String::new(),
         };
         self.state.lock().await.precheck(&cmd).inspect_err(|_| self.metrics.switch("refused"))?;
         let release = self.release(&req.release)?;
@@ -298,7 +300,7 @@ impl Controller {
         let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
         let started = Instant::now();
         let window_ms = self.settings.validation_window.as_millis() as u64;
-        let cmd = Command::Rollback { expect_generation, forced: force, window_ms };
+        let cmd = Command::Rollback { expect_generation, forced: force, window_ms, detail: String::new() };
         let target = {
             let st = self.state.lock().await;
             st.precheck(&cmd).inspect_err(|_| self.metrics.rollback("refused"))?;
@@ -340,6 +342,16 @@ impl Controller {
             log::warn!("{action} refused: {}", r.summary());
             return Err(ApiError::Validation(Box::new(r.clone())));
         }
+        let summary = report.as_ref().map_or_else(|| "forced: validation skipped".to_string(), Report::summary);
+        let cmd = match cmd {
+            Command::Switch { to, expect_generation, forced, window_ms, .. } => {
+                Command::Switch { to, expect_generation, forced, window_ms, detail: summary }
+            }
+            Command::Rollback { expect_generation, forced, window_ms, .. } => {
+                Command::Rollback { expect_generation, forced, window_ms, detail: summary }
+            }
+            other => other,
+        };
         let mut next = st.apply(cmd, now_ms(), actor)?;
         if let Some(r) = &report {
             next = next.apply(Command::RecordCheck { report: r.clone() }, now_ms(), actor)?;

@@ -111,6 +111,8 @@ pub enum Command {
         forced: bool,
         /// How long the old live release stays warm.
         window_ms: u64,
+        /// Audit summary (validation result).
+        detail: String,
     },
     /// Make `previous` live again; the current live release becomes `previous`.
     Rollback {
@@ -120,6 +122,8 @@ pub enum Command {
         forced: bool,
         /// How long the release rolled back from stays warm.
         window_ms: u64,
+        /// Audit summary (re-check result).
+        detail: String,
     },
     /// Drop a release (never the live one).
     Retire {
@@ -245,18 +249,18 @@ impl State {
                 next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check });
                 next.push(now, "register", actor, None, Some(name), false, String::new());
             }
-            Command::Switch { to, forced, window_ms, .. } => {
+            Command::Switch { to, forced, window_ms, detail, .. } => {
                 let from = next.live.replace(to.clone());
                 next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
                 next.generation += 1;
-                next.push(now, "switch", actor, from, Some(to), forced, String::new());
+                next.push(now, "switch", actor, from, Some(to), forced, detail);
             }
-            Command::Rollback { forced, window_ms, .. } => {
+            Command::Rollback { forced, window_ms, detail, .. } => {
                 let prev = next.previous.take().expect("prechecked").release;
                 let from = next.live.replace(prev.clone());
                 next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
                 next.generation += 1;
-                next.push(now, "rollback", actor, from, Some(prev), forced, String::new());
+                next.push(now, "rollback", actor, from, Some(prev), forced, detail);
             }
             Command::Retire { name } => {
                 next.releases.remove(&name);
@@ -321,7 +325,7 @@ mod tests {
     }
 
     fn switch(to: &str, expect: Option<u64>) -> Command {
-        Command::Switch { to: n(to), expect_generation: expect, forced: false, window_ms: 1000 }
+        Command::Switch { to: n(to), expect_generation: expect, forced: false, window_ms: 1000, detail: String::new() }
     }
 
     fn two() -> State {
@@ -351,14 +355,14 @@ mod tests {
         );
         assert_eq!(s.apply(Command::Retire { name: n("juniper") }, 5, "t"), Err(StateError::RetireLive { name: n("juniper") }));
         let fresh = reg(State::empty(), "elm");
-        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0 };
+        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0, detail: String::new() };
         assert_eq!(fresh.apply(rb, 5, "t"), Err(StateError::NoPrevious));
     }
 
     #[test]
     fn rollback_swaps_live_and_previous() {
         let s = two().apply(switch("elm", None), 100, "t").unwrap();
-        let rb = Command::Rollback { expect_generation: Some(2), forced: false, window_ms: 50 };
+        let rb = Command::Rollback { expect_generation: Some(2), forced: false, window_ms: 50, detail: String::new() };
         let r = s.apply(rb, 200, "t").unwrap();
         assert_eq!(r.live, Some(n("juniper")));
         assert_eq!(r.previous, Some(Previous { release: n("elm"), retire_at: 250 }));
@@ -371,7 +375,7 @@ mod tests {
         let r = s.apply(Command::Retire { name: n("juniper") }, 200, "t").unwrap();
         assert!(r.previous.is_none());
         assert!(!r.releases.contains_key(&n("juniper")));
-        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0 };
+        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0, detail: String::new() };
         assert_eq!(r.apply(rb, 300, "t"), Err(StateError::NoPrevious));
     }
 

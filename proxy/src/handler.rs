@@ -33,6 +33,9 @@ pub struct ProxySettings {
     pub max_retries: usize,
     /// How long idle upstream keep-alive connections stay pooled.
     pub upstream_idle_timeout: Duration,
+    /// Record per-request status and duration metrics (in-flight counts, which
+    /// draining relies on, are always kept). Off only to measure their cost.
+    pub metrics: bool,
 }
 
 impl Default for ProxySettings {
@@ -42,6 +45,7 @@ impl Default for ProxySettings {
             upstream_timeout: Duration::from_secs(60),
             max_retries: 2,
             upstream_idle_timeout: Duration::from_secs(60),
+            metrics: true,
         }
     }
 }
@@ -274,7 +278,9 @@ impl ProxyHttp for CanopyProxy {
         let release = snapshot.release(t.release);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| s.elapsed());
-        release.stats().service(t.service).record(status, elapsed);
+        if self.settings.metrics {
+            release.stats().service(t.service).record(status, elapsed);
+        }
         release.stats().finish();
         if let Some(log) = &self.access_log {
             let req = session.req_header();
