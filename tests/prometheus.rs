@@ -1,0 +1,128 @@
+//! A real Prometheus server (Debian's `prometheus`) scrapes canopy's admin
+//! listener; after a flip its HTTP API must report the new live release and
+//! the switch counters.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\nscrape_configs:\n  - job_name: canopy\n    static_configs:\n      - targets: ['{target}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus is installed by .ci/run (apt-get install prometheus)");
+    Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+}
+
+/// Polls an instant query until `ok` accepts its result vector (or panics at the deadline).
+async fn wait_for(p: &Prometheus, query: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = client().get(format!("{}/api/v1/query", p.url)).query(&[("query", query)]).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+                if ok(&result) {
+                    return result;
+                }
+                last = v;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("prometheus never satisfied `{query}`; last answer: {last}");
+}
+
+fn value(sample: &Value) -> f64 {
+    sample["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_the_flip() {
+    let (c, _j, _e) = two_releases("", "").await;
+    let prom = start_prometheus(c.admin);
+    for _ in 0..5 {
+        assert_eq!(get(&c, "/products").await.1, "juniper");
+    }
+    let live = wait_for(&prom, "canopy_live_release_info", |r| r.len() == 1).await;
+    assert_eq!(live[0]["metric"]["release"], "juniper");
+
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&c, "/products").await.1, "elm");
+    }
+    let live = wait_for(&prom, "canopy_live_release_info", |r| {
+        r.len() == 1 && r[0]["metric"]["release"] == "elm"
+    })
+    .await;
+    assert_eq!(value(&live[0]), 1.0);
+    // juniper (initial switch) then elm
+    let ok = wait_for(&prom, "canopy_switches_total{result=\"ok\"}", |r| r.len() == 1 && value(&r[0]) == 2.0).await;
+    assert_eq!(ok[0]["metric"]["job"], "canopy");
+    let reqs = wait_for(&prom, "sum by (release) (canopy_requests_total{service=\"storefront\",code=\"200\"})", |r| {
+        r.len() == 2
+    })
+    .await;
+    for s in &reqs {
+        let expected = if s["metric"]["release"] == "juniper" { 5.0 } else { 3.0 };
+        assert_eq!(value(s), expected, "{s}");
+    }
+    let checks = wait_for(&prom, "canopy_validation_checks_total{release=\"elm\",result=\"pass\"}", |r| !r.is_empty()).await;
+    assert!(checks.iter().any(|s| s["metric"]["service"] == "worker"));
+    wait_for(&prom, "process_resident_memory_bytes", |r| r.len() == 1 && value(&r[0]) > 0.0).await;
+}
+
+/// Every query of the shipped Grafana dashboard parses and evaluates on a real
+/// Prometheus scraping canopy, and the core panels return data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboard_queries_run_on_prometheus() {
+    let (c, _j, _e) = two_releases("", "").await;
+    let prom = start_prometheus(c.admin);
+    get(&c, "/products").await;
+    wait_for(&prom, "canopy_requests_total", |r| !r.is_empty()).await;
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string("deploy/grafana-dashboard.json").unwrap()).unwrap();
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for a in dash["annotations"]["list"].as_array().unwrap() {
+        exprs.push(a["expr"].as_str().unwrap().to_string());
+    }
+    assert!(exprs.len() >= 12);
+    for e in &exprs {
+        let r: Value = client().get(format!("{}/api/v1/query", prom.url)).query(&[("query", e)]).send().await.unwrap().json().await.unwrap();
+        assert_eq!(r["status"], "success", "{e}: {r}");
+    }
+    let live = wait_for(&prom, "max by (release) (canopy_live_release_info)", |r| r.len() == 1).await;
+    assert_eq!(live[0]["metric"]["release"], "juniper");
+}
