@@ -219,3 +219,22 @@ async fn sigterm_finishes_inflight_requests_then_exits() {
     assert!(status.success(), "{status}");
     assert!(sent.elapsed() < Duration::from_secs(3), "{:?}", sent.elapsed());
 }
+
+/// Regression for pingora#946 (patched in vendor/pingora-proxy): with a fast
+/// upstream the tunnel was torn down right after the 101 a few times per
+/// hundred upgrades. Every one of 300 upgrades must carry its first frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_first_frame_survives_a_fast_101() {
+    let (c, _j, _e) = two_releases("", "").await;
+    let mut failures = Vec::new();
+    for i in 0..300 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", c.proxy)).await.unwrap();
+        let sent = ws.send(format!("hello {i}").into()).await;
+        match (sent, ws.next().await) {
+            (Ok(()), Some(Ok(m))) if m.to_text().ok() == Some(&format!("juniper:hello {i}")) => {}
+            (sent, got) => failures.push(format!("upgrade {i}: send {sent:?}, got {got:?}")),
+        }
+        let _ = ws.close(None).await;
+    }
+    assert!(failures.is_empty(), "{} of 300 upgrades lost their tunnel: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+}

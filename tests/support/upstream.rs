@@ -7,8 +7,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +22,16 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
+
+/// Header on every response: when the request reached this upstream, in
+/// microseconds since [`epoch`] (comparable with the test's own `Instant`s).
+pub const RECEIVED_HEADER: &str = "x-upstream-received-us";
+
+/// The shared time origin for [`RECEIVED_HEADER`].
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// Behaviour switches shared with the running server (flip them live).
 #[derive(Debug, Default)]
@@ -65,7 +75,14 @@ fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn handle(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let received = epoch().elapsed().as_micros().to_string();
+    let mut resp = respond(ctx, req).await?;
+    resp.headers_mut().insert(RECEIVED_HEADER, received.parse().unwrap());
+    Ok(resp)
+}
+
+async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     ctx.hits.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
