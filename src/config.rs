@@ -35,11 +35,11 @@ pub enum ConfigError {
         at: Located,
         /// The parser's error.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// A value that parses but breaks a rule (duplicate service, ...).
     #[error("{0}")]
-    Invalid(Located),
+    Invalid(Box<Located>),
 }
 
 /// A message pinned to a place in the config file, shown with the line and a caret.
@@ -272,7 +272,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid(Located::new(self.path, self.text, Some(span), message.into()))
+        ConfigError::Invalid(Box::new(Located::new(self.path, self.text, Some(span), message.into())))
     }
 
     fn relative(&self, p: &str) -> PathBuf {
@@ -295,7 +295,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
         at: Located::new(path, text, source.span(), source.message().to_string()),
-        source,
+        source: Box::new(source),
     })?;
     let cx = Ctx { path, text };
     let whole = 0..0;

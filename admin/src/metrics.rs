@@ -14,13 +14,16 @@ use crate::report::Report;
 
 const RESULTS: [&str; 3] = ["ok", "refused", "failed"];
 
+/// `(release, service, check, result)` labels of `canopy_validation_checks_total`.
+type CheckKey = (String, String, String, &'static str);
+
 /// Counters the controller updates (never on the request path).
 pub struct ControlMetrics {
     switches: [AtomicU64; 3],
     rollbacks: [AtomicU64; 3],
     flip_duration: Histogram,
     last_flip_ms: AtomicU64,
-    checks: Mutex<BTreeMap<(String, String, String, &'static str), u64>>,
+    checks: Mutex<BTreeMap<CheckKey, u64>>,
 }
 
 fn idx(result: &str) -> usize {
