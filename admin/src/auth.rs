@@ -35,7 +35,11 @@ impl Guard {
         let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
         if let Some(origin) = header("origin") {
             let host = header("host").unwrap_or("");
-            let same = origin.strip_prefix("http://").is_some_and(|o| o.eq_ignore_ascii_case(host));
+            // https too: the listener may sit behind a TLS-terminating proxy
+            let same = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(host));
             // Without a token only loopback Host names are trusted (defeats DNS rebinding).
             let trusted = self.token.is_some() || is_loopback_host(host);
             if !(same && trusted) {
