@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/install-deps.sh
 cargo build --release --bin canopy --example upstream
 canopy=target/release/canopy
 upstream=target/release/examples/upstream
