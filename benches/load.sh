@@ -4,6 +4,7 @@
 #
 #   bash benches/load.sh                      # defaults: THREADS=1 DURATION=10s
 #   THREADS=2 DURATION=20s bash benches/load.sh
+#   ROUNDS=3 bash benches/load.sh             # medians of 3 rounds (single runs vary ~15%)
 #
 # One upstream (examples/upstream.rs) answers GET /products with a small JSON.
 # Each proxy in turn fronts it on loopback; wrk drives it with 32 keep-alive
@@ -13,7 +14,10 @@
 # independent of how much of the (shared, small) machine wrk and the upstream
 # take. Throughput and latency on a 2-core box are dominated by the load
 # generator and the upstream sharing the CPUs; CPU us/req is the figure to
-# compare.
+# compare. With THREADS=1 every proxy runs one core flat out, so its CPU
+# us/req also depends on how well it batches under saturation: single runs
+# vary by ~15%, use ROUNDS=3 for medians, and run on an otherwise idle machine
+# (the script prints how busy the CPUs were before it started).
 #
 # Needs: cargo, wrk, curl, python3 (to pick free ports). Optional: nginx,
 # haproxy, oha. Everything binds 127.0.0.1 only.
@@ -24,6 +28,7 @@ THREADS=${THREADS:-1}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-1}                  # repeat the whole comparison; the table shows medians
 READY_TIMEOUT=${READY_TIMEOUT:-15}   # seconds to wait for a process to answer
 
 cd "$(dirname "$0")/.."
@@ -35,19 +40,28 @@ CLK_TCK=$(getconf CLK_TCK)
 # Every process we start is recorded here and killed (by pid) on exit.
 PIDS=()
 
-stop_pid() { # stop_pid PID: TERM (the process and its children), then KILL after 5s
-  local pid=$1 kids i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kids=$(pgrep -P "$pid" || true)
+stop_pid() { # stop_pid PID: TERM, then KILL (with its children) after 5s
+  local pid=$1 i k
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 50; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null || true
-  # nginx workers exit with their master; make sure anyway
-  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+  if kill -0 "$pid" 2>/dev/null; then
+    # still there: kill it and its children (nginx workers) for good
+    for k in $(pgrep -P "$pid" || true); do kill -KILL "$k" 2>/dev/null || true; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
+}
+
+# forget PID: drop a reaped pid from PIDS so the cleanup never signals a
+# recycled pid that is no longer ours.
+forget() {
+  local keep=() p
+  for p in "${PIDS[@]+"${PIDS[@]}"}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]+"${keep[@]}"}")
 }
 
 cleanup() {
@@ -62,6 +76,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 die() { echo "load.sh: $*" >&2; exit 1; }
+
+# run CMD...: run a (bounded) command in the background and wait for it, so a
+# signal to this script is handled at once instead of after CMD finishes, and
+# CMD itself is stopped by the cleanup.
+run() {
+  "$@" &
+  local pid=$! rc=0
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget "$pid"
+  return "$rc"
+}
 
 # ---------------------------------------------------------------- helpers
 # Free loopback ports, all held open at once so they are distinct.
@@ -113,8 +139,17 @@ to_ms() {
 command -v wrk >/dev/null || die "wrk is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 echo "== building release binaries"
-cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -n 3
+run cargo build --release --bin canopy --example upstream --example bare_pingora
 BIN=$ROOT/target/release
+
+# Other work on the machine skews everything; show how busy the CPUs were
+# (share of non-idle time over one second, before anything of ours runs).
+cpu_sample() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
+read -r total0 idle0 <<<"$(cpu_sample)"
+sleep 1
+read -r total1 idle1 <<<"$(cpu_sample)"
+BUSY_BEFORE=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN {printf "%.0f%%", (t > 0 ? 100 * (t - i) / t : 0)}')
+((${BUSY_BEFORE%\%} < 20)) || echo "warning: the CPUs are already $BUSY_BEFORE busy; expect skewed numbers" >&2
 
 # ---------------------------------------------------------------- upstream
 read -r UP_PORT CANOPY_PORT ADMIN_PORT BARE_PORT NGINX_PORT HAPROXY_PORT <<<"$(free_ports 6)"
@@ -221,16 +256,18 @@ PROXIES=(canopy bare)
 HAVE_OHA=0
 command -v oha >/dev/null && HAVE_OHA=1
 
+# Per proxy, space-separated values, one per round.
 declare -A RPS P99 CPU OHA_P99
 
 # ---------------------------------------------------------------- measure
-for name in "${PROXIES[@]}"; do
+measure() { # measure NAME: start the proxy, check it, load it, record, stop it
+  local name=$1 headers status before after out requests rps p99 cpu
   echo "== $name"
   "start_$name"
   PIDS+=("$PROXY_PID")
   wait_http "$name" "$PROXY_PID" "$PROXY_URL/products"
 
-  # correctness first: a 200, and canopy must say which release answered
+  # correctness first: a 200 from the upstream, and canopy must say which release answered
   headers=$(curl -s -D - -o "$TMP/$name.body" --max-time 2 "$PROXY_URL/products")
   status=$(head -n 1 <<<"$headers" | awk '{print $2}')
   [[ $status == 200 ]] || die "$name: GET /products answered $status"
@@ -239,49 +276,72 @@ for name in "${PROXIES[@]}"; do
   fi
   grep -q '"release":"juniper"' "$TMP/$name.body" || die "$name: body did not come from the upstream"
 
-  wrk -t1 -c"$CONNS" -d"$WARMUP" "$PROXY_URL/products" >/dev/null
+  run wrk -t1 -c"$CONNS" -d"$WARMUP" "$PROXY_URL/products" >/dev/null
 
   before=$(cpu_ticks "$PROXY_PID")
-  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$PROXY_URL/products" >"$TMP/$name.wrk"
+  run wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$PROXY_URL/products" >"$TMP/$name.wrk"
   after=$(cpu_ticks "$PROXY_PID")
 
   out=$(cat "$TMP/$name.wrk")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  RPS[$name]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
-  P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-  # µs of proxy CPU per request
-  CPU[$name]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  # microseconds of proxy CPU per request
+  cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  RPS[$name]+=" $rps" P99[$name]+=" $p99" CPU[$name]+=" $cpu"
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     echo "   warning: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')"
   fi
-  echo "   $requests requests, ${RPS[$name]} req/s, p99 ${P99[$name]} ms, CPU $((after - before)) ticks"
+  echo "   $requests requests, $rps req/s, p99 $p99 ms, CPU $((after - before)) ticks = $cpu us/req"
 
   if ((HAVE_OHA)); then
-    oha -z 10s -q 2000 -c "$CONNS" --no-tui "$PROXY_URL/products" >"$TMP/$name.oha" 2>&1
+    run oha -z 10s -q 2000 -c "$CONNS" --no-tui "$PROXY_URL/products" >"$TMP/$name.oha" 2>&1
     # "99.00% in 0.0012 secs" (older oha: "99% in ...")
-    OHA_P99[$name]=$(awk '/^ *99(\.00)?% in/ {printf "%.3f", $3 * 1000}' "$TMP/$name.oha")
+    OHA_P99[$name]+=" $(awk '/^ *99(\.00)?% in/ {printf "%.3f", $3 * 1000}' "$TMP/$name.oha")"
   fi
 
   stop_pid "$PROXY_PID"   # one proxy at a time: nothing else competes for CPU
+  forget "$PROXY_PID"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  ((ROUNDS == 1)) || echo "-- round $round of $ROUNDS"
+  for name in "${PROXIES[@]}"; do measure "$name"; done
 done
 
 # ---------------------------------------------------------------- report
-echo
-echo "THREADS=$THREADS, wrk -t1 -c$CONNS -d$DURATION, GET /products, $(nproc) CPUs"
+median() { # median "V1 V2 ..." PRINTF-FORMAT
+  tr ' ' '\n' <<<"$1" | grep . | sort -g |
+    awk -v f="$2" '{v[NR] = $1} END {if (NR) printf f, (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+declare -A M_RPS M_P99 M_CPU
+for name in "${PROXIES[@]}"; do
+  M_RPS[$name]=$(median "${RPS[$name]}" %.0f)
+  M_P99[$name]=$(median "${P99[$name]}" %.3f)
+  M_CPU[$name]=$(median "${CPU[$name]}" %.2f)
+done
+
+echo
+echo "THREADS=$THREADS, wrk -t1 -c$CONNS -d$DURATION, GET /products, $(nproc) CPUs, CPUs busy before start: $BUSY_BEFORE"
+((ROUNDS == 1)) || echo "median of $ROUNDS rounds"
 fmt='%-8s %10s %10s %12s %14s %12s\n'
 # shellcheck disable=SC2059
 printf "$fmt" proxy "req/s" "p99 ms" "CPU us/req" "CPU vs bare" "p99 vs nginx"
 for name in "${PROXIES[@]}"; do
   # shellcheck disable=SC2059
-  printf "$fmt" "$name" "${RPS[$name]}" "${P99[$name]}" "${CPU[$name]}" \
-    "$(ratio "${CPU[$name]}" "${CPU[bare]}")" "$(ratio "${P99[$name]}" "${P99[nginx]:-0}")"
+  printf "$fmt" "$name" "${M_RPS[$name]}" "${M_P99[$name]}" "${M_CPU[$name]}" \
+    "$(ratio "${M_CPU[$name]}" "${M_CPU[bare]}")" "$(ratio "${M_P99[$name]}" "${M_P99[nginx]:-0}")"
 done
+if ((ROUNDS > 1)); then
+  echo "CPU us/req per round:"
+  for name in "${PROXIES[@]}"; do printf '  %-8s%s\n' "$name" "${CPU[$name]}"; done
+fi
 
 echo
 if ((HAVE_OHA)); then
-  echo "oha fixed rate (2000 req/s, $CONNS connections, 10s), p99:"
-  for name in "${PROXIES[@]}"; do printf '  %-8s %s ms\n' "$name" "${OHA_P99[$name]:-?}"; done
+  echo "oha fixed rate (2000 req/s, $CONNS connections, 10s), median p99:"
+  for name in "${PROXIES[@]}"; do printf '  %-8s %s ms\n' "$name" "$(median "${OHA_P99[$name]}" %.3f)"; done
 else
   echo "(oha not installed: fixed-rate latency pass skipped)"
 fi
