@@ -85,15 +85,21 @@ fn release_name(raw: &str) -> Result<ReleaseName, ApiError> {
     ReleaseName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// JSON's whitespace (RFC 8259): narrower than `is_ascii_whitespace`, which
+/// also admits form feed.
+fn json_space(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn parse_body<T: DeserializeOwned + Default>(body: &[u8], required: bool) -> Result<T, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
+    if body.iter().all(json_space) {
         if required {
             return Err(ApiError::BadRequest("request body is empty; a JSON object is required".into()));
         }
         return Ok(T::default());
     }
     // serde would also read a struct from a JSON array; only objects are accepted
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if body.iter().find(|b| !json_space(b)) != Some(&b'{') {
         return Err(ApiError::BadRequest("request body must be a JSON object".into()));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -140,7 +146,8 @@ impl AdminApi {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
-        let public = method == Method::GET && matches!(path.as_str(), "/healthz" | "/" | "/openapi.json");
+        // Public paths answer only GET; other methods get their 405 without a token.
+        let public = matches!(path.as_str(), "/healthz" | "/" | "/openapi.json");
         self.guard.check(req, public)?;
         let actor = self.guard.actor(req, s.client_addr());
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -201,6 +208,17 @@ impl AdminApi {
     }
 }
 
+/// The methods a path answers, for the `Allow` header of a 405 (RFC 9110 15.5.6).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match segments.as_slice() {
+        [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] => "GET",
+        ["releases", _] => "GET, PUT, DELETE",
+        ["releases", _, "check"] | ["switch"] | ["rollback"] => "POST",
+        _ => return None,
+    })
+}
+
 /// `SwitchBody` behind an Option so `parse_body` can require it.
 #[derive(Debug, Default)]
 struct SwitchBodyOpt(Option<SwitchBody>);
@@ -233,6 +251,11 @@ impl ServeHttp for AdminApi {
         if reply.status == 401 {
             b = b.header("www-authenticate", "Bearer realm=\"canopy\"");
         }
+        if reply.status == 405 {
+            if let Some(allow) = allowed_methods(s.req_header().uri.path()) {
+                b = b.header("allow", allow);
+            }
+        }
         b.body(reply.body).expect("valid response")
     }
 }
@@ -263,6 +286,21 @@ mod tests {
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
         }
+    }
+
+    #[test]
+    fn allow_lists_the_methods_of_each_route() {
+        assert_eq!(allowed_methods("/releases/elm"), Some("GET, PUT, DELETE"));
+        assert_eq!(allowed_methods("/switch"), Some("POST"));
+        assert_eq!(allowed_methods("/status"), Some("GET"));
+        assert_eq!(allowed_methods("/nowhere"), None);
+    }
+
+    #[test]
+    fn form_feed_is_not_an_empty_body() {
+        assert!(parse_body::<RollbackBody>(b" \r\n\t", false).is_ok());
+        assert!(parse_body::<RollbackBody>(b"\x0c", false).is_err());
+        assert!(parse_body::<RollbackBody>(b"\x0c{}", false).is_err());
     }
 
     #[test]

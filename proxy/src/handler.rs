@@ -21,6 +21,12 @@ use crate::table::ReleaseTable;
 /// to preview a registered release.
 pub const RELEASE_HEADER: &str = "x-canopy-release";
 
+/// Largest request header section (request line included) canopy forwards;
+/// larger ones are answered 431. pingora's own limits are far higher (1 MiB,
+/// 256 lines; answered 400) and Node upstreams such as Vendure refuse more
+/// than 16 KiB anyway.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -112,6 +118,35 @@ async fn respond_json(
     session.write_response_body(Some(Bytes::from(body)), true).await
 }
 
+/// A request canopy refuses before routing even though pingora parsed it:
+/// returns the status and JSON body.
+///
+/// pingora accepts `Content-Length` together with `Transfer-Encoding` (it drops
+/// the length and reads chunked, as RFC 9112 6.3 allows), but such a request
+/// is the classic smuggling probe: no legitimate client sends both, and a
+/// front proxy may have framed it by the length. It is refused here, before
+/// anything is forwarded. pingora has already removed the `Content-Length`
+/// from the parsed header, so the raw header bytes are consulted.
+fn refuse(session: &Session) -> Option<(u16, String)> {
+    let raw = session.as_downstream().to_h1_raw();
+    if raw.len() > MAX_REQUEST_HEADER_BYTES {
+        return Some((
+            431,
+            format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#),
+        ));
+    }
+    // only requests that kept a Transfer-Encoding can have had both: the
+    // common request costs no scan
+    if !session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let had_length = raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        name.eq_ignore_ascii_case(b"content-length")
+    });
+    had_length.then(|| (400, r#"{"error":"request has both Content-Length and Transfer-Encoding"}"#.to_string()))
+}
+
 fn classify(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -138,6 +173,10 @@ impl ProxyHttp for CanopyProxy {
     /// there is no route or no live release.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        if let Some((status, body)) = refuse(session) {
+            respond_json(session, status, None, body).await?;
+            return Ok(true);
+        }
         let snapshot = self.table.load();
         let req = session.req_header();
         let preview = req.headers.get(RELEASE_HEADER).map(|v| v.as_bytes());
@@ -199,6 +238,16 @@ impl ProxyHttp for CanopyProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream.remove_header(RELEASE_HEADER);
+        // pingora accepts identical duplicate lengths (`5, 5` or two lines; RFC
+        // 9110 8.6) and forwards them as received; strict parsers such as
+        // Node's refuse duplicates, so forward the one value it framed by.
+        let lengths = upstream.headers.get_all(http::header::CONTENT_LENGTH);
+        if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+            let first = lengths.iter().next().and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
+            if let Some(n) = first.map(str::trim).and_then(|n| n.parse::<u64>().ok()) {
+                upstream.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+            }
+        }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),
