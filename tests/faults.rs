@@ -995,12 +995,9 @@ async fn hanging_retire_hook_is_bounded_by_its_timeout() {
     no_leaks(&c, base, "hanging retire hook").await;
 }
 
-/// Known bug, outside the files this suite may change: `run_program`
-/// (admin/src/checks.rs) kills only the direct child on timeout, so a hook or
-/// command check run through a shell leaves its children running. Fix: spawn
-/// with `process_group(0)` and kill the group (`kill(-pgid, SIGKILL)`).
+/// A hook or command check that times out is killed with everything it
+/// started (it runs in its own process group), not just the shell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: timed-out hooks/checks leave their child processes running"]
 async fn timed_out_hook_leaves_no_process_behind() {
     let (extra, needle) = hanging_hook();
     let (c, _j, _e) = two_releases(&extra, "").await;

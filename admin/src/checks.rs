@@ -332,13 +332,21 @@ pub async fn run_program(argv: &[String], timeout: Duration) -> Attempt {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // its own process group, so a timeout can stop everything it started
+        .process_group(0)
         .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Attempt::fail(format!("cannot run `{}`: {e}", argv[0])),
     };
+    let pgid = child.id();
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Attempt::fail(format!("timed out after {}", humantime::format_duration(timeout))),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                kill_group(pgid).await;
+            }
+            Attempt::fail(format!("timed out after {}", humantime::format_duration(timeout)))
+        }
         Ok(Err(e)) => Attempt::fail(format!("waiting for `{}`: {e}", argv[0])),
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -351,6 +359,21 @@ pub async fn run_program(argv: &[String], timeout: Duration) -> Attempt {
             };
             Attempt { passed, reason, output }
         }
+    }
+}
+
+/// SIGKILLs a process group (a timed-out check or hook and its children).
+/// Uses kill(1): this crate forbids `unsafe`, so no direct kill(2) call.
+async fn kill_group(pgid: u32) {
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if let Err(e) = status {
+        log::warn!("could not kill process group {pgid}: {e}");
     }
 }
 
