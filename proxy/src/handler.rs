@@ -255,7 +255,7 @@ impl ProxyHttp for CanopyProxy {
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
         if let Some(host) = session.req_header().headers.get(http::header::HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
