@@ -164,12 +164,13 @@ echo "== upstream on $UPSTREAM (pid $UP_PID); proxies get THREADS=$THREADS, wrk 
 # ---------------------------------------------------------------- proxies
 # Each start_* writes the proxy's pid into PROXY_PID and its URL into PROXY_URL.
 
-start_canopy() {
+start_canopy() { # start_canopy [METRICS=true]
   cat >"$TMP/canopy.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$CANOPY_PORT"
 threads = $THREADS
 shutdown-grace = "1s"
+metrics = ${1:-true}
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -192,6 +193,9 @@ EOF
   PROXY_PID=$!
   PROXY_URL=http://127.0.0.1:$CANOPY_PORT
 }
+
+# canopy with per-request metrics recording off: what recording costs (issue 4)
+start_nometrics() { start_canopy false; }
 
 start_bare() {
   "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" >"$TMP/bare.log" 2>&1 &
@@ -250,7 +254,7 @@ EOF
   PROXY_URL=http://127.0.0.1:$HAPROXY_PORT
 }
 
-PROXIES=(canopy bare)
+PROXIES=(canopy nometrics bare)
 [[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
 [[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
 HAVE_OHA=0
@@ -271,7 +275,7 @@ measure() { # measure NAME: start the proxy, check it, load it, record, stop it
   headers=$(curl -s -D - -o "$TMP/$name.body" --max-time 2 "$PROXY_URL/products")
   status=$(head -n 1 <<<"$headers" | awk '{print $2}')
   [[ $status == 200 ]] || die "$name: GET /products answered $status"
-  if [[ $name == canopy ]]; then
+  if [[ $name == canopy || $name == nometrics ]]; then
     grep -qi '^x-canopy-release: juniper' <<<"$headers" || die "canopy: response lacks x-canopy-release: juniper"
   fi
   grep -q '"release":"juniper"' "$TMP/$name.body" || die "$name: body did not come from the upstream"
@@ -333,6 +337,7 @@ for name in "${PROXIES[@]}"; do
   printf "$fmt" "$name" "${M_RPS[$name]}" "${M_P99[$name]}" "${M_CPU[$name]}" \
     "$(ratio "${M_CPU[$name]}" "${M_CPU[bare]}")" "$(ratio "${M_P99[$name]}" "${M_P99[nginx]:-0}")"
 done
+echo "metrics recording on/off, CPU us/req: $(ratio "${M_CPU[canopy]}" "${M_CPU[nometrics]}")  (nometrics = canopy with [proxy] metrics = false)"
 if ((ROUNDS > 1)); then
   echo "CPU us/req per round:"
   for name in "${PROXIES[@]}"; do printf '  %-8s%s\n' "$name" "${CPU[$name]}"; done
