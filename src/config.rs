@@ -136,6 +136,7 @@ struct FileProxy {
     upstream_idle_timeout: Option<Dur>,
     max_retries: Option<usize>,
     metrics: Option<bool>,
+    client_timeout: Option<Dur>,
     shutdown_grace: Option<Dur>,
     access_log: Option<String>,
 }
@@ -247,6 +248,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Longest wait for a client's complete request head (idle keep-alive included).
+    pub client_timeout: Duration,
     /// Access log destination (off when `None`).
     pub access_log: Option<AccessLogTarget>,
     /// Admin listen address.
@@ -425,6 +428,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         threads,
         proxy,
         shutdown_grace: p.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        client_timeout: p.client_timeout.map_or(Duration::from_secs(60), |d| d.0).max(Duration::from_secs(1)),
         access_log,
         admin_listen,
         token,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
-use canopy_proxy::{AccessLog, CanopyProxy, ReleaseTable, Resolver};
+use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -146,11 +146,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &conf,
-        CanopyProxy::new(table.clone(), config.proxy, access_log),
-        "canopy proxy",
-    );
+    let app = pingora::proxy::http_proxy(&conf, CanopyProxy::new(table.clone(), config.proxy, access_log));
+    let mut proxy = Service::new("canopy proxy".into(), ClientTimeouts::new(app, config.client_timeout));
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }

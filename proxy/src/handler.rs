@@ -173,6 +173,7 @@ impl ProxyHttp for CanopyProxy {
     /// there is no route or no live release.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        crate::downstream::mark_head_seen();
         if let Some((status, body)) = refuse(session) {
             respond_json(session, status, None, body).await?;
             return Ok(true);

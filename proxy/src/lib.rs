@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod downstream;
 mod endpoint;
 mod handler;
 mod names;
@@ -17,6 +18,7 @@ mod table;
 mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use downstream::ClientTimeouts;
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
 pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
