@@ -58,18 +58,6 @@ async fn failing_command_check_refuses_with_its_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_check_program_is_a_clear_failure() {
-    let check = r#"{ kind = "command", argv = ["/nonexistent/check-{release}"], timeout = "2s", retries = 0 },"#;
-    let c = Canopy::start(&config("", check));
-    let elm = Stack::spawn("elm").await;
-    elm.register(&c, "elm").await;
-    let (code, body) = switch(&c, "elm").await;
-    assert_eq!(code, 422);
-    let text = body.to_string();
-    assert!(text.contains("cannot run `/nonexistent/check-elm`"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
     let (c, _j, _e) = two_releases("", "").await;
     assert_eq!(get(&c, "/shop-api/x").await.1, "juniper");
