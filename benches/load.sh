@@ -300,8 +300,10 @@ measure() { # measure NAME: start the proxy, check it, load it, record, stop it
 
   if ((HAVE_OHA)); then
     run oha -z 10s -q 2000 -c "$CONNS" --no-tui "$PROXY_URL/products" >"$TMP/$name.oha" 2>&1
-    # "99.00% in 0.0012 secs" (older oha: "99% in ...")
-    OHA_P99[$name]+=" $(awk '/^ *99(\.00)?% in/ {printf "%.3f", $3 * 1000}' "$TMP/$name.oha")"
+    # "99.00% in 741.5 µs" (unit varies: secs, ms, µs/us, ns; older oha: "99% in ...")
+    OHA_P99[$name]+=" $(awk '/^ *99(\.00)?% in/ {
+      f = ($4 == "secs" || $4 == "s") ? 1000 : ($4 == "ms") ? 1 : ($4 == "ns") ? 1e-6 : 1e-3
+      printf "%.3f", $3 * f; exit }' "$TMP/$name.oha")"
   fi
 
   stop_pid "$PROXY_PID"   # one proxy at a time: nothing else competes for CPU
