@@ -331,3 +331,23 @@ async fn corrupt_state_file_stops_startup_with_its_name() {
     // and the file is left as it was
     assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).unwrap(), "{\"version\": 1, \"live\": ");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_file_wins_over_initial_after_restart() {
+    let mut c = Canopy::start(&config("initial = \"juniper\"", ""));
+    // first start: `initial` is live (its template backends do not resolve here)
+    let st = status(&c).await;
+    assert_eq!((st["live"].clone(), st["generation"].clone()), (json!("juniper"), json!(1)));
+    let juniper = Stack::spawn("juniper").await;
+    let elm = Stack::spawn("elm").await;
+    juniper.register(&c, "juniper").await;
+    elm.register(&c, "elm").await;
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    c.kill9();
+    let (dir, text, tmp) = (c.dir.clone(), c.template.clone(), c.tmp.take());
+    c = Canopy::start_in(&dir, &text);
+    c.tmp = tmp;
+    let st = status(&c).await;
+    assert_eq!((st["live"].clone(), st["generation"].clone()), (json!("elm"), json!(2)));
+    assert_eq!(get(&c, "/").await.1, "elm");
+}
