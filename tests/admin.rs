@@ -138,12 +138,7 @@ async fn window_expiry_drains_then_runs_the_retire_hook() {
         hook_log.display()
     );
     let text = config(&extra, "").replace("validation-window = \"10m\"", "validation-window = \"1s\"");
-    let c = Canopy::start(&text);
-    let juniper = Stack::spawn("juniper").await;
-    let elm = Stack::spawn("elm").await;
-    juniper.register(&c, "juniper").await;
-    elm.register(&c, "elm").await;
-    assert_eq!(switch(&c, "juniper").await.0, 200);
+    let (c, _juniper, _elm) = two_releases_with(&text).await;
     // a slow request on juniper, started before the flip, outlives the window
     let slow_url = c.url("/products?ms=1500");
     let slow = tokio::spawn(async move {

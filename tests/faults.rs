@@ -723,12 +723,7 @@ async fn slowloris_and_idle_connections_do_not_starve_real_requests() {
 /// canopy with `client-timeout = "1s"` (the head deadline) and the usual releases.
 async fn rig_with_client_timeout() -> Rig {
     let text = config("", "").replace("shutdown-grace = \"5s\"", "shutdown-grace = \"5s\"\nclient-timeout = \"1s\"");
-    let c = Canopy::start(&text);
-    let juniper = Stack::spawn("juniper").await;
-    let elm = Stack::spawn("elm").await;
-    juniper.register(&c, "juniper").await;
-    elm.register(&c, "elm").await;
-    assert_eq!(switch(&c, "juniper").await.0, 200);
+    let (c, juniper, elm) = two_releases_with(&text).await;
     served_normally(&c).await;
     eventually("in-flight 0 after warm-up", Duration::from_secs(5), || async { inflight(&c).await == 0 }).await;
     let base = fds(&c);

@@ -168,7 +168,7 @@ impl Controller {
             let _w = table.write_lock();
             table.store(Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), settings.preview));
         }
-        let metrics = ControlMetrics::new(validator.checks());
+        let metrics = ControlMetrics::new();
         Ok(Self {
             table,
             topology,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use canopy_proxy::{Histogram, ReleaseName};
 
-use crate::checks::Check;
 use crate::report::Report;
 
 const RESULTS: [&str; 3] = ["ok", "refused", "failed"];
@@ -31,9 +30,8 @@ fn idx(result: &str) -> usize {
 }
 
 impl ControlMetrics {
-    /// New counters; `checks` is only used to size nothing today but keeps the
-    /// door open for pre-seeding check series.
-    pub fn new(_checks: &[Vec<Check>]) -> Self {
+    /// New, zeroed counters.
+    pub fn new() -> Self {
         Self {
             switches: Default::default(),
             rollbacks: Default::default(),

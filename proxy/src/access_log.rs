@@ -77,7 +77,10 @@ impl AccessLog {
         .to_string()
             + "\n";
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
-            self.dropped.fetch_add(1, Relaxed);
+            let n = self.dropped.fetch_add(1, Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!("access log writer is behind: {n} lines dropped so far");
+            }
         }
     }
 

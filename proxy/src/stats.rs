@@ -137,14 +137,6 @@ impl ReleaseStats {
         &self.services[index]
     }
 
-    /// Total requests answered with a status in `lo..=hi` across services.
-    pub fn count_status(&self, lo: u16, hi: u16) -> u64 {
-        self.services
-            .iter()
-            .flat_map(|s| s.by_code[lo as usize..=hi as usize].iter())
-            .map(|c| c.load(Relaxed))
-            .sum()
-    }
 }
 
 /// The set of live counters, keyed by release; touched only on the control path.
@@ -264,7 +256,6 @@ mod tests {
         assert!(out.contains("canopy_request_duration_seconds_count{release=\"elm\",service=\"server\"} 2"));
         assert!(out.contains("canopy_upstream_errors_total{release=\"elm\",service=\"server\",kind=\"connect\"} 1"));
         assert!(out.contains("canopy_inflight_requests{release=\"elm\"} 1"));
-        assert_eq!(st.count_status(500, 599), 1);
         assert!(Arc::ptr_eq(&st, &reg.for_release(&elm)));
     }
 }

@@ -236,7 +236,12 @@ pub async fn status(c: &Canopy) -> Value {
 /// a real three-service stack; `extra_top` goes into `[releases]`, `server_checks`
 /// into the server's checks.
 pub async fn two_releases(extra_top: &str, server_checks: &str) -> (Canopy, Stack, Stack) {
-    let c = Canopy::start(&config(extra_top, server_checks));
+    two_releases_with(&config(extra_top, server_checks)).await
+}
+
+/// [`two_releases`] on a config text of the caller's (placeholders as in [`config`]).
+pub async fn two_releases_with(config_text: &str) -> (Canopy, Stack, Stack) {
+    let c = Canopy::start(config_text);
     let juniper = Stack::spawn("juniper").await;
     let elm = Stack::spawn("elm").await;
     juniper.register(&c, "juniper").await;
