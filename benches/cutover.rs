@@ -19,7 +19,8 @@
 //!
 //! - canopy: `POST /switch {"release": "green"}` (validated: an http check of
 //!   the candidate's /health, state written durably, then the flip) and
-//!   `POST /rollback` (canopy's quick re-check, then the flip);
+//!   `POST /rollback` (canopy trusts its background watch's fresh, passing
+//!   quick check of the warm release, else re-checks it inline; then the flip);
 //! - nginx: rewrite the config's upstream and run `nginx -s reload`; the call
 //!   returns when the reload command returns;
 //! - HAProxy: `set server be/green state ready; set server be/blue state maint`
@@ -35,7 +36,8 @@
 //! in the same temp directory's file system), idle and under client load.
 //!
 //! `CUTOVER_FLIPS=N` overrides the number of switch+rollback pairs for every
-//! proxy (a quick run while editing this file).
+//! proxy, and `CUTOVER_ONLY=canopy` skips nginx and HAProxy (quick runs while
+//! working on canopy's flip path).
 //!
 //! Everything binds loopback only; every child process is stopped on drop.
 
@@ -93,8 +95,8 @@ struct Flip {
     acked: Instant,
     ok: bool,
     error: Option<String>,
-    /// canopy only: the durations the server reports (validation + persist + flip, validation).
-    server_ms: ServerMs,
+    /// canopy only: the durations the server reports.
+    server_ms: Option<ServerMs>,
 }
 
 const NAMES: [&str; 2] = ["blue", "green"];
@@ -383,11 +385,19 @@ backend be
     Running { name: "haproxy", proc_: p, url, control: Control::Haproxy { sock }, idle_rss_kb: None, state_file: None, _tmp: tmp }
 }
 
-/// canopy's own account of a flip: (validation + persist + flip, validation), ms.
-type ServerMs = Option<(f64, Option<f64>)>;
+/// canopy's own account of a flip (from the reply), ms.
+#[derive(Clone, Copy)]
+struct ServerMs {
+    /// Validation + durable write + flip.
+    total: f64,
+    /// Of which checks run by the call.
+    validation: f64,
+    /// Of which the durable state write.
+    persist: f64,
+}
 
 /// Performs one flip to release `to`; Ok(canopy's own timings).
-async fn flip(control: &Control, admin_http: &reqwest::Client, kind: Kind, to: u8) -> Result<ServerMs, String> {
+async fn flip(control: &Control, admin_http: &reqwest::Client, kind: Kind, to: u8) -> Result<Option<ServerMs>, String> {
     let name = NAMES[to as usize];
     match control {
         Control::Canopy { admin } => {
@@ -401,7 +411,8 @@ async fn flip(control: &Control, admin_http: &reqwest::Client, kind: Kind, to: u
             if status != 200 || body["live"] != name {
                 return Err(format!("{status}: {body}"));
             }
-            Ok(body["duration_ms"].as_f64().map(|d| (d, body["report"]["duration_ms"].as_f64())))
+            let field = |k: &str| body[k].as_f64().ok_or_else(|| format!("no `{k}` in {body}"));
+            Ok(Some(ServerMs { total: field("duration_ms")?, validation: field("validation_ms")?, persist: field("persist_ms")? }))
         }
         Control::Nginx { dir, addrs, port } => {
             let conf = dir.join("nginx.conf");
@@ -568,6 +579,8 @@ struct Stats {
     rollback_server: Vec<Duration>,
     switch_validation: Vec<Duration>,
     rollback_validation: Vec<Duration>,
+    switch_persist: Vec<Duration>,
+    rollback_persist: Vec<Duration>,
     /// Per flip: call latency minus canopy's own timing (HTTP, scheduling, reply).
     outside: Vec<Duration>,
     unloaded_switch: Vec<Duration>,
@@ -623,13 +636,13 @@ fn analyse(o: &Outcome) -> Stats {
     let outside = o
         .flips
         .iter()
-        .filter_map(|f| f.server_ms.map(|(ms, _)| (f.acked - f.sent).saturating_sub(Duration::from_secs_f64(ms / 1e3))))
+        .filter_map(|f| f.server_ms.map(|s| (f.acked - f.sent).saturating_sub(Duration::from_secs_f64(s.total / 1e3))))
         .collect();
-    let server = |kind: Kind, validation: bool| -> Vec<Duration> {
+    let server = |kind: Kind, part: fn(&ServerMs) -> f64| -> Vec<Duration> {
         o.flips
             .iter()
             .filter(|f| f.kind == kind)
-            .filter_map(|f| if validation { f.server_ms.and_then(|s| s.1) } else { f.server_ms.map(|s| s.0) })
+            .filter_map(|f| f.server_ms.as_ref().map(part))
             .map(|ms| Duration::from_secs_f64(ms / 1e3))
             .collect()
     };
@@ -646,10 +659,12 @@ fn analyse(o: &Outcome) -> Stats {
         never_new,
         switch: lat(Kind::Switch),
         rollback: lat(Kind::Rollback),
-        switch_server: server(Kind::Switch, false),
-        rollback_server: server(Kind::Rollback, false),
-        switch_validation: server(Kind::Switch, true),
-        rollback_validation: server(Kind::Rollback, true),
+        switch_server: server(Kind::Switch, |s| s.total),
+        rollback_server: server(Kind::Rollback, |s| s.total),
+        switch_validation: server(Kind::Switch, |s| s.validation),
+        rollback_validation: server(Kind::Rollback, |s| s.validation),
+        switch_persist: server(Kind::Switch, |s| s.persist),
+        rollback_persist: server(Kind::Rollback, |s| s.persist),
         outside,
         unloaded_switch: lat_of(&o.unloaded, Kind::Switch),
         unloaded_rollback: lat_of(&o.unloaded, Kind::Rollback),
@@ -726,6 +741,7 @@ fn persist_probe(bytes: usize, rounds: usize, gap: Duration) -> Vec<Duration> {
 
 fn main() {
     let pairs_override: Option<usize> = std::env::var("CUTOVER_FLIPS").ok().and_then(|v| v.parse().ok());
+    let only_canopy = std::env::var("CUTOVER_ONLY").is_ok_and(|v| v == "canopy");
     let plan = |pairs: usize, pause_ms: u64| Plan { pairs: pairs_override.unwrap_or(pairs), pause: Duration::from_millis(pause_ms) };
     let busy = cpu_busy_1s();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -758,14 +774,16 @@ fn main() {
         let bytes = outcomes[0].state_bytes.unwrap_or(0) as usize;
         let probe_idle = tokio::task::spawn_blocking(move || persist_probe(bytes, 50, Duration::ZERO)).await.unwrap();
         let mut probe_loaded = Vec::new();
-        if Path::new("/usr/sbin/nginx").exists() {
+        if only_canopy {
+            eprintln!("(CUTOVER_ONLY=canopy: nginx and HAProxy skipped)");
+        } else if Path::new("/usr/sbin/nginx").exists() {
             eprintln!("== nginx");
             let n = start_nginx(&up).await;
             outcomes.push(measure(n, &plan(30, 250)).await);
         } else {
             eprintln!("(nginx not installed: skipped)");
         }
-        if Path::new("/usr/sbin/haproxy").exists() {
+        if !only_canopy && Path::new("/usr/sbin/haproxy").exists() {
             eprintln!("== haproxy");
             let h = start_haproxy(&up).await;
             // the same durable write under the same client load (HAProxy itself writes nothing)
@@ -775,7 +793,7 @@ fn main() {
             });
             outcomes.push(measure(h, &plan(30, 100)).await);
             probe_loaded = tokio::task::spawn_blocking(move || probe.join().unwrap()).await.unwrap();
-        } else {
+        } else if !only_canopy {
             eprintln!("(haproxy not installed: skipped)");
         }
         (outcomes, [probe_idle, probe_loaded])
@@ -823,11 +841,13 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     w(&mut out, "switch call max, ms", col(&|_, s| ms(pct(&s.switch, 1.0))));
     w(&mut out, "  canopy's own timing p50/p99, ms", col(&|_, s| p50_99(&s.switch_server)));
     w(&mut out, "    of which validation p50/p99, ms", col(&|_, s| p50_99(&s.switch_validation)));
+    w(&mut out, "    of which durable write p50/p99, ms", col(&|_, s| p50_99(&s.switch_persist)));
     w(&mut out, "rollback call p50, ms", col(&|_, s| ms(pct(&s.rollback, 0.5))));
     w(&mut out, "rollback call p99, ms", col(&|_, s| ms(pct(&s.rollback, 0.99))));
     w(&mut out, "rollback call max, ms", col(&|_, s| ms(pct(&s.rollback, 1.0))));
     w(&mut out, "  canopy's own timing p50/p99, ms", col(&|_, s| p50_99(&s.rollback_server)));
     w(&mut out, "    of which validation p50/p99, ms", col(&|_, s| p50_99(&s.rollback_validation)));
+    w(&mut out, "    of which durable write p50/p99, ms", col(&|_, s| p50_99(&s.rollback_persist)));
     w(&mut out, "call time outside canopy's timing p50/p99, ms", col(&|_, s| p50_99(&s.outside)));
     w(&mut out, "no client load: switch call p50/p99, ms", col(&|_, s| p50_99(&s.unloaded_switch)));
     w(&mut out, "no client load: rollback call p50/p99, ms", col(&|_, s| p50_99(&s.unloaded_rollback)));

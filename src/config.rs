@@ -162,6 +162,7 @@ struct FileReleases {
     retire_hooks: Vec<Spanned<Vec<String>>>,
     hook_timeout: Option<Dur>,
     resolve_interval: Option<Dur>,
+    warm_check_interval: Option<Spanned<Dur>>,
 }
 
 #[derive(Deserialize)]
@@ -413,6 +414,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             return Err(cx.err(h.span(), "a retire hook needs a program (argv[0])"));
         }
     }
+    let warm_check_interval = match &r.warm_check_interval {
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+            return Err(cx.err(d.span(), "warm-check-interval must be at least 100ms"));
+        }
+        Some(d) => d.get_ref().0,
+        None => Duration::from_secs(1),
+    };
     let control = ControlSettings {
         state_file: cx.relative(file.admin.state_file.as_deref().unwrap_or("canopy-state.json")),
         validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
@@ -420,6 +428,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         retire_hooks: r.retire_hooks.iter().map(|h| h.get_ref().clone()).collect(),
         hook_timeout: r.hook_timeout.map_or(Duration::from_secs(60), |d| d.0),
         preview: r.preview,
+        warm_check_interval,
     };
 
     Ok(Config {
@@ -561,6 +570,8 @@ routes = ["/"]
         assert!(e.starts_with("proxy.toml:6:21: invalid duration `ten minutes`"), "{e}");
         let e = err(&MINIMAL.replace("127.0.0.1:8080", "localhost:http"));
         assert!(e.starts_with("proxy.toml:3:10: invalid listen address `localhost:http`"), "{e}");
+        let e = err(&MINIMAL.replace("[releases]", "[releases]\nwarm-check-interval = \"10ms\""));
+        assert!(e.starts_with("proxy.toml:6:23: warm-check-interval must be at least 100ms"), "{e}");
     }
 
     #[test]

@@ -45,13 +45,14 @@ pub enum ServeError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Runs the validation-window timer as a pingora background service.
-struct WindowTimer(Arc<Controller>);
+/// Runs the validation-window timer and the warm release's health watch as a
+/// pingora background service.
+struct ControlLoops(Arc<Controller>);
 
 #[async_trait]
-impl BackgroundService for WindowTimer {
+impl BackgroundService for ControlLoops {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run_window_timer(shutdown).await;
+        tokio::join!(self.0.run_window_timer(shutdown.clone()), self.0.run_warm_watch(shutdown));
     }
 }
 
@@ -158,7 +159,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("resolver", Resolver::new(table.clone(), config.resolve_interval)));
-    server.add_service(background_service("validation window", WindowTimer(controller)));
+    server.add_service(background_service("validation window and warm watch", ControlLoops(controller)));
     log::info!(
         "canopy serving on {} (admin on {})",
         config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),

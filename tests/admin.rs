@@ -18,7 +18,7 @@ async fn post(c: &Canopy, path: &str, body: Value) -> (u16, Value) {
 async fn graphql_errors_refuse_the_switch_and_live_stays() {
     let (c, _j, elm) = two_releases("", "").await;
     elm.server.knobs.graphql_errors.store(true, Ordering::Relaxed);
-    let state_before = std::fs::read_to_string(c.state_file()).unwrap();
+    let before = c.durable_state();
     let (code, body) = switch(&c, "elm").await;
     assert_eq!(code, 422, "{body}");
     let failed: Vec<&Value> = body["report"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
@@ -31,8 +31,7 @@ async fn graphql_errors_refuse_the_switch_and_live_stays() {
     assert_eq!(st["live"], "juniper");
     assert_eq!(st["generation"], 1);
     assert_eq!(get(&c, "/").await.1, "juniper");
-    let state_after: Value = serde_json::from_str(&std::fs::read_to_string(c.state_file()).unwrap()).unwrap();
-    let before: Value = serde_json::from_str(&state_before).unwrap();
+    let state_after = c.durable_state();
     assert_eq!(state_after["live"], before["live"]);
     assert_eq!(state_after["generation"], before["generation"]);
     // the CLI says which check failed and exits non-zero
@@ -75,10 +74,20 @@ async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
         assert_eq!(get(&c, "/shop-api/x").await.1, "elm");
         assert_eq!(get(&c, "/").await.1, "elm");
     }
+    // the warm previous release is quick-checked in the background...
+    eventually("a watch report of juniper", Duration::from_secs(5), || async {
+        status(&c).await["previous"]["watch"]["passed"] == true
+    })
+    .await;
+    assert_eq!(status(&c).await["previous"]["watch"]["release"], "juniper");
+    // ...so the rollback trusts that fresh report instead of checking inline
     let (code, body) = post(&c, "/rollback", json!({})).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["live"], "juniper");
-    assert_eq!(body["report"]["mode"], "quick");
+    assert_eq!(body["report"]["mode"], "watch", "{body}");
+    assert_eq!(body["report"]["passed"], true);
+    assert_eq!(body["validation_ms"], 0.0, "{body}");
+    assert!(body["persist_ms"].as_f64().unwrap() <= body["duration_ms"].as_f64().unwrap(), "{body}");
     assert!(body["duration_ms"].as_f64().unwrap() < 1000.0, "{body}");
     assert_eq!(get(&c, "/").await.1, "juniper");
     let st = status(&c).await;
@@ -98,12 +107,21 @@ async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollback_rechecks_the_previous_release_unless_forced() {
+async fn rollback_refuses_an_unhealthy_previous_release_unless_forced() {
     let (c, juniper, _e) = two_releases("", "").await;
     assert_eq!(switch(&c, "elm").await.0, 200);
     juniper.server.knobs.unhealthy.store(true, Ordering::Relaxed);
+    // the background watch notices within its interval (1 s by default)...
+    eventually("the watch to see juniper fail", Duration::from_secs(5), || async {
+        status(&c).await["previous"]["watch"]["passed"] == false
+    })
+    .await;
+    // ...and a failed watch is never trusted: the rollback re-checks inline and refuses
     let (code, body) = post(&c, "/rollback", json!({})).await;
     assert_eq!(code, 422, "{body}");
+    assert_eq!(body["report"]["mode"], "quick", "{body}");
+    let failed = body["report"]["checks"].as_array().unwrap().iter().find(|c| c["passed"] == false).unwrap();
+    assert_eq!(failed["service"], "server", "{body}");
     assert_eq!(status(&c).await["live"], "elm");
     let (code, body) = post(&c, "/rollback?force=true", json!({})).await;
     assert_eq!(code, 200, "{body}");
@@ -199,8 +217,7 @@ async fn switch_and_kill_loop_never_loses_an_acknowledged_switch() {
         assert_eq!(code, 200, "{body}");
         acked = Some((target.to_string(), body["generation"].as_u64().unwrap()));
         c.kill9();
-        let saved: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
-            .expect("state file must always parse");
+        let saved = durable_state_in(&dir);
         let (live, generation) = acked.clone().unwrap();
         assert_eq!(saved["live"], live.as_str());
         assert_eq!(saved["generation"], generation);
@@ -219,7 +236,7 @@ async fn switch_and_kill_loop_never_loses_an_acknowledged_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_and_change_nothing() {
     let (c, _j, _e) = two_releases("", "").await;
-    let before = std::fs::read(c.state_file()).unwrap();
+    let before = c.durable_bytes();
     for (method, path, body, code) in [
         ("POST", "/switch", "{not json", 400),
         ("POST", "/switch", r#"{"release": 5}"#, 400),
@@ -250,7 +267,7 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     let long = "a".repeat(1024);
     let r = client().put(c.admin_url(&format!("/releases/{long}"))).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(std::fs::read(c.state_file()).unwrap(), before, "state file touched");
+    assert_eq!(c.durable_bytes(), before, "state file or journal touched");
     assert_eq!(status(&c).await["live"], "juniper");
 }
 
@@ -325,6 +342,42 @@ async fn corrupt_state_file_stops_startup_with_its_name() {
     assert!(err.contains(&format!("state file {} is corrupt", dir.path().join("state.json").display())), "{err}");
     // and the file is left as it was
     assert_eq!(std::fs::read_to_string(dir.path().join("state.json")).unwrap(), "{\"version\": 1, \"live\": ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_torn_tail_is_dropped_but_a_corrupt_entry_stops_startup() {
+    let (mut c, _j, _e) = two_releases("", "").await;
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    c.kill9();
+    let (dir, text, tmp) = (c.dir.clone(), c.template.clone(), c.tmp.take());
+    let journal = canopy_admin::journal_path(&dir.join("state.json"));
+    let acked = std::fs::read(&journal).unwrap();
+    assert!(acked.ends_with(b"\n") && !acked.is_empty(), "the switch went to the journal");
+    // a crash in the middle of the next append: the torn line was never acknowledged
+    let mut torn = acked.clone();
+    torn.extend_from_slice(br#"{"seq": 99, "at": 1, "actor": "x", "comm"#);
+    std::fs::write(&journal, &torn).unwrap();
+    c = Canopy::start_in(&dir, &text);
+    c.tmp = tmp;
+    assert_eq!(status(&c).await["live"], "elm");
+    assert_eq!(get(&c, "/").await.1, "elm");
+    // start-up folded the journal into the state file
+    assert_eq!(std::fs::read(&journal).unwrap(), b"");
+    assert_eq!(c.durable_state()["live"], "elm");
+    assert_eq!(post(&c, "/rollback", json!({})).await.0, 200);
+    c.kill9();
+    // damage that is not a torn tail: refuse to start, name the file and line, touch nothing
+    let good = std::fs::read(&journal).unwrap();
+    let mut bad = b"{\"seq\": oops}\n".to_vec();
+    bad.extend_from_slice(&good);
+    std::fs::write(&journal, &bad).unwrap();
+    let state_before = std::fs::read(dir.join("state.json")).unwrap();
+    let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.join("proxy.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("state file {} is corrupt", journal.display())) && err.contains("line 1:"), "{err}");
+    assert_eq!(std::fs::read(&journal).unwrap(), bad);
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,22 +56,6 @@ async fn inflight(c: &Canopy) -> i64 {
         .filter(|l| l.starts_with("canopy_inflight_requests{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
         .sum()
-}
-
-/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Extra descriptors tolerated over the baseline: pooled upstream keep-alive
@@ -873,14 +856,14 @@ async fn send(c: &Canopy, method: &str, path: &str, body: &str) -> (u16, Value) 
 }
 
 fn state_live_generation(c: &Canopy) -> (Value, Value) {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(c.state_file()).unwrap()).unwrap();
+    let v = c.durable_state();
     (v["live"].clone(), v["generation"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_wrong_types_and_bad_names_get_json_errors_and_change_nothing() {
     let (c, _j, _e) = two_releases("", "").await;
-    let before = std::fs::read(c.state_file()).unwrap();
+    let before = c.durable_bytes();
     let long = "a".repeat(1024);
     let cases: Vec<(&str, String, String, u16)> = vec![
         ("POST", "/switch".into(), r#"{"release": ["elm"]}"#.into(), 400),
@@ -941,7 +924,7 @@ async fn admin_wrong_types_and_bad_names_get_json_errors_and_change_nothing() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path} {shown}: {v}");
         assert!(v["error"].as_str().unwrap().len() < 600, "error message echoes too much: {v}");
     }
-    assert_eq!(std::fs::read(c.state_file()).unwrap(), before, "state file touched");
+    assert_eq!(c.durable_bytes(), before, "state file or journal touched");
     let st = status(&c).await;
     assert_eq!((st["live"].clone(), st["generation"].clone()), (json!("juniper"), json!(1)));
     assert_eq!(st["releases"].as_array().unwrap().len(), 2);
@@ -953,7 +936,7 @@ async fn switching_while_a_switch_runs_is_409_and_changes_nothing() {
     // only elm's validation is slow: it holds the first switch for 2 s
     let slow = r#"{ kind = "command", name = "slow", argv = ["sh", "-c", "test {release} != elm || sleep 2"], timeout = "5s", retries = 0 },"#;
     let (c, _j, _e) = two_releases("", slow).await;
-    let before = std::fs::read(c.state_file()).unwrap();
+    let before = c.durable_bytes();
     let admin = c.admin_url("/switch");
     let first = tokio::spawn(async move {
         let r = client().post(admin).json(&json!({"release": "elm"})).send().await.unwrap();
@@ -972,7 +955,7 @@ async fn switching_while_a_switch_runs_is_409_and_changes_nothing() {
     }
     // nothing moved while the first switch validates
     assert_eq!(status(&c).await["switch_in_progress"], true, "first switch ended too early for this test");
-    assert_eq!(std::fs::read(c.state_file()).unwrap(), before);
+    assert_eq!(c.durable_bytes(), before);
     assert_eq!(get(&c, "/").await.1, "juniper");
     let (code, v) = first.await.unwrap();
     assert_eq!(code, 200, "{v}");
@@ -1161,8 +1144,7 @@ async fn sigkill_at_random_points_during_a_switch_loop_keeps_the_last_ack() {
         c.kill9();
         total_acks += switcher.await.unwrap();
         let ((live, generation), attempted) = state.lock().unwrap().clone();
-        let raw = std::fs::read_to_string(dir.join("state.json")).unwrap();
-        let saved: Value = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("cycle {cycles}: state file unparseable: {e}\n{raw}"));
+        let saved = durable_state_in(&dir);
         let got = (saved["live"].as_str().unwrap().to_string(), saved["generation"].as_u64().unwrap());
         let attempt = attempted.map(|t| (t, generation + 1));
         assert!(

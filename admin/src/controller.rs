@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 use crate::checks::{run_program, substitute, Attempt};
 use crate::error::ApiError;
 use crate::metrics::ControlMetrics;
-use crate::persist;
+use crate::persist::{Entry, Store};
 use crate::report::Report;
 use crate::state::{BackendMap, Command, Event, Previous, State};
 use crate::validate::{Mode, Validator};
@@ -36,6 +36,9 @@ pub struct ControlSettings {
     pub hook_timeout: Duration,
     /// Whether `x-canopy-release` request headers select registered releases.
     pub preview: bool,
+    /// How often the warm previous release is quick-checked in the background,
+    /// so that a rollback can trust a fresh result instead of checking inline.
+    pub warm_check_interval: Duration,
 }
 
 /// How the state is seeded when no state file exists.
@@ -69,10 +72,16 @@ pub struct FlipReply {
     pub generation: u64,
     /// Validation was skipped on request.
     pub forced: bool,
-    /// The validation report (absent when forced).
+    /// The validation report (absent when forced). For a rollback this may be
+    /// the background watch's report of the warm release (`mode: "watch"`).
     pub report: Option<Report>,
     /// Validation + persist + flip, in milliseconds.
     pub duration_ms: f64,
+    /// Of which checks run by this call (0 when forced or when a watched
+    /// report was fresh enough).
+    pub validation_ms: f64,
+    /// Of which the durable state write.
+    pub persist_ms: f64,
 }
 
 /// What a retire hook did.
@@ -108,10 +117,25 @@ pub struct Controller {
     validator: Validator,
     settings: ControlSettings,
     state: Mutex<State>,
+    /// Where commits are made durable; locked only while `state` is held.
+    store: std::sync::Mutex<Store>,
     flip: Mutex<()>,
     wake: Notify,
+    warm_wake: Notify,
+    warm: std::sync::Mutex<Option<Watched>>,
     metrics: ControlMetrics,
 }
+
+/// The background watch's latest quick check of the warm previous release.
+#[derive(Debug, Clone)]
+struct Watched {
+    /// When the check started.
+    started: Instant,
+    report: Report,
+}
+
+/// `Report::mode` of the background watch's reports of the warm release.
+pub const WATCH_MODE: &str = "watch";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -141,7 +165,8 @@ impl Controller {
         seed: Seed,
     ) -> Result<Self, ApiError> {
         let topology = table.load().topology().clone();
-        let state = match persist::load(&settings.state_file)? {
+        let (mut store, loaded) = Store::open(&settings.state_file)?;
+        let state = match loaded {
             Some(s) => s,
             None => {
                 let mut s = State::empty();
@@ -158,7 +183,7 @@ impl Controller {
                     let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0, detail };
                     s = s.apply(cmd, now, "canopy (initial)")?;
                 }
-                persist::store(&settings.state_file, &s)?;
+                store.checkpoint(&s)?;
                 s
             }
         };
@@ -175,23 +200,33 @@ impl Controller {
             validator,
             settings,
             state: Mutex::new(state),
+            store: std::sync::Mutex::new(store),
             flip: Mutex::new(()),
             wake: Notify::new(),
+            warm_wake: Notify::new(),
+            warm: std::sync::Mutex::new(None),
             metrics,
         })
     }
 
-    /// Persists `next`, then publishes a snapshot with `upsert` added (or
-    /// replacing its namesake) and `remove` dropped, then adopts `next`.
-    /// If the write fails nothing is published and the old state stays.
+    /// Applies `commands` (in order, now, by `actor`), makes the result
+    /// durable, publishes a snapshot with `upsert` added (or replacing its
+    /// namesake) and `remove` dropped, then adopts it. Returns how long the
+    /// durable write took. If a command is refused or the write fails,
+    /// nothing is published and the old state stays.
     fn commit(
         &self,
         guard: &mut MutexGuard<'_, State>,
-        next: State,
+        commands: Vec<Command>,
+        actor: &str,
         upsert: Option<Arc<Release>>,
         remove: Option<&ReleaseName>,
-    ) -> Result<(), ApiError> {
-        persist::store(&self.settings.state_file, &next)?;
+    ) -> Result<Duration, ApiError> {
+        let entry = Entry { seq: guard.seq + 1, at: now_ms(), actor: actor.into(), commands };
+        let next = entry.apply_to(guard)?;
+        let persist_started = Instant::now();
+        self.store.lock().expect("store lock").commit(&next, &entry)?;
+        let persisted = persist_started.elapsed();
         {
             let _w = self.table.write_lock();
             let cur = self.table.load();
@@ -211,7 +246,7 @@ impl Controller {
             ));
         }
         **guard = next;
-        Ok(())
+        Ok(persisted)
     }
 
     fn release(&self, name: &ReleaseName) -> Result<Arc<Release>, ApiError> {
@@ -254,8 +289,7 @@ impl Controller {
         let release = resolve(&self.topology, &self.table, &name, &backends).await?;
         let mut st = self.state.lock().await;
         let created = !st.releases.contains_key(&name);
-        let next = st.apply(Command::Register { name: name.clone(), backends }, now_ms(), actor)?;
-        self.commit(&mut st, next, Some(release.clone()), None)?;
+        self.commit(&mut st, vec![Command::Register { name: name.clone(), backends }], actor, Some(release.clone()), None)?;
         let view = release_view(&st, &release, &self.topology);
         Ok((view, created))
     }
@@ -265,8 +299,9 @@ impl Controller {
         let release = self.release(name)?;
         let report = self.run_validation(&release, Mode::Full).await;
         let mut st = self.state.lock().await;
-        if let Ok(next) = st.apply(Command::RecordCheck { report: report.clone() }, now_ms(), "") {
-            self.commit(&mut st, next, None, None)?;
+        let record = Command::RecordCheck { report: report.clone() };
+        if st.precheck(&record).is_ok() {
+            self.commit(&mut st, vec![record], "", None, None)?;
         }
         Ok(report)
     }
@@ -286,7 +321,8 @@ impl Controller {
         self.state.lock().await.precheck(&cmd).inspect_err(|_| self.metrics.switch("refused"))?;
         let release = self.release(&req.release)?;
         let report = if req.force { None } else { Some(self.run_validation(&release, Mode::Full).await) };
-        let result = self.flip_commit(cmd, report, "switch", actor, Some(req.release), started).await;
+        let validation = started.elapsed();
+        let result = self.flip_commit(cmd, report, "switch", actor, Some(req.release), started, validation).await;
         self.metrics.switch(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",
@@ -295,7 +331,9 @@ impl Controller {
         result
     }
 
-    /// Re-checks the previous release quickly (unless forced), then flips back to it.
+    /// Flips back to the previous release unless it is unhealthy: trusts the
+    /// background watch's passing report when it is at most two watch
+    /// intervals old, otherwise re-checks it quickly inline. `force` skips both.
     pub async fn rollback(&self, expect_generation: Option<u64>, force: bool, actor: &str) -> Result<FlipReply, ApiError> {
         let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
         let started = Instant::now();
@@ -307,8 +345,13 @@ impl Controller {
             st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked")
         };
         let release = self.release(&target)?;
-        let report = if force { None } else { Some(self.run_validation(&release, Mode::Quick).await) };
-        let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), started).await;
+        let report = match (force, self.fresh_watch(&target)) {
+            (true, _) => None,
+            (false, Some(watched)) => Some(watched),
+            (false, None) => Some(self.run_validation(&release, Mode::Quick).await),
+        };
+        let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
+        let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), started, validation).await;
         self.metrics.rollback(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",
@@ -325,19 +368,16 @@ impl Controller {
         actor: &str,
         to: Option<ReleaseName>,
         started: Instant,
+        validation: Duration,
     ) -> Result<FlipReply, ApiError> {
         let forced = report.is_none();
         let mut st = self.state.lock().await;
         if let Some(r) = report.as_ref().filter(|r| !r.passed) {
             // Refused: remember the report and the refusal, leave live alone.
             let event = self.refusal_event(&st, action, actor, to, "refused", r.summary());
-            let next = st
-                .apply(Command::RecordCheck { report: r.clone() }, now_ms(), actor)
-                .and_then(|s| s.apply(Command::Audit { event }, now_ms(), actor));
-            if let Ok(next) = next {
-                if let Err(e) = self.commit(&mut st, next, None, None) {
-                    log::error!("recording refused {action}: {e}");
-                }
+            let commands = vec![Command::RecordCheck { report: r.clone() }, Command::Audit { event }];
+            if let Err(e) = self.commit(&mut st, commands, actor, None, None) {
+                log::error!("recording refused {action}: {e}");
             }
             log::warn!("{action} refused: {}", r.summary());
             return Err(ApiError::Validation(Box::new(r.clone())));
@@ -352,14 +392,9 @@ impl Controller {
             }
             other => other,
         };
-        let mut next = st.apply(cmd, now_ms(), actor)?;
-        if let Some(r) = &report {
-            next = next.apply(Command::RecordCheck { report: r.clone() }, now_ms(), actor)?;
-        }
-        if let Err(e) = self.commit(&mut st, next, None, None) {
-            log::error!("{action} failed: {e}");
-            return Err(e);
-        }
+        let mut commands = vec![cmd];
+        commands.extend(report.iter().map(|r| Command::RecordCheck { report: r.clone() }));
+        let persisted = self.commit(&mut st, commands, actor, None, None).inspect_err(|e| log::error!("{action} failed: {e}"))?;
         let duration = started.elapsed();
         self.metrics.flipped(duration);
         if forced {
@@ -368,6 +403,7 @@ impl Controller {
             log::info!("{action} to {} by {actor} in {duration:?}", st.live.as_ref().map_or("-", |l| l.as_str()));
         }
         self.wake.notify_one();
+        self.warm_wake.notify_one();
         Ok(FlipReply {
             live: st.live.clone().expect("a flip sets live"),
             previous: st.previous.clone(),
@@ -375,6 +411,8 @@ impl Controller {
             forced,
             report,
             duration_ms: duration.as_secs_f64() * 1e3,
+            validation_ms: validation.as_secs_f64() * 1e3,
+            persist_ms: persisted.as_secs_f64() * 1e3,
         })
     }
 
@@ -385,8 +423,7 @@ impl Controller {
         let stats = self.release(name)?.stats().clone();
         {
             let mut st = self.state.lock().await;
-            let next = st.apply(Command::Retire { name: name.clone() }, now_ms(), actor)?;
-            self.commit(&mut st, next, None, Some(name))?;
+            self.commit(&mut st, vec![Command::Retire { name: name.clone() }], actor, None, Some(name))?;
         }
         self.wake.notify_one();
         let deadline = Instant::now() + self.settings.drain_timeout;
@@ -410,8 +447,8 @@ impl Controller {
             let detail = format!("{} hook(s), {failed} failed; drained: {}", hooks.len(), inflight_left == 0);
             let result = if failed == 0 { "ok" } else { "failed" };
             let event = self.refusal_event(&st, "retire-hooks", actor, Some(name.clone()), result, detail);
-            if let Ok(next) = st.apply(Command::Audit { event }, now_ms(), actor) {
-                let _ = self.commit(&mut st, next, None, None);
+            if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, None, None) {
+                log::error!("recording the retire hooks of {name}: {e}");
             }
         }
         log::info!("retired {name} (drained: {})", inflight_left == 0);
@@ -444,11 +481,50 @@ impl Controller {
         }
     }
 
-    /// The status document: live, previous, generation, every release.
+    /// Quick-checks the warm previous release every `warm_check_interval`
+    /// (and right after every flip) so a rollback need not wait for a check.
+    /// Runs until `shutdown` flips.
+    pub async fn run_warm_watch(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let previous = self.state.lock().await.previous.as_ref().map(|p| p.release.clone());
+            let release = previous.and_then(|p| self.release(&p).ok());
+            match release {
+                Some(release) => {
+                    let started = Instant::now();
+                    let mut report = self.validator.validate(&self.topology, &release, Mode::Quick, now_ms()).await;
+                    report.mode = WATCH_MODE.into();
+                    if !report.passed {
+                        log::warn!("warm release {} is unhealthy: {}", release.name(), report.summary());
+                    }
+                    *self.warm.lock().expect("warm lock") = Some(Watched { started, report });
+                }
+                None => *self.warm.lock().expect("warm lock") = None,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.warm_check_interval) => {}
+                _ = self.warm_wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// The watch's report of `release` if it passed and started at most two
+    /// watch intervals ago.
+    fn fresh_watch(&self, release: &ReleaseName) -> Option<Report> {
+        let warm = self.warm.lock().expect("warm lock");
+        let w = warm.as_ref()?;
+        let fresh = w.started.elapsed() <= 2 * self.settings.warm_check_interval;
+        (fresh && w.report.passed && &w.report.release == release).then(|| w.report.clone())
+    }
+
+    /// The status document: live, previous (with its latest watch report),
+    /// generation, every release.
     pub async fn status(&self) -> StatusView {
         let st = self.state.lock().await.clone();
         let snap = self.table.load();
-        StatusView::build(&st, &snap, &self.topology, self.flip.try_lock().is_err())
+        let watched = self.warm.lock().expect("warm lock").as_ref().map(|w| w.report.clone());
+        let watched = watched.filter(|r| st.previous.as_ref().is_some_and(|p| p.release == r.release));
+        StatusView::build(&st, &snap, &self.topology, self.flip.try_lock().is_err(), watched)
     }
 
     /// The audit log, newest last.

@@ -35,7 +35,7 @@ pub use auth::Guard;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use controller::{now_ms, ControlSettings, Controller, FlipReply, HookResult, RetireReply, Seed, SwitchRequest};
 pub use error::ApiError;
-pub use persist::{load as load_state, store as store_state, PersistError};
+pub use persist::{journal_path, load as load_state, Entry, PersistError, Store, MAX_JOURNAL_ENTRIES};
 pub use report::{CheckResult, Report};
 pub use state::{BackendMap, Command, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
 pub use validate::{Mode, Validator};

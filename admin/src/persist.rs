@@ -1,14 +1,32 @@
-//! Durable state: versioned JSON written atomically (temp file, fsync,
-//! rename, fsync directory), so a crash leaves either the old or the new
-//! state, never a torn one.
+//! Durable state: a checkpoint plus a write-ahead journal.
+//!
+//! The checkpoint (`state-file`) is the whole [`State`] as versioned JSON,
+//! written atomically (temp file, fsync, rename, fsync directory). Every
+//! commit in between is one line appended to `<state-file>.journal`: the
+//! commands applied, with their time and actor, made durable by one
+//! `fdatasync` before the caller is answered. That is one flush per flip
+//! instead of two plus a rename of the whole state (audit log and reports
+//! included), which is what a switch or rollback waits for.
+//!
+//! Loading replays the journal over the checkpoint ([`State::apply`] is pure,
+//! so the replay rebuilds exactly the acknowledged state). A torn last line
+//! (a crash during the append, before the commit was acknowledged) is
+//! ignored; anything else that does not fit is a startup error naming the
+//! file and line. The journal is folded into a new checkpoint at start-up and
+//! whenever it reaches [`MAX_JOURNAL_ENTRIES`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use crate::state::{State, STATE_VERSION};
+use serde::{Deserialize, Serialize};
 
-/// Why the state file could not be read or written.
+use crate::state::{Command, State, UnixMillis, STATE_VERSION};
+
+/// Journal lines kept before they are folded into a checkpoint.
+pub const MAX_JOURNAL_ENTRIES: usize = 256;
+
+/// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     /// Reading or writing failed.
@@ -30,8 +48,38 @@ pub enum PersistError {
     },
 }
 
-/// Reads the state file; `Ok(None)` when it does not exist yet.
-pub fn load(path: &Path) -> Result<Option<State>, PersistError> {
+/// One journal line: the commands of one commit, applied in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// The state's `seq` after this commit (one more than before it).
+    pub seq: u64,
+    /// When it was applied.
+    pub at: UnixMillis,
+    /// Who asked.
+    pub actor: String,
+    /// What was applied.
+    pub commands: Vec<Command>,
+}
+
+impl Entry {
+    /// Applies the entry's commands to `state`, as the original commit did.
+    pub fn apply_to(&self, state: &State) -> Result<State, crate::state::StateError> {
+        let mut next = self.commands.iter().try_fold(state.clone(), |s, c| s.apply(c.clone(), self.at, &self.actor))?;
+        next.seq = self.seq;
+        Ok(next)
+    }
+}
+
+/// The journal path for a state file: `<state-file>.journal`.
+pub fn journal_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+/// Reads the checkpoint only; `Ok(None)` when it does not exist yet.
+fn load_checkpoint(path: &Path) -> Result<Option<State>, PersistError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -45,22 +93,76 @@ pub fn load(path: &Path) -> Result<Option<State>, PersistError> {
         None => return Err(corrupt("no `version` field".into())),
     }
     let state: State = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
-    if let Some(live) = &state.live {
-        if !state.releases.contains_key(live) {
-            return Err(corrupt(format!("live release `{live}` is not among the registered releases")));
-        }
-    }
+    check_live(&state).map_err(corrupt)?;
     Ok(Some(state))
 }
 
-/// Writes `state` atomically and durably. On error the old file is intact.
-pub fn store(path: &Path, state: &State) -> Result<(), PersistError> {
+fn check_live(state: &State) -> Result<(), String> {
+    match &state.live {
+        Some(live) if !state.releases.contains_key(live) => {
+            Err(format!("live release `{live}` is not among the registered releases"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Replays the journal at `path` over `base`. Returns the state and how many
+/// entries were applied.
+fn replay(path: &Path, base: State) -> Result<(State, usize), PersistError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok((base, 0)),
+        Err(source) => return Err(PersistError::Io { path: path.into(), source }),
+    };
+    let corrupt = |line: usize, reason: String| PersistError::Corrupt { path: path.into(), reason: format!("line {line}: {reason}") };
+    let mut state = base;
+    let mut applied = 0;
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let n = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        let entry: Entry = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) if i + 1 == n => {
+                // A crash during the append: that commit was never acknowledged.
+                log::warn!("{}: ignoring a torn last line ({e})", path.display());
+                break;
+            }
+            Err(e) => return Err(corrupt(i + 1, e.to_string())),
+        };
+        if entry.seq <= state.seq {
+            continue; // already in the checkpoint
+        }
+        if entry.seq != state.seq + 1 {
+            return Err(corrupt(i + 1, format!("entry {} follows state {}: entries are missing", entry.seq, state.seq)));
+        }
+        state = entry.apply_to(&state).map_err(|e| corrupt(i + 1, format!("does not apply: {e}")))?;
+        applied += 1;
+    }
+    check_live(&state).map_err(|reason| PersistError::Corrupt { path: path.into(), reason })?;
+    Ok((state, applied))
+}
+
+/// Reads the durable state (checkpoint plus journal) without changing
+/// anything; `Ok(None)` when neither exists. What canopy would start from.
+pub fn load(state_file: &Path) -> Result<Option<State>, PersistError> {
+    let checkpoint = load_checkpoint(state_file)?;
+    let journal = journal_path(state_file);
+    if checkpoint.is_none() && !journal.exists() {
+        return Ok(None);
+    }
+    let (state, _) = replay(&journal, checkpoint.unwrap_or_else(State::empty))?;
+    Ok(Some(state))
+}
+
+/// Writes `state` as the checkpoint, atomically and durably. On error the old
+/// file is intact.
+fn write_checkpoint(path: &Path, state: &State) -> Result<(), PersistError> {
     let io = |source| PersistError::Io { path: path.into(), source };
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("no file name")))?;
     let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
     let result = (|| {
@@ -78,24 +180,189 @@ pub fn store(path: &Path, state: &State) -> Result<(), PersistError> {
     result.map_err(io)
 }
 
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The open state store: where commits go.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    journal_path: PathBuf,
+    journal: File,
+    /// Bytes of whole entries in the journal.
+    len: u64,
+    /// Entries in the journal.
+    entries: usize,
+    /// A failed append may have left bytes behind: checkpoint at the next commit.
+    dirty: bool,
+}
+
+impl Store {
+    /// Loads the durable state (`None` on a first start), folds the journal
+    /// into a fresh checkpoint when it had entries, and opens the journal for
+    /// appending.
+    pub fn open(state_file: &Path) -> Result<(Self, Option<State>), PersistError> {
+        let journal_path = journal_path(state_file);
+        let state = load(state_file)?;
+        let io = |source| PersistError::Io { path: journal_path.clone(), source };
+        let journal = OpenOptions::new().append(true).create(true).open(&journal_path).map_err(io)?;
+        let mut store = Self { path: state_file.into(), journal_path: journal_path.clone(), journal, len: 0, entries: 0, dirty: false };
+        if let Some(s) = &state {
+            store.checkpoint(s)?;
+        } else {
+            // neither file existed: the journal was just created, empty
+            // make the new journal's directory entry durable
+            File::open(parent_dir(&journal_path)).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok((store, state))
+    }
+
+    /// Makes `next` durable: `entry` (whose commands turned the previous
+    /// state into `next`) is appended to the journal and flushed, or, when the
+    /// journal is full, `next` is written as a new checkpoint. On error nothing
+    /// was recorded and the caller must keep its old state.
+    pub fn commit(&mut self, next: &State, entry: &Entry) -> Result<(), PersistError> {
+        if self.dirty || self.entries >= MAX_JOURNAL_ENTRIES {
+            return self.checkpoint(next);
+        }
+        let mut line = serde_json::to_vec(entry).expect("journal entry serialises");
+        line.push(b'\n');
+        let written = self.journal.write_all(&line).and_then(|()| self.journal.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                self.entries += 1;
+                Ok(())
+            }
+            Err(source) => {
+                // Take the partial entry back so it is never replayed.
+                let undone = self.journal.set_len(self.len).and_then(|()| self.journal.sync_data());
+                self.dirty = undone.is_err();
+                Err(PersistError::Io { path: self.journal_path.clone(), source })
+            }
+        }
+    }
+
+    /// Writes `state` as the checkpoint, then empties the journal.
+    pub fn checkpoint(&mut self, state: &State) -> Result<(), PersistError> {
+        write_checkpoint(&self.path, state)?;
+        // Entries up to state.seq are now in the checkpoint; were the
+        // truncation lost, replay would skip them.
+        let emptied = self.journal.set_len(0).and_then(|()| self.journal.sync_data());
+        self.dirty = emptied.is_err();
+        self.len = 0;
+        self.entries = 0;
+        emptied.map_err(|source| PersistError::Io { path: self.journal_path.clone(), source })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::BackendMap;
 
-    #[test]
-    fn missing_file_is_none_and_round_trip_works() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
-        assert!(load(&p).unwrap().is_none());
-        let s = State::empty();
-        store(&p, &s).unwrap();
-        assert_eq!(load(&p).unwrap(), Some(s));
-        // no temp file left behind
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    fn register(name: &str) -> Command {
+        Command::Register { name: name.parse().unwrap(), backends: BackendMap::new() }
+    }
+
+    fn switch(to: &str) -> Command {
+        Command::Switch { to: to.parse().unwrap(), expect_generation: None, forced: true, window_ms: 1000, detail: String::new() }
+    }
+
+    /// Applies `cmds` to `st` and commits them the way the controller does.
+    fn commit(store: &mut Store, st: &State, at: u64, cmds: Vec<Command>) -> State {
+        let entry = Entry { seq: st.seq + 1, at, actor: "test".into(), commands: cmds };
+        let next = entry.apply_to(st).unwrap();
+        store.commit(&next, &entry).unwrap();
+        next
     }
 
     #[test]
-    fn corrupt_file_names_itself() {
+    fn missing_files_are_none_and_commits_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert!(load(&p).unwrap().is_none());
+        let (mut store, none) = Store::open(&p).unwrap();
+        assert!(none.is_none());
+        let mut st = State::empty();
+        st = commit(&mut store, &st, 1, vec![register("elm"), register("oak")]);
+        st = commit(&mut store, &st, 2, vec![switch("elm")]);
+        st = commit(&mut store, &st, 3, vec![switch("oak")]);
+        assert_eq!(st.seq, 3);
+        // the checkpoint has not been written yet: the journal holds it all
+        assert!(!p.exists());
+        assert_eq!(load(&p).unwrap(), Some(st.clone()));
+        drop(store);
+        let (store, loaded) = Store::open(&p).unwrap();
+        assert_eq!(loaded, Some(st.clone()));
+        // reopening folded the journal into the checkpoint
+        assert_eq!(fs::read(journal_path(&p)).unwrap().len(), 0);
+        assert_eq!(load_checkpoint(&p).unwrap(), Some(st));
+        assert_eq!(store.entries, 0);
+        // no temp file left behind
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_but_a_torn_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let (mut store, _) = Store::open(&p).unwrap();
+        let mut st = commit(&mut store, &State::empty(), 1, vec![register("elm"), register("oak")]);
+        st = commit(&mut store, &st, 2, vec![switch("elm")]);
+        let good = fs::read(journal_path(&p)).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"{\"seq\": 3, \"at\": 3, \"act");
+        fs::write(journal_path(&p), &torn).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(st.clone()));
+        let mut middle = torn.clone();
+        middle.push(b'\n');
+        middle.extend_from_slice(&good[good.iter().position(|&b| b == b'\n').unwrap() + 1..]);
+        fs::write(journal_path(&p), &middle).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("state.json.journal is corrupt") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn entries_already_in_the_checkpoint_are_skipped_and_gaps_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let (mut store, _) = Store::open(&p).unwrap();
+        let st = commit(&mut store, &State::empty(), 1, vec![register("elm"), register("oak")]);
+        let journal = fs::read(journal_path(&p)).unwrap();
+        let st = commit(&mut store, &st, 2, vec![switch("elm")]);
+        // a crash after the checkpoint but before the journal was emptied
+        let old = fs::read(journal_path(&p)).unwrap();
+        store.checkpoint(&st).unwrap();
+        fs::write(journal_path(&p), &old).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(st.clone()));
+        // an entry from the future: something was lost
+        let mut gap: serde_json::Value = serde_json::from_slice(&journal[..journal.len() - 1]).unwrap();
+        gap["seq"] = 9.into();
+        fs::write(journal_path(&p), format!("{gap}\n")).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("entries are missing"), "{e}");
+    }
+
+    #[test]
+    fn a_full_journal_is_folded_into_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let (mut store, _) = Store::open(&p).unwrap();
+        let mut st = commit(&mut store, &State::empty(), 0, vec![register("elm"), register("oak")]);
+        for i in 0..MAX_JOURNAL_ENTRIES + 3 {
+            st = commit(&mut store, &st, i as u64, vec![switch(if i % 2 == 0 { "elm" } else { "oak" })]);
+        }
+        assert!(store.entries < 4, "{}", store.entries);
+        assert_eq!(load(&p).unwrap(), Some(st));
+    }
+
+    #[test]
+    fn corrupt_checkpoint_names_itself() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.json");
         fs::write(&p, b"{\"version\": 1, \"generation\": ").unwrap();

@@ -38,7 +38,8 @@ pub struct Report {
     pub release: ReleaseName,
     /// True only if every check passed (and there was at least one target).
     pub passed: bool,
-    /// `full` or `quick` (rollback re-check).
+    /// `full`, `quick` (rollback re-check) or `watch` (the background quick
+    /// check of the warm previous release).
     pub mode: String,
     /// When it finished (Unix ms).
     pub at: u64,

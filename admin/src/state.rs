@@ -80,6 +80,10 @@ pub struct State {
     pub version: u32,
     /// Bumped by every flip (switch or rollback).
     pub generation: u64,
+    /// Commits recorded (bumped by the store, not by `apply`): orders the
+    /// journal against the checkpoint.
+    #[serde(default)]
+    pub seq: u64,
     /// The release serving traffic.
     pub live: Option<ReleaseName>,
     /// The release that was live before, while its validation window runs.
@@ -91,8 +95,9 @@ pub struct State {
     pub events: VecDeque<Event>,
 }
 
-/// A change to the control state.
-#[derive(Debug, Clone)]
+/// A change to the control state (also the journal's record of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
     /// Register a release, or replace the backends of a registered one.
     Register {
@@ -182,6 +187,7 @@ impl State {
         Self {
             version: STATE_VERSION,
             generation: 0,
+            seq: 0,
             live: None,
             previous: None,
             releases: BTreeMap::new(),

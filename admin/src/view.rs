@@ -45,6 +45,9 @@ pub struct PreviousView {
     pub retire_at: u64,
     /// Seconds left in the validation window.
     pub seconds_left: f64,
+    /// The background watch's latest quick check of it (what a rollback trusts
+    /// while it is fresh and passing).
+    pub watch: Option<Report>,
 }
 
 /// `GET /status`.
@@ -98,7 +101,7 @@ pub fn release_view(st: &State, release: &Release, topology: &Topology) -> Relea
 
 impl StatusView {
     /// Builds the status from state and the published snapshot.
-    pub fn build(st: &State, snap: &Snapshot, topology: &Topology, switching: bool) -> Self {
+    pub fn build(st: &State, snap: &Snapshot, topology: &Topology, switching: bool, watch: Option<Report>) -> Self {
         let now = crate::controller::now_ms();
         Self {
             live: st.live.clone(),
@@ -106,6 +109,7 @@ impl StatusView {
                 release: p.release.clone(),
                 retire_at: p.retire_at,
                 seconds_left: p.retire_at.saturating_sub(now) as f64 / 1e3,
+                watch,
             }),
             generation: st.generation,
             switch_in_progress: switching,

@@ -4,6 +4,7 @@
 
 pub mod upstream;
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +164,17 @@ impl Canopy {
         self.dir.join("state.json")
     }
 
+    /// What canopy would start from after a restart (state file + journal).
+    pub fn durable_state(&self) -> Value {
+        durable_state_in(&self.dir)
+    }
+
+    /// The raw state file and journal, to show that nothing was written.
+    pub fn durable_bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (read(self.state_file()), read(canopy_admin::journal_path(&self.state_file())))
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -249,4 +261,30 @@ pub async fn two_releases_with(config_text: &str) -> (Canopy, Stack, Stack) {
     let (code, body) = switch(&c, "juniper").await;
     assert_eq!(code, 200, "{body}");
     (c, juniper, elm)
+}
+
+/// The durable state in `dir` (its `state.json` and journal), read the way
+/// canopy reads it at start-up, as JSON. Panics with the reason if it does not load.
+pub fn durable_state_in(dir: &Path) -> Value {
+    let file = dir.join("state.json");
+    let state = canopy_admin::load_state(&file)
+        .unwrap_or_else(|e| panic!("durable state does not load: {e}"))
+        .unwrap_or_else(|| panic!("no durable state in {}", dir.display()));
+    serde_json::to_value(state).unwrap()
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
