@@ -187,6 +187,19 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
     s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The nice value of `pid`'s thread named `name` (field 19 of its stat).
+fn thread_nice(pid: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // fields after the parenthesised command name, which may contain spaces
+        stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+    })
+}
+
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -461,8 +474,10 @@ struct Outcome {
     idle_rss_kb: Option<u64>,
     rss_after_kb: Option<u64>,
     began: Instant,
-    /// canopy: size of its state file after the run.
-    state_bytes: Option<u64>,
+    /// canopy: mean size of a journal entry (what each flip appends and flushes).
+    entry_bytes: Option<u64>,
+    /// canopy: nice value of its admin thread during the run.
+    admin_nice: Option<i32>,
     /// canopy: flips timed with no client load.
     unloaded: Vec<Flip>,
 }
@@ -552,8 +567,26 @@ async fn measure(mut p: Running, plan: &Plan) -> Outcome {
     if let Some(st) = p.proc_.exited() {
         eprintln!("warning: {} exited during the run with {st}", p.name);
     }
-    let state_bytes = p.state_file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len());
-    Outcome { name: p.name, reqs, failures, flips, elapsed, idle_rss_kb: p.idle_rss_kb, rss_after_kb, began, state_bytes, unloaded: Vec::new() }
+    let entry_bytes = p.state_file.as_ref().and_then(|f| {
+        let journal = std::fs::read(canopy_admin::journal_path(f)).ok()?;
+        let used = journal.iter().position(|&b| b == 0).unwrap_or(journal.len()); // then preallocated zeros
+        let entries = journal[..used].iter().filter(|&&b| b == b'\n').count() as u64;
+        (entries > 0).then(|| used as u64 / entries)
+    });
+    let admin_nice = if p.name == "canopy" { thread_nice(p.proc_.pid(), "canopy admin") } else { None };
+    Outcome {
+        name: p.name,
+        reqs,
+        failures,
+        flips,
+        elapsed,
+        idle_rss_kb: p.idle_rss_kb,
+        rss_after_kb,
+        began,
+        entry_bytes,
+        admin_nice,
+        unloaded: Vec::new(),
+    }
 }
 
 // ------------------------------------------------------------------ analysis
@@ -716,22 +749,23 @@ fn cpu_busy_1s() -> String {
     format!("{:.0}%", 100.0 * (t - i) as f64 / t as f64)
 }
 
-/// What canopy's durable write costs on this disk by itself: write `bytes`,
-/// fsync, rename over the old file, fsync the directory (as admin/src/persist.rs).
+/// What canopy's durable write costs on this disk by itself: write a
+/// journal entry of `bytes` into preallocated space and fdatasync (as
+/// admin/src/persist.rs does per flip).
 fn persist_probe(bytes: usize, rounds: usize, gap: Duration) -> Vec<Duration> {
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
     let tmp = tempfile::Builder::new().prefix("canopy-cutover-fsync-").tempdir().unwrap();
-    let (file, next) = (tmp.path().join("state.json"), tmp.path().join(".state.json.tmp"));
-    let data = vec![b'x'; bytes];
+    let mut f = std::fs::File::create(tmp.path().join("journal")).unwrap();
+    f.write_all(&vec![0; bytes.max(1) * rounds]).unwrap();
+    f.sync_all().unwrap();
+    let mut data = vec![b'x'; bytes.max(1)];
+    *data.last_mut().unwrap() = b'\n';
     (0..rounds)
-        .map(|_| {
+        .map(|i| {
             let t = Instant::now();
-            let mut f = std::fs::File::create(&next).unwrap();
-            f.write_all(&data).unwrap();
-            f.sync_all().unwrap();
-            drop(f);
-            std::fs::rename(&next, &file).unwrap();
-            std::fs::File::open(tmp.path()).unwrap().sync_all().unwrap();
+            f.write_all_at(&data, (i * data.len()) as u64).unwrap();
+            f.sync_data().unwrap();
             let took = t.elapsed();
             std::thread::sleep(gap);
             took
@@ -771,7 +805,7 @@ fn main() {
         let mut o = measure(c, &plan(200, 20)).await;
         o.unloaded = unloaded;
         outcomes.push(o);
-        let bytes = outcomes[0].state_bytes.unwrap_or(0) as usize;
+        let bytes = outcomes[0].entry_bytes.unwrap_or(1024) as usize;
         let probe_idle = tokio::task::spawn_blocking(move || persist_probe(bytes, 50, Duration::ZERO)).await.unwrap();
         let mut probe_loaded = Vec::new();
         if only_canopy {
@@ -853,12 +887,12 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     w(&mut out, "no client load: rollback call p50/p99, ms", col(&|_, s| p50_99(&s.unloaded_rollback)));
     w(&mut out, "idle RSS after start-up, MB", col(&|o, _| mb(o.idle_rss_kb)));
     w(&mut out, "RSS after the run, MB", col(&|o, _| if o.name == "canopy" { mb(o.rss_after_kb) } else { "-".into() }));
-    if let Some(bytes) = outcomes.iter().find_map(|o| o.state_bytes) {
+    w(&mut out, "admin thread nice value", col(&|o, _| o.admin_nice.map_or("-".into(), |n| n.to_string())));
+    if let Some(bytes) = outcomes.iter().find_map(|o| o.entry_bytes) {
         let _ = writeln!(
             out,
-            "\ncanopy's state file after the run: {:.1} KB. The same durable write (write, fsync, rename, fsync dir) \
+            "\ncanopy's journal entry per flip: {bytes} bytes. The same durable write (write into preallocated space, fdatasync) \
              by itself on this disk, p50/p99: {} ms idle ({} rounds), {} ms under the client load of the HAProxy run ({} rounds)",
-            bytes as f64 / 1024.0,
             p50_99(&probe[0]),
             probe[0].len(),
             p50_99(&probe[1]),

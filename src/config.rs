@@ -147,6 +147,7 @@ struct FileAdmin {
     listen: Option<Spanned<Addr>>,
     state_file: Option<String>,
     token_file: Option<Spanned<String>>,
+    nice: Option<Spanned<i32>>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +422,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(d) => d.get_ref().0,
         None => Duration::from_secs(1),
     };
+    let admin_nice = match &file.admin.nice {
+        Some(n) if !(-20..=19).contains(n.get_ref()) => return Err(cx.err(n.span(), "nice must be between -20 and 19")),
+        Some(n) => *n.get_ref(),
+        None => -10,
+    };
     let control = ControlSettings {
         state_file: cx.relative(file.admin.state_file.as_deref().unwrap_or("canopy-state.json")),
         validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
@@ -429,6 +435,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         hook_timeout: r.hook_timeout.map_or(Duration::from_secs(60), |d| d.0),
         preview: r.preview,
         warm_check_interval,
+        admin_nice,
     };
 
     Ok(Config {
@@ -572,6 +579,8 @@ routes = ["/"]
         assert!(e.starts_with("proxy.toml:3:10: invalid listen address `localhost:http`"), "{e}");
         let e = err(&MINIMAL.replace("[releases]", "[releases]\nwarm-check-interval = \"10ms\""));
         assert!(e.starts_with("proxy.toml:6:23: warm-check-interval must be at least 100ms"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[admin]\nnice = -21\n"));
+        assert!(e.contains(":8: nice must be between -20 and 19"), "{e}");
     }
 
     #[test]

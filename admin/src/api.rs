@@ -232,6 +232,7 @@ impl<'de> Deserialize<'de> for SwitchBodyOpt {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        self.controller.prioritise_current_thread();
         let reply = match self.handle(s).await {
             Ok(r) => r,
             Err(e) => {

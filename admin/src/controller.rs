@@ -39,6 +39,8 @@ pub struct ControlSettings {
     /// How often the warm previous release is quick-checked in the background,
     /// so that a rollback can trust a fresh result instead of checking inline.
     pub warm_check_interval: Duration,
+    /// Nice value of the admin thread (0: unchanged); see [`crate::prioritise_current_thread`].
+    pub admin_nice: i32,
 }
 
 /// How the state is seeded when no state file exists.
@@ -124,6 +126,13 @@ pub struct Controller {
     warm_wake: Notify,
     warm: std::sync::Mutex<Option<Watched>>,
     metrics: ControlMetrics,
+}
+
+/// When a flip call started and how much of it went to checks.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    started: Instant,
+    validation: Duration,
 }
 
 /// The background watch's latest quick check of the warm previous release.
@@ -321,8 +330,8 @@ impl Controller {
         self.state.lock().await.precheck(&cmd).inspect_err(|_| self.metrics.switch("refused"))?;
         let release = self.release(&req.release)?;
         let report = if req.force { None } else { Some(self.run_validation(&release, Mode::Full).await) };
-        let validation = started.elapsed();
-        let result = self.flip_commit(cmd, report, "switch", actor, Some(req.release), started, validation).await;
+        let timing = Timing { started, validation: started.elapsed() };
+        let result = self.flip_commit(cmd, report, "switch", actor, Some(req.release), timing).await;
         self.metrics.switch(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",
@@ -351,7 +360,7 @@ impl Controller {
             (false, None) => Some(self.run_validation(&release, Mode::Quick).await),
         };
         let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
-        let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), started, validation).await;
+        let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), Timing { started, validation }).await;
         self.metrics.rollback(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",
@@ -367,8 +376,7 @@ impl Controller {
         action: &str,
         actor: &str,
         to: Option<ReleaseName>,
-        started: Instant,
-        validation: Duration,
+        Timing { started, validation }: Timing,
     ) -> Result<FlipReply, ApiError> {
         let forced = report.is_none();
         let mut st = self.state.lock().await;
@@ -484,8 +492,10 @@ impl Controller {
     /// Quick-checks the warm previous release every `warm_check_interval`
     /// (and right after every flip) so a rollback need not wait for a check.
     /// Runs until `shutdown` flips.
+    /// Also folds a long journal into a checkpoint here, between flips.
     pub async fn run_warm_watch(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
+            self.checkpoint_if_due().await;
             let previous = self.state.lock().await.previous.as_ref().map(|p| p.release.clone());
             let release = previous.and_then(|p| self.release(&p).ok());
             match release {
@@ -508,6 +518,20 @@ impl Controller {
         }
     }
 
+    /// Writes a checkpoint when the journal is long, so that flips never pay for one.
+    async fn checkpoint_if_due(&self) {
+        if !self.store.lock().expect("store lock").wants_checkpoint() {
+            return;
+        }
+        let st = self.state.lock().await;
+        let mut store = self.store.lock().expect("store lock");
+        if store.wants_checkpoint() {
+            if let Err(e) = store.checkpoint(&st) {
+                log::error!("checkpoint: {e} (the journal keeps every commit; will retry)");
+            }
+        }
+    }
+
     /// The watch's report of `release` if it passed and started at most two
     /// watch intervals ago.
     fn fresh_watch(&self, release: &ReleaseName) -> Option<Report> {
@@ -515,6 +539,11 @@ impl Controller {
         let w = warm.as_ref()?;
         let fresh = w.started.elapsed() <= 2 * self.settings.warm_check_interval;
         (fresh && w.report.passed && &w.report.release == release).then(|| w.report.clone())
+    }
+
+    /// Gives the calling (admin) thread the configured priority, once.
+    pub fn prioritise_current_thread(&self) {
+        crate::priority::prioritise_current_thread(self.settings.admin_nice);
     }
 
     /// The status document: live, previous (with its latest watch report),
