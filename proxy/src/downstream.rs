@@ -8,24 +8,25 @@
 //! included — is bounded: if `request_filter` has not seen the request when
 //! the deadline passes, the connection is dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::H2Options;
+use pingora::prelude::fast_timeout::fast_sleep;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
 tokio::task_local! {
     /// Set by the proxy once a request head has been read on this connection task.
-    static HEAD_SEEN: Arc<AtomicBool>;
+    static HEAD_SEEN: Cell<bool>;
 }
 
 /// Called from `request_filter`: the request head of the current request is in.
 pub(crate) fn mark_head_seen() {
-    let _ = HEAD_SEEN.try_with(|seen| seen.store(true, Ordering::Relaxed));
+    let _ = HEAD_SEEN.try_with(|seen| seen.set(true));
 }
 
 /// Wraps an HTTP app (pingora's `HttpProxy`) with the client timeouts.
@@ -54,20 +55,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for ClientTimeouts<
             // pingora's per-read timeout for the head (and keep-alive idle), in whole seconds
             session.set_keepalive(Some(self.head_deadline.as_secs().max(1)));
         }
-        let seen = Arc::new(AtomicBool::new(false));
-        let work = HEAD_SEEN.scope(seen.clone(), self.inner.process_new_http(session, shutdown));
-        tokio::pin!(work);
-        tokio::select! {
-            done = &mut work => done,
-            _ = tokio::time::sleep(self.head_deadline) => {
-                if seen.load(Ordering::Relaxed) {
-                    work.await
-                } else {
-                    log::debug!("request head not complete within {:?}; closing", self.head_deadline);
-                    None // dropping the session closes the connection
+        // pingora's coarse timer wheel (10 ms buckets, shared by every timer
+        // due in the same bucket) instead of a tokio timer per request: this
+        // runs for every request on a keep-alive connection.
+        let deadline = self.head_deadline;
+        HEAD_SEEN
+            .scope(Cell::new(false), async move {
+                let work = self.inner.process_new_http(session, shutdown);
+                tokio::pin!(work);
+                tokio::select! {
+                    biased;
+                    done = &mut work => done,
+                    () = fast_sleep(deadline) => {
+                        if HEAD_SEEN.with(Cell::get) {
+                            work.await
+                        } else {
+                            log::debug!("request head not complete within {deadline:?}; closing");
+                            None // dropping the session closes the connection
+                        }
+                    }
                 }
-            }
-        }
+            })
+            .await
     }
 
     fn h2_options(&self) -> Option<H2Options> {
