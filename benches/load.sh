@@ -5,6 +5,8 @@
 #   bash benches/load.sh                      # defaults: THREADS=1 DURATION=10s
 #   THREADS=2 DURATION=20s bash benches/load.sh
 #   ROUNDS=3 bash benches/load.sh             # medians of 3 rounds (single runs vary ~15%)
+#   PROXIES="canopy canopy-nosteal bare bare-nosteal nginx" bash benches/load.sh
+#                                             # pick variants (-nosteal: per-thread runtimes)
 #
 # One upstream (examples/upstream.rs) answers GET /products with a small JSON.
 # Each proxy in turn fronts it on loopback; wrk drives it with 32 keep-alive
@@ -164,13 +166,14 @@ echo "== upstream on $UPSTREAM (pid $UP_PID); proxies get THREADS=$THREADS, wrk 
 # ---------------------------------------------------------------- proxies
 # Each start_* writes the proxy's pid into PROXY_PID and its URL into PROXY_URL.
 
-start_canopy() { # start_canopy [METRICS=true]
+start_canopy() { # start_canopy [METRICS=true] [WORK_STEALING=true]
   cat >"$TMP/canopy.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$CANOPY_PORT"
 threads = $THREADS
 shutdown-grace = "1s"
 metrics = ${1:-true}
+work-stealing = ${2:-true}
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -196,12 +199,15 @@ EOF
 
 # canopy with per-request metrics recording off: what recording costs (issue 4)
 start_nometrics() { start_canopy false; }
+# pingora's per-thread runtimes instead of one work-stealing runtime
+start_canopy-nosteal() { start_canopy true false; }
 
-start_bare() {
-  "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" >"$TMP/bare.log" 2>&1 &
+start_bare() { # start_bare [steal|nosteal]
+  "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" "${1:-steal}" >"$TMP/bare.log" 2>&1 &
   PROXY_PID=$!
   PROXY_URL=http://127.0.0.1:$BARE_PORT
 }
+start_bare-nosteal() { start_bare nosteal; }
 
 start_nginx() {
   mkdir -p "$TMP/nginx"
@@ -254,9 +260,16 @@ EOF
   PROXY_URL=http://127.0.0.1:$HAPROXY_PORT
 }
 
-PROXIES=(canopy nometrics bare)
-[[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
-[[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
+# PROXIES="canopy bare bare-nosteal nginx" picks (and orders) the variants;
+# `bare` is the baseline of the ratios and is always measured.
+if [[ -n "${PROXIES:-}" ]]; then
+  read -r -a PROXIES <<<"$PROXIES"
+  [[ " ${PROXIES[*]} " == *" bare "* ]] || PROXIES+=(bare)
+else
+  PROXIES=(canopy nometrics bare)
+  [[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
+  [[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
+fi
 HAVE_OHA=0
 command -v oha >/dev/null && HAVE_OHA=1
 
@@ -331,7 +344,7 @@ done
 echo
 echo "THREADS=$THREADS, wrk -t1 -c$CONNS -d$DURATION, GET /products, $(nproc) CPUs, CPUs busy before start: $BUSY_BEFORE"
 ((ROUNDS == 1)) || echo "median of $ROUNDS rounds"
-fmt='%-8s %10s %10s %12s %14s %12s\n'
+fmt='%-15s %10s %10s %12s %14s %12s\n'
 # shellcheck disable=SC2059
 printf "$fmt" proxy "req/s" "p99 ms" "CPU us/req" "CPU vs bare" "p99 vs nginx"
 for name in "${PROXIES[@]}"; do
@@ -339,16 +352,18 @@ for name in "${PROXIES[@]}"; do
   printf "$fmt" "$name" "${M_RPS[$name]}" "${M_P99[$name]}" "${M_CPU[$name]}" \
     "$(ratio "${M_CPU[$name]}" "${M_CPU[bare]}")" "$(ratio "${M_P99[$name]}" "${M_P99[nginx]:-0}")"
 done
-echo "metrics recording on/off, CPU us/req: $(ratio "${M_CPU[canopy]}" "${M_CPU[nometrics]}")  (nometrics = canopy with [proxy] metrics = false)"
+if [[ -n "${M_CPU[canopy]:-}" && -n "${M_CPU[nometrics]:-}" ]]; then
+  echo "metrics recording on/off, CPU us/req: $(ratio "${M_CPU[canopy]}" "${M_CPU[nometrics]}")  (nometrics = canopy with [proxy] metrics = false)"
+fi
 if ((ROUNDS > 1)); then
   echo "CPU us/req per round:"
-  for name in "${PROXIES[@]}"; do printf '  %-8s%s\n' "$name" "${CPU[$name]}"; done
+  for name in "${PROXIES[@]}"; do printf '  %-15s%s\n' "$name" "${CPU[$name]}"; done
 fi
 
 echo
 if ((HAVE_OHA)); then
   echo "oha fixed rate (2000 req/s, $CONNS connections, 10s), median p99:"
-  for name in "${PROXIES[@]}"; do printf '  %-8s %s ms\n' "$name" "$(median "${OHA_P99[$name]}" %.3f)"; done
+  for name in "${PROXIES[@]}"; do printf '  %-15s %s ms\n' "$name" "$(median "${OHA_P99[$name]}" %.3f)"; done
 else
   echo "(oha not installed: fixed-rate latency pass skipped)"
 fi

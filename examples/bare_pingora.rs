@@ -35,14 +35,16 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
-    let usage = "usage: bare_pingora LISTEN UPSTREAM [THREADS]";
+    let usage = "usage: bare_pingora LISTEN UPSTREAM [THREADS] [steal|nosteal]";
     let mut args = std::env::args().skip(1);
     let listen: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
     let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
     let threads: usize = args.next().map_or(1, |t| t.parse().expect(usage));
+    let work_stealing = args.next().is_none_or(|s| s != "nosteal");
 
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()

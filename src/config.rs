@@ -131,6 +131,7 @@ struct FileConfig {
 struct FileProxy {
     listen: Spanned<OneOrMany<String>>,
     threads: Option<Spanned<usize>>,
+    work_stealing: Option<bool>,
     connect_timeout: Option<Dur>,
     upstream_timeout: Option<Dur>,
     upstream_idle_timeout: Option<Dur>,
@@ -246,6 +247,9 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Whether the proxy's worker threads share one work-stealing runtime
+    /// (pingora's default) or each run their own.
+    pub work_stealing: bool,
     /// Data-plane tunables.
     pub proxy: ProxySettings,
     /// How long SIGTERM waits for in-flight requests.
@@ -442,6 +446,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         listen,
         threads,
+        work_stealing: p.work_stealing.unwrap_or(true),
         proxy,
         shutdown_grace: p.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         client_timeout: p.client_timeout.map_or(Duration::from_secs(60), |d| d.0).max(Duration::from_secs(1)),

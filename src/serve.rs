@@ -139,6 +139,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let grace = config.shutdown_grace;
     let conf = ServerConf {
         threads: config.threads,
+        work_stealing: config.work_stealing,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
