@@ -121,6 +121,21 @@ fn human(cmd: &Cmd, v: &Value) -> String {
             let mut out = format!("live:       {}\ngeneration: {}\n", s(&v["live"]), s(&v["generation"]));
             if let Some(p) = v["previous"].as_object() {
                 out += &format!("previous:   {} (warm, retired in {:.0}s)\n", s(&p["release"]), p["seconds_left"].as_f64().unwrap_or(0.0));
+                let w = &p["watch"];
+                out += &match w["passed"].as_bool() {
+                    None => "            not checked yet\n".to_string(),
+                    Some(true) => format!("            healthy ({} checks passed)\n", w["checks"].as_array().map_or(0, Vec::len)),
+                    Some(false) => {
+                        let failed: Vec<String> = w["checks"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| c["passed"] == false)
+                            .map(|c| format!("{}/{}: {}", s(&c["service"]), s(&c["check"]), s(&c["reason"])))
+                            .collect();
+                        format!("            UNHEALTHY (a rollback will re-check first): {}\n", failed.join("; "))
+                    }
+                };
             }
             if v["switch_in_progress"].as_bool() == Some(true) {
                 out += "a switch is in progress\n";

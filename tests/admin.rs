@@ -80,6 +80,10 @@ async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
     })
     .await;
     assert_eq!(status(&c).await["previous"]["watch"]["release"], "juniper");
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("canopy_rollback_target_healthy{release=\"juniper\"} 1"), "{metrics}");
+    let out = String::from_utf8(c.cli(&["status"]).stdout).unwrap();
+    assert!(out.contains("previous:   juniper") && out.contains("healthy (3 checks passed)"), "{out}");
     // ...so the rollback trusts that fresh report instead of checking inline
     let (code, body) = post(&c, "/rollback", json!({})).await;
     assert_eq!(code, 200, "{body}");
@@ -116,6 +120,10 @@ async fn rollback_refuses_an_unhealthy_previous_release_unless_forced() {
         status(&c).await["previous"]["watch"]["passed"] == false
     })
     .await;
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("canopy_rollback_target_healthy{release=\"juniper\"} 0"), "{metrics}");
+    let out = String::from_utf8(c.cli(&["status"]).stdout).unwrap();
+    assert!(out.contains("UNHEALTHY (a rollback will re-check first): server/"), "{out}");
     // ...and a failed watch is never trusted: the rollback re-checks inline and refuses
     let (code, body) = post(&c, "/rollback", json!({})).await;
     assert_eq!(code, 422, "{body}");

@@ -563,9 +563,15 @@ impl Controller {
 
     /// Prometheus text for control-plane, data-plane and process metrics.
     pub async fn metrics_text(&self) -> String {
-        let live = self.state.lock().await.live.clone();
+        let (live, previous) = {
+            let st = self.state.lock().await;
+            (st.live.clone(), st.previous.as_ref().map(|p| p.release.clone()))
+        };
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out, live.as_ref());
+        let watched = self.warm.lock().expect("warm lock").as_ref().map(|w| (w.report.release.clone(), w.report.passed));
+        let watched = watched.filter(|(r, _)| previous.as_ref() == Some(r));
+        crate::metrics::render_rollback_target(&mut out, watched);
         self.table.stats().render(&mut out);
         crate::metrics::render_process(&mut out);
         out

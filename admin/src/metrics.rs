@@ -97,6 +97,18 @@ impl ControlMetrics {
     }
 }
 
+/// Appends the background watch's verdict on the warm previous release
+/// (the rollback target), when there is one.
+pub fn render_rollback_target(out: &mut String, watched: Option<(ReleaseName, bool)>) {
+    out.push_str(
+        "# HELP canopy_rollback_target_healthy Latest background check of the warm previous release: 1 passed, 0 failed.\n\
+         # TYPE canopy_rollback_target_healthy gauge\n",
+    );
+    if let Some((release, passed)) = watched {
+        let _ = writeln!(out, "canopy_rollback_target_healthy{{release=\"{release}\"}} {}", u8::from(passed));
+    }
+}
+
 /// Appends standard `process_*` metrics read from /proc (Linux).
 pub fn render_process(out: &mut String) {
     let page = 4096.0;
