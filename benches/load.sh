@@ -35,6 +35,7 @@ READY_TIMEOUT=${READY_TIMEOUT:-15}   # seconds to wait for a process to answer
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. benches/common.sh
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-load.XXXXXX")
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -167,31 +168,8 @@ echo "== upstream on $UPSTREAM (pid $UP_PID); proxies get THREADS=$THREADS, wrk 
 # Each start_* writes the proxy's pid into PROXY_PID and its URL into PROXY_URL.
 
 start_canopy() { # start_canopy [METRICS=true] [WORK_STEALING=true]
-  cat >"$TMP/canopy.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$CANOPY_PORT"
-threads = $THREADS
-shutdown-grace = "1s"
-metrics = ${1:-true}
-work-stealing = ${2:-true}
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-state-file = "$TMP/canopy-state.json"
-
-[releases]
-address-template = "bench-{service}--{release}.invalid"
-initial = "juniper"
-
-[[service]]
-name = "storefront"
-port = $UP_PORT
-routes = ["/"]
-
-[[release]]
-name = "juniper"
-backends = { storefront = ["$UPSTREAM"] }
-EOF
+  canopy_cfg "$TMP/canopy.toml" "$CANOPY_PORT" "$ADMIN_PORT" "$UPSTREAM" \
+    "threads = $THREADS"$'\nshutdown-grace = "1s"\n'"metrics = ${1:-true}"$'\n'"work-stealing = ${2:-true}" >/dev/null
   "$BIN/canopy" serve -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 &
   PROXY_PID=$!
   PROXY_URL=http://127.0.0.1:$CANOPY_PORT
@@ -210,28 +188,7 @@ start_bare() { # start_bare [steal|nosteal]
 start_bare-nosteal() { start_bare nosteal; }
 
 start_nginx() {
-  mkdir -p "$TMP/nginx"
-  cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes $THREADS;
-error_log $TMP/nginx/error.log warn;
-pid $TMP/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  upstream u { server $UPSTREAM; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://u;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
+  nginx_conf "$TMP/nginx" "$NGINX_PORT" "$UPSTREAM" "$THREADS" >/dev/null
   # -e: early error log (before the config is read) also goes to the temp dir
   /usr/sbin/nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
   PROXY_PID=$!

@@ -15,19 +15,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
-drive() {
-  python3 - "$1" "$2" <<'PY'
-import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-for i in range(n):
-    c.request("GET", "/products")
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
-}
+. benches/common.sh
 UP=$(port)
 target/release/examples/upstream juniper storefront=127.0.0.1:$UP 2>/dev/null &
 PIDS+=($!)
@@ -51,42 +39,12 @@ measure() {
     }' "$TMP/$name.strace"
 }
 p=$(port); target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 2>/dev/null & PIDS+=($!); wait_port "$p"; measure bare "$p" "$!"
-p=$(port); a=$(port)
-cat > "$TMP/canopy.toml" <<EOF2
-[proxy]
-listen = "127.0.0.1:$p"
-threads = 1
-[admin]
-listen = "127.0.0.1:$a"
-state-file = "state.json"
-[releases]
-address-template = "x-{service}--{release}"
-initial = "juniper"
-[[release]]
-name = "juniper"
-backends = { storefront = ["127.0.0.1:$UP"] }
-[[service]]
-name = "storefront"
-port = 4000
-routes = ["/"]
-EOF2
+p=$(port)
+canopy_cfg "$TMP/canopy.toml" "$p" "$(port)" "127.0.0.1:$UP" >/dev/null
 target/release/canopy serve -c "$TMP/canopy.toml" 2>/dev/null & PIDS+=($!); wait_port "$p"; measure canopy "$p" "$!"
 if [[ -x /usr/sbin/nginx ]]; then
-  p=$(port); mkdir -p "$TMP/nginx"
-  cat > "$TMP/nginx/nginx.conf" <<EOF2
-daemon off;
-worker_processes 1;
-error_log $TMP/nginx/error.log warn;
-pid $TMP/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  upstream u { server 127.0.0.1:$UP; keepalive 64; }
-  server { listen 127.0.0.1:$p; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-}
-EOF2
+  p=$(port)
+  nginx_conf "$TMP/nginx" "$p" "127.0.0.1:$UP" 1 >/dev/null
   /usr/sbin/nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" 2>/dev/null & PIDS+=($!); wait_port "$p"
   sleep 0.3
   measure nginx "$p" "$(pgrep -P "$!" | head -1)"
