@@ -532,6 +532,13 @@ impl Controller {
         }
     }
 
+    /// The watch's latest report, if it is about `previous` (the release
+    /// that is warm now; a report of an earlier one is stale).
+    fn watched(&self, previous: Option<&ReleaseName>) -> Option<Report> {
+        let warm = self.warm.lock().expect("warm lock");
+        warm.as_ref().map(|w| &w.report).filter(|r| previous == Some(&r.release)).cloned()
+    }
+
     /// The watch's report of `release` if it passed and started at most two
     /// watch intervals ago.
     fn fresh_watch(&self, release: &ReleaseName) -> Option<Report> {
@@ -551,8 +558,7 @@ impl Controller {
     pub async fn status(&self) -> StatusView {
         let st = self.state.lock().await.clone();
         let snap = self.table.load();
-        let watched = self.warm.lock().expect("warm lock").as_ref().map(|w| w.report.clone());
-        let watched = watched.filter(|r| st.previous.as_ref().is_some_and(|p| p.release == r.release));
+        let watched = self.watched(st.previous.as_ref().map(|p| &p.release));
         StatusView::build(&st, &snap, &self.topology, self.flip.try_lock().is_err(), watched)
     }
 
@@ -569,8 +575,7 @@ impl Controller {
         };
         let mut out = String::with_capacity(16 * 1024);
         self.metrics.render(&mut out, live.as_ref());
-        let watched = self.warm.lock().expect("warm lock").as_ref().map(|w| (w.report.release.clone(), w.report.passed));
-        let watched = watched.filter(|(r, _)| previous.as_ref() == Some(r));
+        let watched = self.watched(previous.as_ref()).map(|r| (r.release, r.passed));
         crate::metrics::render_rollback_target(&mut out, watched);
         self.table.stats().render(&mut out);
         crate::metrics::render_process(&mut out);

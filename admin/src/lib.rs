@@ -37,7 +37,7 @@ pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, S
 pub use controller::{now_ms, ControlSettings, Controller, FlipReply, HookResult, RetireReply, Seed, SwitchRequest};
 pub use error::ApiError;
 pub use priority::prioritise_current_thread;
-pub use persist::{journal_path, load as load_state, Entry, PersistError, Store, CHECKPOINT_AFTER, MAX_JOURNAL_ENTRIES};
+pub use persist::{journal_path, load as load_state, PersistError};
 pub use report::{CheckResult, Report};
 pub use state::{BackendMap, Command, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
 pub use validate::{Mode, Validator};
