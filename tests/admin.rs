@@ -382,6 +382,9 @@ async fn journal_torn_tail_is_dropped_but_a_corrupt_entry_stops_startup() {
     bad.extend_from_slice(&good);
     std::fs::write(&journal, &bad).unwrap();
     let state_before = std::fs::read(dir.join("state.json")).unwrap();
+    // fresh ports: the last run's may have been taken since it was killed
+    let conf = text.replace("{proxy_port}", &free_port().to_string()).replace("{admin_port}", &free_port().to_string());
+    std::fs::write(dir.join("proxy.toml"), conf).unwrap();
     let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.join("proxy.toml")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
