@@ -21,6 +21,10 @@ use crate::table::ReleaseTable;
 /// to preview a registered release.
 pub const RELEASE_HEADER: &str = "x-canopy-release";
 
+/// [`RELEASE_HEADER`] as a parsed name: lookups with it skip parsing a `&str`.
+static RELEASE_NAME: http::HeaderName = http::HeaderName::from_static(RELEASE_HEADER);
+static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Largest request header section (request line included) canopy forwards;
 /// larger ones are answered 431. pingora's own limits are far higher (1 MiB,
 /// 256 lines; answered 400) and Node upstreams such as Vendure refuse more
@@ -147,6 +151,41 @@ fn refuse(session: &Session) -> Option<(u16, String)> {
     had_length.then(|| (400, r#"{"error":"request has both Content-Length and Transfer-Encoding"}"#.to_string()))
 }
 
+/// Rewrites the request head for the upstream: the standard forwarding
+/// headers, no preview selector, one `Content-Length`.
+///
+/// Done on the downstream head once routing has succeeded, not in
+/// `upstream_request_filter`: pingora copies the head for each upstream
+/// attempt, and the parsed head has room for these headers while the
+/// exactly-sized copy would be regrown (both its maps) on every request.
+fn rewrite_for_upstream(session: &mut Session) -> Result<()> {
+    let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let req = session.req_header_mut();
+    req.remove_header(&RELEASE_NAME);
+    // pingora accepts identical duplicate lengths (`5, 5` or two lines; RFC
+    // 9110 8.6) and forwards them as received; strict parsers such as
+    // Node's refuse duplicates, so forward the one value it framed by.
+    let lengths = req.headers.get_all(http::header::CONTENT_LENGTH);
+    if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        let first = lengths.iter().next().and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
+        if let Some(n) = first.map(str::trim).and_then(|n| n.parse::<u64>().ok()) {
+            req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+        }
+    }
+    if let Some(ip) = ip {
+        let xff = match req.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => http::HeaderValue::try_from(format!("{prev}, {ip}")),
+            None => crate::forwarded::ip_value(ip),
+        };
+        req.insert_header("x-forwarded-for", xff.map_err(|_| Error::new(ErrorType::InternalError))?)?;
+    }
+    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+    if let Some(host) = req.headers.get(http::header::HOST).cloned() {
+        req.insert_header("x-forwarded-host", host)?;
+    }
+    Ok(())
+}
+
 fn classify(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -180,7 +219,7 @@ impl ProxyHttp for CanopyProxy {
         }
         let snapshot = self.table.load();
         let req = session.req_header();
-        let preview = req.headers.get(RELEASE_HEADER).map(|v| v.as_bytes());
+        let preview = req.headers.get(&RELEASE_NAME).map(|v| v.as_bytes());
         let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
         match routed {
             Ok(target) => {
@@ -189,6 +228,7 @@ impl ProxyHttp for CanopyProxy {
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
                 ctx.snapshot = Some(snapshot);
+                rewrite_for_upstream(session)?;
                 Ok(false)
             }
             Err(Miss::NoRoute) => {
@@ -229,38 +269,6 @@ impl ProxyHttp for CanopyProxy {
             }
         }
         e
-    }
-
-    /// Standard forwarding headers; the preview selector is not forwarded.
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut pingora::http::RequestHeader,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        upstream.remove_header(RELEASE_HEADER);
-        // pingora accepts identical duplicate lengths (`5, 5` or two lines; RFC
-        // 9110 8.6) and forwards them as received; strict parsers such as
-        // Node's refuse duplicates, so forward the one value it framed by.
-        let lengths = upstream.headers.get_all(http::header::CONTENT_LENGTH);
-        if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
-            let first = lengths.iter().next().and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
-            if let Some(n) = first.map(str::trim).and_then(|n| n.parse::<u64>().ok()) {
-                upstream.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
-            }
-        }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
-        upstream.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
-        if let Some(host) = session.req_header().headers.get(http::header::HOST).cloned() {
-            upstream.insert_header("x-forwarded-host", host)?;
-        }
-        Ok(())
     }
 
     /// Tags the response with the release that served it.

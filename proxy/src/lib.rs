@@ -7,6 +7,7 @@
 mod access_log;
 mod downstream;
 mod endpoint;
+mod forwarded;
 mod handler;
 mod names;
 mod release;
