@@ -781,6 +781,55 @@ async fn head_deadline_spares_slow_responses_and_prompt_keepalive() {
     }
 }
 
+/// Reads one response with a `Content-Length` body from a keep-alive
+/// connection; returns its status.
+async fn read_one_response(s: &mut TcpStream) -> u16 {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head_end, len) = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before a response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = find(&got, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: Option<usize> = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap());
+            break (end + 4, len.expect("response has a content-length"));
+        }
+    };
+    while got.len() < head_end + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed inside a response body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), head_end + len, "more than one response");
+    code(&String::from_utf8_lossy(&got))
+}
+
+/// The deadline restarts for each request of a keep-alive connection, also
+/// after a response that outlasted it: the next head is bounded again, and
+/// so is idle time after a response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_deadline_restarts_for_each_request_on_a_keepalive_connection() {
+    let r = rig_with_client_timeout().await;
+    let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
+    s.write_all(b"GET /products?ms=1500 HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    assert_eq!(read_one_response(&mut s).await, 200);
+    s.write_all(b"GET /products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    assert_eq!(read_one_response(&mut s).await, 200);
+    // half a head, then quiet: dropped one deadline after the last response
+    s.write_all(b"GET /products HTTP/1.1\r\nHost: shop\r\nX-Slow: ").await.unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "third head dropped after {took:?}");
+    // an idle keep-alive connection is closed one deadline after its response
+    let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
+    s.write_all(b"GET /products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    assert_eq!(read_one_response(&mut s).await, 200);
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "idle connection closed after {took:?}");
+    no_leaks(&r.c, r.base, "keep-alive head deadline").await;
+    served_normally(&r.c).await;
+}
+
 /// The client goes away in the middle of an upload: the upstream sees the
 /// request aborted (never completed), the in-flight gauge returns to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,23 +1,32 @@
 //! The downstream side of the proxy service: pingora's `HttpProxy` wrapped so
-//! that every client connection gets canopy's idle timeout and a total
-//! deadline for sending its request head (slowloris protection).
+//! that every client connection gets a total deadline for sending each
+//! request head, idle keep-alive time included (slowloris protection).
 //!
 //! pingora 0.9 only has a per-read timeout while reading a request head
 //! (hard-coded 60 s), so a client dripping one byte at a time holds its
-//! connection forever. Here the whole wait for a head — idle keep-alive time
-//! included — is bounded: if `request_filter` has not seen the request when
-//! the deadline passes, the connection is dropped.
+//! connection forever. Here the whole wait for a head is bounded: if
+//! `request_filter` has not seen the request when the deadline passes, the
+//! connection is dropped.
+//!
+//! The wrapper is a [`ServerApp`]: it runs pingora's HTTP/1 keep-alive loop
+//! itself (the loop of pingora's blanket `ServerApp` for HTTP apps), so the
+//! deadline is one tokio timer per connection, pushed forward for each
+//! request (an atomic store while it is armed), instead of a timer
+//! registration and a task-local scope per request.
 
 use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::protocols::http::v2::server::H2Options;
-use pingora::prelude::fast_timeout::fast_sleep;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::time::{Instant, Sleep};
 
 tokio::task_local! {
     /// Set by the proxy once a request head has been read on this connection task.
@@ -29,7 +38,7 @@ pub(crate) fn mark_head_seen() {
     let _ = HEAD_SEEN.try_with(|seen| seen.set(true));
 }
 
-/// Wraps an HTTP app (pingora's `HttpProxy`) with the client timeouts.
+/// Wraps an HTTP app (pingora's `HttpProxy`) with the client head deadline.
 pub struct ClientTimeouts<A> {
     inner: Arc<A>,
     head_deadline: Duration,
@@ -38,56 +47,75 @@ pub struct ClientTimeouts<A> {
 impl<A> ClientTimeouts<A> {
     /// `head_deadline`: longest wait for a complete request head on a
     /// connection, counted from when the connection (or its previous
-    /// response) is ready for the next request. Also the per-read limit.
+    /// response) is ready for the next request.
     pub fn new(inner: A, head_deadline: Duration) -> Self {
         Self { inner: Arc::new(inner), head_deadline }
     }
 }
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for ClientTimeouts<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if !*shutdown.borrow() {
-            // pingora's per-read timeout for the head (and keep-alive idle), in whole seconds
-            session.set_keepalive(Some(self.head_deadline.as_secs().max(1)));
+impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
+    /// pingora's HTTP/1 keep-alive loop, each request raced against the deadline.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        // pingora's own per-read keep-alive timer is not armed (`Some(0)`:
+        // keep-alive without a timeout): the deadline bounds the whole wait
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
+        session.set_keepalive_reuses_remaining(
+            self.inner.server_options().and_then(|o| o.keepalive_request_limit),
+        );
+        let mut deadline = pin!(tokio::time::sleep(self.head_deadline));
+        loop {
+            HEAD_SEEN.with(|seen| seen.set(false));
+            let Some(reused) = self.one_request(session, shutdown, deadline.as_mut()).await else {
+                return;
+            };
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            // while the timer is armed and not yet due this only stores the new time
+            deadline.as_mut().reset(Instant::now() + self.head_deadline);
         }
-        // pingora's coarse timer wheel (10 ms buckets, shared by every timer
-        // due in the same bucket) instead of a tokio timer per request: this
-        // runs for every request on a keep-alive connection.
-        let deadline = self.head_deadline;
-        HEAD_SEEN
-            .scope(Cell::new(false), async move {
-                let work = self.inner.process_new_http(session, shutdown);
-                tokio::pin!(work);
-                tokio::select! {
-                    biased;
-                    done = &mut work => done,
-                    () = fast_sleep(deadline) => {
-                        if HEAD_SEEN.with(Cell::get) {
-                            work.await
-                        } else {
-                            log::debug!("request head not complete within {deadline:?}; closing");
-                            None // dropping the session closes the connection
-                        }
-                    }
-                }
-            })
-            .await
     }
 
-    fn h2_options(&self) -> Option<H2Options> {
-        self.inner.h2_options()
+    /// One request on the connection; `None` when the connection ends,
+    /// including when its head missed the deadline.
+    async fn one_request(
+        &self,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        let mut work = self.inner.process_new_http(session, shutdown);
+        poll_fn(|cx| {
+            if let Poll::Ready(done) = work.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
+            // once the head is in, the rest of the request has no deadline here
+            if !HEAD_SEEN.with(Cell::get) && deadline.as_mut().poll(cx).is_ready() {
+                log::debug!("request head not complete within {:?}; closing", self.head_deadline);
+                return Poll::Ready(None); // dropping the session closes the connection
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientTimeouts<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let options = self.inner.server_options();
+        if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
+            // not HTTP/1 over plain TCP (canopy enables none of these): pingora's own loop
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        HEAD_SEEN.scope(Cell::new(false), self.serve_http1(stream, shutdown)).await;
+        None
     }
 
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    async fn http_cleanup(&self) {
+    async fn cleanup(&self) {
         self.inner.http_cleanup().await
     }
 }
