@@ -6,6 +6,7 @@
 #
 #   bash benches/callgrind.sh            # N1=500 N2=2500 requests
 #   KEEP=1 bash benches/callgrind.sh     # keep callgrind.out files for callgrind_annotate
+#   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics
 #
 # Each proxy runs twice under callgrind (N1 and N2 keep-alive GETs from one
 # client); (instr(N2) - instr(N1)) / (N2 - N1) cancels start-up and shutdown.
@@ -44,12 +45,13 @@ run() {
 per_request() { echo "scale=0; ($2 - $1) / ($N2 - $N1)" | bc; }
 printf '%-22s %14s\n' proxy "instr/request"
 declare -A R
-for variant in bare canopy canopy-nometrics; do
+for variant in ${VARIANTS:-bare bare-forward canopy canopy-nometrics}; do
   totals=()
   for n in $N1 $N2; do
     p=$(port)
     case $variant in
       bare) totals+=("$(run bare "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1)") ;;
+      bare-forward) totals+=("$(run bare-forward "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 steal forward)") ;;
       canopy) cfg=$(canopy_cfg "$TMP/canopy-$p.toml" "$p" "$(port)" "127.0.0.1:$UP" $'threads = 1\nmetrics = true'); totals+=("$(run canopy "$n" "$p" target/release/canopy serve -c "$cfg")") ;;
       canopy-nometrics) cfg=$(canopy_cfg "$TMP/canopy-$p.toml" "$p" "$(port)" "127.0.0.1:$UP" $'threads = 1\nmetrics = false'); totals+=("$(run canopy-nm "$n" "$p" target/release/canopy serve -c "$cfg")") ;;
     esac
@@ -58,6 +60,7 @@ for variant in bare canopy canopy-nometrics; do
   printf '%-22s %14s\n' "$variant" "${R[$variant]}"
 done
 echo
-printf 'canopy / bare:            %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare]}" | bc)"
-printf 'canopy metrics on / off:  %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[canopy-nometrics]}" | bc)"
+[ -z "${R[canopy]:-}" ] || [ -z "${R[bare]:-}" ] || printf 'canopy / bare:            %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare]}" | bc)"
+[ -z "${R[canopy]:-}" ] || [ -z "${R[bare-forward]:-}" ] || printf 'canopy / bare-forward:    %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare-forward]}" | bc)"
+[ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-nometrics]:-}" ] || printf 'canopy metrics on / off:  %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[canopy-nometrics]}" | bc)"
 [ -z "${KEEP:-}" ] || echo "callgrind files kept in $TMP"

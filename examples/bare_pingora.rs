@@ -2,12 +2,20 @@
 //! fixed upstream, nothing is routed, tagged, counted or logged. It is the
 //! baseline that `benches/load.sh` measures canopy's per-request cost against.
 //!
-//! Usage: `bare_pingora LISTEN UPSTREAM [THREADS]`
+//! With `forward` it also does what any production pingora proxy has to:
+//! the `X-Forwarded-*` headers (the textbook way, in
+//! `upstream_request_filter`) and connect/read/write timeouts on the
+//! upstream, as canopy does. That variant separates the cost of the
+//! forwarding job from the cost of canopy's own logic.
+//!
+//! Usage: `bare_pingora LISTEN UPSTREAM [THREADS] [steal|nosteal] [forward]`
 //! e.g.   `bare_pingora 127.0.0.1:6188 127.0.0.1:4000 1`
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -21,6 +29,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Bare {
     upstream: SocketAddr,
+    forward: bool,
 }
 
 #[async_trait]
@@ -30,17 +39,45 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.forward {
+            // canopy's defaults
+            peer.options.connection_timeout = Some(Duration::from_secs(2));
+            peer.options.read_timeout = Some(Duration::from_secs(60));
+            peer.options.write_timeout = Some(Duration::from_secs(60));
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if !self.forward {
+            return Ok(());
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session.req_header().headers.get("host").cloned() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
     }
 }
 
 fn main() {
-    let usage = "usage: bare_pingora LISTEN UPSTREAM [THREADS] [steal|nosteal]";
+    let usage = "usage: bare_pingora LISTEN UPSTREAM [THREADS] [steal|nosteal] [forward]";
     let mut args = std::env::args().skip(1);
     let listen: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
     let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
     let threads: usize = args.next().map_or(1, |t| t.parse().expect(usage));
     let work_stealing = args.next().is_none_or(|s| s != "nosteal");
+    let forward = args.next().is_some_and(|s| s == "forward");
 
     let conf = ServerConf {
         threads,
@@ -51,7 +88,7 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream, forward });
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     eprintln!("bare_pingora on {listen} -> {upstream} ({threads} thread(s))");
