@@ -149,6 +149,7 @@ struct FileAdmin {
     state_file: Option<String>,
     token_file: Option<Spanned<String>>,
     nice: Option<Spanned<i32>>,
+    realtime: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -439,7 +440,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         hook_timeout: r.hook_timeout.map_or(Duration::from_secs(60), |d| d.0),
         preview: r.preview,
         warm_check_interval,
-        admin_nice,
+        admin_priority: canopy_admin::AdminPriority {
+            realtime: file.admin.realtime.unwrap_or(true),
+            nice: admin_nice,
+        },
     };
 
     Ok(Config {
@@ -586,6 +590,8 @@ routes = ["/"]
         assert!(e.starts_with("proxy.toml:6:23: warm-check-interval must be at least 100ms"), "{e}");
         let e = err(&format!("{MINIMAL}\n[admin]\nnice = -21\n"));
         assert!(e.contains(":8: nice must be between -20 and 19"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[admin]\nrealtime = \"yes\"\n"));
+        assert!(e.starts_with("proxy.toml:14:12: invalid type: string \"yes\", expected a boolean"), "{e}");
     }
 
     #[test]

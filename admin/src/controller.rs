@@ -39,8 +39,8 @@ pub struct ControlSettings {
     /// How often the warm previous release is quick-checked in the background,
     /// so that a rollback can trust a fresh result instead of checking inline.
     pub warm_check_interval: Duration,
-    /// Nice value of the admin thread (0: unchanged); see [`crate::prioritise_current_thread`].
-    pub admin_nice: i32,
+    /// How the admin thread asks to be scheduled; see [`crate::prioritise_current_thread`].
+    pub admin_priority: crate::AdminPriority,
 }
 
 /// How the state is seeded when no state file exists.
@@ -550,7 +550,7 @@ impl Controller {
 
     /// Gives the calling (admin) thread the configured priority, once.
     pub fn prioritise_current_thread(&self) {
-        crate::priority::prioritise_current_thread(self.settings.admin_nice);
+        let _ = crate::priority::prioritise_current_thread(self.settings.admin_priority);
     }
 
     /// The status document: live, previous (with its latest watch report),

@@ -15,7 +15,7 @@
 //! - `GET /events` — audit log
 //! - `GET /metrics` — Prometheus text
 //! - `GET /openapi.json` — this API as OpenAPI 3
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: sched_setscheduler in priority.rs
 #![warn(missing_docs)]
 
 mod api;
@@ -36,7 +36,7 @@ pub use auth::Guard;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use controller::{now_ms, ControlSettings, Controller, FlipReply, HookResult, RetireReply, Seed, SwitchRequest};
 pub use error::ApiError;
-pub use priority::prioritise_current_thread;
+pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use persist::{journal_path, load as load_state, PersistError};
 pub use report::{CheckResult, Report};
 pub use state::{BackendMap, Command, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
