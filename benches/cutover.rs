@@ -187,8 +187,9 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
     s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The nice value of `pid`'s thread named `name` (field 19 of its stat).
-fn thread_nice(pid: u32, name: &str) -> Option<i32> {
+/// How `pid`'s thread named `name` is scheduled: "SCHED_FIFO 1" or "nice -10"
+/// (fields 19, 40 and 41 of its stat).
+fn thread_sched(pid: u32, name: &str) -> Option<String> {
     std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
         let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
         if comm.trim_end() != name {
@@ -196,7 +197,13 @@ fn thread_nice(pid: u32, name: &str) -> Option<i32> {
         }
         let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
         // fields after the parenthesised command name, which may contain spaces
-        stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).copied();
+        Some(match field(41)? {
+            "1" => format!("SCHED_FIFO {}", field(40)?),
+            "2" => format!("SCHED_RR {}", field(40)?),
+            _ => format!("nice {}", field(19)?),
+        })
     })
 }
 
@@ -476,8 +483,8 @@ struct Outcome {
     began: Instant,
     /// canopy: mean size of a journal entry (what each flip appends and flushes).
     entry_bytes: Option<u64>,
-    /// canopy: nice value of its admin thread during the run.
-    admin_nice: Option<i32>,
+    /// canopy: how its admin thread was scheduled during the run.
+    admin_sched: Option<String>,
     /// canopy: flips timed with no client load.
     unloaded: Vec<Flip>,
 }
@@ -516,10 +523,19 @@ async fn client_task(url: String, stop: Arc<AtomicBool>, check_header: bool) -> 
     (reqs, failures)
 }
 
+/// How the thread making the control calls was scheduled (first run's answer).
+static CALLER_SCHED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Flips `pairs` times blue -> green -> blue, `pause` apart, after and before
 /// `settle`. Runs on the calling thread with its own runtime, so that a busy
-/// client runtime does not delay the control calls being timed.
+/// client runtime does not delay the control calls being timed, and (when
+/// permitted) at the priority canopy gives its admin thread, for every proxy
+/// alike: otherwise this caller's own wake-ups behind the load generator
+/// would be most of the measured tail.
 fn run_flips(control: &Control, pairs: usize, pause: Duration, settle: Duration) -> Vec<Flip> {
+    if let Some(got) = canopy_admin::prioritise_current_thread(canopy_admin::AdminPriority::default()) {
+        let _ = CALLER_SCHED.set(format!("{got:?}"));
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let admin_http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
@@ -573,7 +589,7 @@ async fn measure(mut p: Running, plan: &Plan) -> Outcome {
         let entries = journal[..used].iter().filter(|&&b| b == b'\n').count() as u64;
         (entries > 0).then(|| used as u64 / entries)
     });
-    let admin_nice = if p.name == "canopy" { thread_nice(p.proc_.pid(), "canopy admin") } else { None };
+    let admin_sched = if p.name == "canopy" { thread_sched(p.proc_.pid(), "canopy admin") } else { None };
     Outcome {
         name: p.name,
         reqs,
@@ -584,7 +600,7 @@ async fn measure(mut p: Running, plan: &Plan) -> Outcome {
         rss_after_kb,
         began,
         entry_bytes,
-        admin_nice,
+        admin_sched,
         unloaded: Vec::new(),
     }
 }
@@ -887,7 +903,8 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     w(&mut out, "no client load: rollback call p50/p99, ms", col(&|_, s| p50_99(&s.unloaded_rollback)));
     w(&mut out, "idle RSS after start-up, MB", col(&|o, _| mb(o.idle_rss_kb)));
     w(&mut out, "RSS after the run, MB", col(&|o, _| if o.name == "canopy" { mb(o.rss_after_kb) } else { "-".into() }));
-    w(&mut out, "admin thread nice value", col(&|o, _| o.admin_nice.map_or("-".into(), |n| n.to_string())));
+    w(&mut out, "admin thread scheduling", col(&|o, _| o.admin_sched.clone().unwrap_or_else(|| "-".into())));
+    w(&mut out, "bench thread making the control calls", col(&|_, _| CALLER_SCHED.get().cloned().unwrap_or_else(|| "-".into())));
     if let Some(bytes) = outcomes.iter().find_map(|o| o.entry_bytes) {
         let _ = writeln!(
             out,
