@@ -5,8 +5,9 @@
 #   bash benches/load.sh                      # defaults: THREADS=1 DURATION=10s
 #   THREADS=2 DURATION=20s bash benches/load.sh
 #   ROUNDS=3 bash benches/load.sh             # medians of 3 rounds (single runs vary ~15%)
-#   PROXIES="canopy canopy-nosteal bare bare-nosteal nginx" bash benches/load.sh
-#                                             # pick variants (-nosteal: per-thread runtimes)
+#   PROXIES="canopy canopy-nosteal bare bare-nosteal bare-forward nginx" bash benches/load.sh
+#                                             # pick variants (-nosteal: per-thread runtimes;
+#                                             # bare-forward: bare + X-Forwarded-* and upstream timeouts)
 #
 # One upstream (examples/upstream.rs) answers GET /products with a small JSON.
 # Each proxy in turn fronts it on loopback; wrk drives it with 32 keep-alive
@@ -180,12 +181,14 @@ start_nometrics() { start_canopy false; }
 # pingora's per-thread runtimes instead of one work-stealing runtime
 start_canopy-nosteal() { start_canopy true false; }
 
-start_bare() { # start_bare [steal|nosteal]
-  "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" "${1:-steal}" >"$TMP/bare.log" 2>&1 &
+start_bare() { # start_bare [steal|nosteal] [forward]
+  "$BIN/examples/bare_pingora" "127.0.0.1:$BARE_PORT" "$UPSTREAM" "$THREADS" "${1:-steal}" ${2:-} >"$TMP/bare.log" 2>&1 &
   PROXY_PID=$!
   PROXY_URL=http://127.0.0.1:$BARE_PORT
 }
 start_bare-nosteal() { start_bare nosteal; }
+# bare pingora doing the same forwarding job: X-Forwarded-*, upstream timeouts
+start_bare-forward() { start_bare steal forward; }
 
 start_nginx() {
   nginx_conf "$TMP/nginx" "$NGINX_PORT" "$UPSTREAM" "$THREADS" >/dev/null
