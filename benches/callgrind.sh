@@ -22,10 +22,7 @@ trap cleanup EXIT
 cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -1
 . benches/common.sh
 
-UP=$(port)
-target/release/examples/upstream juniper storefront=127.0.0.1:$UP 2>/dev/null &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream
 
 # run NAME N CMD...: the proxy under callgrind, N requests, SIGINT, total instructions
 run() {

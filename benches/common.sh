@@ -1,11 +1,21 @@
 # Shared helpers for the shell benchmarks (sourced by callgrind.sh,
-# syscalls.sh and load.sh). Loopback only.
+# syscalls.sh, latency_ab.sh and load.sh). Loopback only.
 
 # port: a free TCP port on 127.0.0.1
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (30 s at most)
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+# start_upstream: examples/upstream (release `juniper`, service storefront)
+# on a free port, for the scripts that fronted it themselves; sets UP,
+# appends its pid to PIDS and waits until it accepts.
+start_upstream() {
+  UP=$(port)
+  target/release/examples/upstream juniper storefront=127.0.0.1:$UP >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_port "$UP"
+}
 
 # drive PORT N: N keep-alive GET /products from one client, each must be 200
 drive() {

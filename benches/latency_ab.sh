@@ -13,10 +13,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-ab.XXXXXX")
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; rm -rf "$TMP"' EXIT
 T=${THREADS:-1}
-UP=$(port)
-target/release/examples/upstream juniper storefront=127.0.0.1:$UP >/dev/null 2>&1 &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream
 start_canopy() { # start_canopy PORT WORK_STEALING
   local cfg
   cfg=$(canopy_cfg "$TMP/canopy-$1.toml" "$1" "$(port)" "127.0.0.1:$UP" "threads = $T"$'\n'"work-stealing = $2")

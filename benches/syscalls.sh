@@ -12,14 +12,19 @@ cd "$(dirname "$0")/.."
 N=${N:-2000}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-syscalls.XXXXXX")
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+# TERM first: a KILLed nginx master leaves its workers running (holding the
+# caller's stdout open, so a `| tail` of this script never ends)
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
 cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -1
 . benches/common.sh
-UP=$(port)
-target/release/examples/upstream juniper storefront=127.0.0.1:$UP 2>/dev/null &
-PIDS+=($!)
-wait_port "$UP"
+start_upstream
 # measure NAME PORT PID: strace the process (all threads) while N requests pass
 measure() {
   local name=$1 p=$2 pid=$3
@@ -45,7 +50,7 @@ target/release/canopy serve -c "$TMP/canopy.toml" 2>/dev/null & PIDS+=($!); wait
 if [[ -x /usr/sbin/nginx ]]; then
   p=$(port)
   nginx_conf "$TMP/nginx" "$p" "127.0.0.1:$UP" 1 >/dev/null
-  /usr/sbin/nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" 2>/dev/null & PIDS+=($!); wait_port "$p"
+  /usr/sbin/nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >/dev/null 2>&1 & PIDS+=($!); wait_port "$p"
   sleep 0.3
   measure nginx "$p" "$(pgrep -P "$!" | head -1)"
 fi
