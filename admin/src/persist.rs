@@ -365,6 +365,13 @@ mod tests {
     }
 
     /// A first start, as the controller does it: open, seed, checkpoint.
+    /// A scratch directory (kept alive by the caller) and the state file path in it.
+    fn scratch() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        (dir, p)
+    }
+
     fn first_start(p: &Path) -> (Store, State) {
         let (mut store, none) = Store::open(p).unwrap();
         assert!(none.is_none());
@@ -375,8 +382,7 @@ mod tests {
 
     #[test]
     fn missing_files_are_none_and_commits_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (dir, p) = scratch();
         assert!(load(&p).unwrap().is_none());
         let (mut store, mut st) = first_start(&p);
         let checkpoint = fs::read(&p).unwrap();
@@ -403,8 +409,7 @@ mod tests {
 
     #[test]
     fn the_journal_grows_past_its_first_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         let mut st = commit(&mut store, &st, 0, vec![register("elm"), register("oak")]);
         let big = Event { at: 0, action: "x".into(), actor: "y".repeat(100_000), from: None, to: None, result: "ok".into(), forced: false, generation: 0, detail: String::new() };
@@ -417,8 +422,7 @@ mod tests {
 
     #[test]
     fn a_journal_without_its_state_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         commit(&mut store, &st, 1, vec![register("elm")]);
         fs::remove_file(&p).unwrap();
@@ -431,8 +435,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_ignored_but_a_torn_middle_line_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         let mut st = commit(&mut store, &st, 1, vec![register("elm"), register("oak")]);
         st = commit(&mut store, &st, 2, vec![switch("elm")]);
@@ -451,8 +454,7 @@ mod tests {
 
     #[test]
     fn entries_already_in_the_checkpoint_are_skipped_and_gaps_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         let st = commit(&mut store, &st, 1, vec![register("elm"), register("oak")]);
         let journal = used(&p);
@@ -472,8 +474,7 @@ mod tests {
 
     #[test]
     fn a_full_journal_is_folded_into_a_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
+        let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         let mut st = commit(&mut store, &st, 0, vec![register("elm"), register("oak")]);
         for i in 0..MAX_JOURNAL_ENTRIES + 3 {
