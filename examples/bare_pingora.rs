@@ -12,7 +12,6 @@
 //! e.g.   `bare_pingora 127.0.0.1:6188 127.0.0.1:4000 1`
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -41,11 +40,12 @@ impl ProxyHttp for Bare {
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         if self.forward {
-            // canopy's defaults
-            peer.options.connection_timeout = Some(Duration::from_secs(2));
-            peer.options.read_timeout = Some(Duration::from_secs(60));
-            peer.options.write_timeout = Some(Duration::from_secs(60));
-            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            // the same timeouts canopy sets by default
+            let d = canopy_proxy::ProxySettings::default();
+            peer.options.connection_timeout = Some(d.connect_timeout);
+            peer.options.read_timeout = Some(d.upstream_timeout);
+            peer.options.write_timeout = Some(d.upstream_timeout);
+            peer.options.idle_timeout = Some(d.upstream_idle_timeout);
         }
         Ok(Box::new(peer))
     }
