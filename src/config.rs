@@ -408,8 +408,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let admin_span = file.admin.listen.as_ref().map_or(0..0, |a| a.span());
+    for (i, a) in listen.iter().enumerate() {
+        if let Some(b) = listen[..i].iter().find(|b| overlaps(a, b)) {
+            return Err(cx.err(p.listen.span(), format!("listen addresses {b} and {a} overlap: each address may be listed once")));
+        }
+        if overlaps(a, &admin_listen) {
+            // pingora would share one socket between both services: half the
+            // proxy's connections would reach the admin API and vice versa
+            let (span, which) = if admin_span.is_empty() { (p.listen.span(), "the default admin listen address") } else { (admin_span, "admin listen") };
+            return Err(cx.err(span, format!("{which} {admin_listen} overlaps proxy listen {a}: the admin API needs a port of its own")));
+        }
+    }
     if !admin_listen.ip().is_loopback() && token.is_none() {
-        let span = file.admin.listen.as_ref().map_or(0..0, |a| a.span());
+        let span = admin_span;
         return Err(cx.err(span, format!("admin listens on non-loopback {admin_listen}: set `token-file` so the admin API requires a bearer token")));
     }
 
@@ -466,6 +478,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Converts one `checks = [...]` entry, refusing fields that do not apply to its kind.
+/// Whether binding both addresses would clash: the same port on the same IP,
+/// or on a wildcard that covers the other (`[::]` is dual-stack on Linux).
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    let covers = |x: &SocketAddr, y: &SocketAddr| {
+        x.ip() == y.ip() || (x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+    };
+    a.port() == b.port() && (covers(a, b) || covers(b, a))
+}
+
 fn check(cx: &Ctx<'_>, c: &Spanned<FileCheck>) -> Result<Check, ConfigError> {
     let f = c.get_ref();
     let err = |m: String| cx.err(c.span(), m);
@@ -602,6 +623,21 @@ routes = ["/"]
         );
         let e = err(&text);
         assert!(e.contains("`query` does not apply to http checks"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_must_not_overlap() {
+        let e = err(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:8080\"\n"));
+        assert!(e.starts_with("proxy.toml:14:10: admin listen 127.0.0.1:8080 overlaps proxy listen 127.0.0.1:8080"), "{e}");
+        let e = err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"0.0.0.0:9901\""));
+        assert!(e.starts_with("proxy.toml:3:10: the default admin listen address 127.0.0.1:9901 overlaps proxy listen 0.0.0.0:9901"), "{e}");
+        let e = err(&MINIMAL.replace("\"127.0.0.1:8080\"", "[\"[::]:8080\", \"127.0.0.1:8080\"]"));
+        assert!(e.starts_with("proxy.toml:3:10: listen addresses [::]:8080 and 127.0.0.1:8080 overlap"), "{e}");
+        // distinct IPs, ports or families are fine
+        for (a, b) in [("127.0.0.1:8080", "127.0.0.2:8080"), ("127.0.0.1:8080", "127.0.0.1:8081"), ("0.0.0.0:8080", "[::1]:8080")] {
+            let text = MINIMAL.replace("\"127.0.0.1:8080\"", &format!("[\"{a}\", \"{b}\"]"));
+            assert!(parse(Path::new("proxy.toml"), &text).is_ok(), "{a} {b}");
+        }
     }
 
     #[test]
