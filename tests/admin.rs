@@ -342,7 +342,7 @@ async fn origin_without_token_only_same_origin_loopback() {
 async fn corrupt_state_file_stops_startup_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("state.json"), "{\"version\": 1, \"live\": ").unwrap();
-    let text = config("", "").replace("{proxy_port}", &free_port().to_string()).replace("{admin_port}", &free_port().to_string());
+    let (text, _, _) = with_ports(&config("", ""));
     std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
     let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.path().join("proxy.toml")).output().unwrap();
     assert!(!out.status.success());
@@ -383,7 +383,7 @@ async fn journal_torn_tail_is_dropped_but_a_corrupt_entry_stops_startup() {
     std::fs::write(&journal, &bad).unwrap();
     let state_before = std::fs::read(dir.join("state.json")).unwrap();
     // fresh ports: the last run's may have been taken since it was killed
-    let conf = text.replace("{proxy_port}", &free_port().to_string()).replace("{admin_port}", &free_port().to_string());
+    let (conf, _, _) = with_ports(&text);
     std::fs::write(dir.join("proxy.toml"), conf).unwrap();
     let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.join("proxy.toml")).output().unwrap();
     assert!(!out.status.success());

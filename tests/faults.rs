@@ -24,38 +24,9 @@ fn fds(c: &Canopy) -> usize {
     std::fs::read_dir(format!("/proc/{}/fd", c.child.id())).map(|d| d.count()).unwrap_or(0)
 }
 
-/// canopy's open connections on the proxy listener (accepted client
-/// sockets), from /proc/<pid>/fd and /proc/<pid>/net/tcp.
+/// canopy's open connections on the proxy listener (accepted client sockets).
 fn client_conns(c: &Canopy) -> usize {
-    let pid = c.child.id();
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let port = format!(":{:04X}", c.proxy.port());
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // local address, state (0A = LISTEN), inode
-            f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" && inodes.contains(f[9])
-        })
-        .count()
-}
-
-/// Sum of `canopy_inflight_requests` over every release, from GET /metrics.
-async fn inflight(c: &Canopy) -> i64 {
-    let text = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("canopy_inflight_requests{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
+    tcp_states(c.child.id(), c.proxy.port()).iter().filter(|s| *s != "0A").count()
 }
 
 /// Extra descriptors tolerated over the baseline: pooled upstream keep-alive
@@ -1101,7 +1072,7 @@ async fn sigterm_under_load_finishes_inflight_and_refuses_new_connections() {
     // separate clients: separate connections
     let slow: Vec<_> = (0..n)
         .map(|i| {
-            let url = c.url(&format!("/products/{i}?ms=1000"));
+            let url = c.url(&format!("/products/{i}?ms=1500"));
             tokio::spawn(async move {
                 let r = client().get(url).send().await.unwrap();
                 let rel = r.headers()["x-canopy-release"].to_str().unwrap().to_string();
@@ -1114,11 +1085,14 @@ async fn sigterm_under_load_finishes_inflight_and_refuses_new_connections() {
     let pid = c.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     // the listener closes: new connections are refused while old ones finish
-    eventually("new connections refused after SIGTERM", Duration::from_secs(2), || async {
-        TcpStream::connect(c.proxy).await.is_err()
+    eventually("canopy stops listening after SIGTERM", Duration::from_secs(2), || {
+        std::future::ready(!listens(c.child.id(), c.proxy.port()))
     })
     .await;
-    assert!(sent.elapsed() < Duration::from_millis(900), "listener closed only after {:?}", sent.elapsed());
+    // ... while the requests are still being answered (no wall-clock bound: a
+    // loaded test machine may take its time, but not the 1.5 s they take;
+    // the upstream timeout is 2 s)
+    assert!(slow.iter().all(|t| !t.is_finished()), "listener closed only after in-flight requests finished ({:?})", sent.elapsed());
     assert!(client().get(c.url("/")).send().await.is_err(), "a new request was served after SIGTERM");
     for (i, t) in slow.into_iter().enumerate() {
         let (code, rel, body) = t.await.unwrap();
@@ -1132,7 +1106,8 @@ async fn sigterm_under_load_finishes_inflight_and_refuses_new_connections() {
     })
     .await;
     assert!(exited.unwrap().success(), "{exited:?}");
-    assert!(sent.elapsed() < Duration::from_secs(3), "{:?}", sent.elapsed());
+    // drained, not cut off by the 5 s shutdown grace
+    assert!(sent.elapsed() < Duration::from_secs(5), "{:?}", sent.elapsed());
 }
 
 /// xorshift64*: enough randomness for kill timings without a dependency.

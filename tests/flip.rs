@@ -55,11 +55,7 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         server.add_service(proxy);
         server.run_forever();
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    support::wait_listening(std::process::id(), port, Duration::from_secs(10), "the in-process proxy");
     let base = format!("http://127.0.0.1:{port}");
     let client = support::client();
     let release_of = |r: &reqwest::Response| r.headers()["x-canopy-release"].to_str().unwrap().to_string();

@@ -39,7 +39,9 @@ fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         .stderr(log)
         .spawn()
         .expect("prometheus is installed by .ci/run (apt-get install prometheus)");
-    Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    let p = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+    wait_listening(p.child.id(), port, Duration::from_secs(30), "prometheus");
+    p
 }
 
 /// Polls an instant query until `ok` accepts its result vector (or panics at the deadline).

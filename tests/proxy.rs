@@ -169,8 +169,7 @@ async fn no_live_release_is_a_json_503() {
 #[test]
 fn bad_config_names_file_line_and_column_and_binds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let text = config("", "").replace("{proxy_port}", &port.to_string()).replace("{admin_port}", &free_port().to_string());
+    let (text, _, _) = with_ports(&config("", ""));
     let bad = text.replace("validation-window = \"10m\"", "validation-window = \"10 parsecs\"");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, &bad).unwrap();
@@ -181,9 +180,9 @@ fn bad_config_names_file_line_and_column_and_binds_nothing() {
         let expected = format!("error: {}:15:21: invalid duration `10 parsecs`", path.display());
         assert!(err.contains(&expected), "{cmd}: {err}");
         assert!(err.contains("15 | validation-window = \"10 parsecs\""), "{err}");
+        // refused before binding or starting anything
+        assert!(!err.contains("canopy serving on") && !err.contains("Bootstrap"), "{cmd}: {err}");
     }
-    // nothing bound the proxy port
-    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
 
     let unknown = text.replace("threads = 2", "threads = 2\nlisten-backlog = 5");
     std::fs::write(&path, &unknown).unwrap();
@@ -200,7 +199,7 @@ async fn sigterm_finishes_inflight_requests_then_exits() {
     let (mut c, _j, _e) = two_releases("", "").await;
     let url = c.url("/products?ms=1000");
     let slow = tokio::spawn(async move { client().get(url).send().await.unwrap() });
-    tokio::time::sleep(Duration::from_millis(200)).await; // reach the upstream
+    eventually("the request in flight", Duration::from_secs(5), || async { inflight(&c).await == 1 }).await;
     let sent = std::time::Instant::now();
     let pid = c.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

@@ -12,15 +12,76 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A port that was free a moment ago (canopy binds it itself; start retries on a clash).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `N` distinct loopback ports that were free a moment ago. They are held
+/// together while chosen, so no two are equal (two separate bind-to-0 calls
+/// may return the same port). The caller's server binds them itself; see
+/// [`listens`] for telling its socket from another process's.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
-/// A loopback address where nothing listens (connections are refused).
+/// One port that was free a moment ago.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// `template` with `{proxy_port}` and `{admin_port}` set to two distinct free
+/// ports, and those ports.
+pub fn with_ports(template: &str) -> (String, u16, u16) {
+    let [pp, ap] = free_ports();
+    (template.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string()), pp, ap)
+}
+
+/// The states (kernel hex codes, `0A` = LISTEN) of the TCP sockets process
+/// `pid` holds with local port `port`: its fds against /proc/<pid>/net/tcp{,6}.
+pub fn tcp_states(pid: u32, port: u16) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .collect();
+    let port_hex = format!(":{port:04X}");
+    let mut states = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[1].ends_with(&port_hex) && inodes.contains(f[9]) {
+                states.push(f[3].to_string());
+            }
+        }
+    }
+    states
+}
+
+/// Whether process `pid` itself listens on TCP `port`. Tests run in parallel
+/// and pick ports by binding to 0, so "something accepts on the port" may be
+/// another test's server; this is not.
+pub fn listens(pid: u32, port: u16) -> bool {
+    tcp_states(pid, port).iter().any(|s| s == "0A")
+}
+
+/// Waits until process `pid` listens on `port` (see [`listens`]); panics with
+/// `what` after `timeout`.
+pub fn wait_listening(pid: u32, port: u16, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while !listens(pid, port) {
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A loopback address where nothing listens (connections are refused). The
+/// port stays bound (without listening) for the life of the test process, so
+/// no other test's server can take it and answer.
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// The config used by most tests: server, worker (no routes) and storefront.
@@ -99,8 +160,7 @@ impl Canopy {
     /// Starts canopy in `dir` (keeps an existing state file there).
     pub fn start_in(dir: &Path, config: &str) -> Canopy {
         for _ in 0..5 {
-            let (pp, ap) = (free_port(), free_port());
-            let text = config.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string());
+            let (text, pp, ap) = with_ports(config);
             if let Some(mut c) = Self::try_start(dir, text, pp, ap) {
                 c.template = config.to_string();
                 return c;
@@ -138,10 +198,14 @@ impl Canopy {
                 }
                 panic!("canopy exited with {status}:\n{log}");
             }
-            let admin_up = std::net::TcpStream::connect(c.admin).is_ok();
-            let proxy_up = std::net::TcpStream::connect(c.proxy).is_ok();
-            if admin_up && proxy_up {
+            // ours, not another test's server that took a port first
+            let pid = c.child.id();
+            if listens(pid, pp) && listens(pid, ap) {
                 return Some(c);
+            }
+            // pingora waits for a port taken after canopy's own probe; pick new ones
+            if c.log().contains("is in use, will try again") {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -271,6 +335,15 @@ pub fn durable_state_in(dir: &Path) -> Value {
         .unwrap_or_else(|e| panic!("durable state does not load: {e}"))
         .unwrap_or_else(|| panic!("no durable state in {}", dir.display()));
     serde_json::to_value(state).unwrap()
+}
+
+/// Sum of `canopy_inflight_requests` over every release, from GET /metrics.
+pub async fn inflight(c: &Canopy) -> i64 {
+    let text = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("canopy_inflight_requests{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum()
 }
 
 /// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
