@@ -123,7 +123,8 @@ mod tests {
             let me = format!("/proc/self/task/{}/stat", rustix::thread::gettid().as_raw_nonzero());
             let main = format!("/proc/self/task/{}/stat", rustix::process::getpid().as_raw_nonzero());
             let main_before = (policy_of(&main), stat_field(&main, 19));
-            let got = prioritise_current_thread(AdminPriority { realtime: true, nice: 5 }).unwrap();
+            // nice 19: the one value any process may always take, whatever nice it runs at
+            let got = prioritise_current_thread(AdminPriority { realtime: true, nice: 19 }).unwrap();
             match got {
                 Obtained::Realtime => {
                     assert_eq!(policy_of(&me), libc::SCHED_FIFO as i64);
@@ -136,8 +137,8 @@ mod tests {
                 }
                 // unprivileged: a worse nice value is always allowed
                 other => {
-                    assert_eq!(other, Obtained::Nice(5));
-                    assert_eq!(stat_field(&me, 19), 5);
+                    assert_eq!(other, Obtained::Nice(19));
+                    assert_eq!(stat_field(&me, 19), 19);
                 }
             }
             // the process's other threads are untouched
