@@ -237,3 +237,73 @@ async fn websocket_first_frame_survives_a_fast_101() {
     }
     assert!(failures.is_empty(), "{} of 300 upgrades lost their tunnel: {:?}", failures.len(), &failures[..failures.len().min(3)]);
 }
+
+/// Writes `parts` to one connection to the proxy without reading in between;
+/// a part with a release name first waits until the previous request is at
+/// the upstream and switches to that release. Then reads until canopy closes
+/// the connection (the last request says `Connection: close`). Returns, per
+/// response in order, its status, `x-canopy-release` and body.
+async fn pipeline(c: &Canopy, parts: Vec<(&'static [u8], Option<&str>)>) -> Vec<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(c.proxy).await.unwrap();
+    for (bytes, switch_to) in parts {
+        if let Some(release) = switch_to {
+            // the previous request is at the upstream: flip under it
+            eventually("the request in flight", Duration::from_secs(5), || async { inflight(c).await == 1 }).await;
+            assert_eq!(switch(c, release).await.0, 200);
+        }
+        s.write_all(bytes).await.unwrap();
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await.expect("canopy closed the connection").unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let mut responses = Vec::new();
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let (head, after) = rest.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {rest:?}"));
+        let status = head[9..12].parse().unwrap();
+        let header = |name: &str| {
+            head.lines().find_map(|l| l.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_string()))
+        };
+        let len: usize = header("content-length").expect("upstream answers have a length").parse().unwrap();
+        responses.push((status, header("x-canopy-release").unwrap_or_default(), after[..len].to_string()));
+        rest = &after[len..];
+    }
+    responses
+}
+
+/// A client that pipelines (sends the next request before reading the
+/// answer) gets every answer, in order; each request is routed when it is
+/// read, so one queued behind a flip goes to the new live release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (c, _j, _e) = two_releases("", "").await;
+    // one segment: three requests, a POST with a body in the middle
+    let got = pipeline(
+        &c,
+        vec![(
+            b"GET /p1 HTTP/1.1\r\nHost: shop\r\n\r\nPOST /echo HTTP/1.1\r\nHost: shop\r\nContent-Length: 5\r\n\r\nhello\
+              GET /p3 HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+            None,
+        )],
+    )
+    .await;
+    let path = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["path"].as_str().unwrap().to_string();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[0].0, path(&got[0].2).as_str()), (200, "/p1"));
+    assert_eq!((got[1].0, got[1].2.as_str()), (200, "hello"));
+    assert_eq!((got[2].0, path(&got[2].2).as_str()), (200, "/p3"));
+    // the next request sent while the first is still at the upstream, and a
+    // switch to elm in between: answered in order, the second by elm
+    let got = pipeline(
+        &c,
+        vec![
+            (b"GET /slow?ms=500 HTTP/1.1\r\nHost: shop\r\n\r\n", None),
+            (b"GET /after HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n", Some("elm")),
+        ],
+    )
+    .await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0, got[0].1.as_str(), path(&got[0].2).as_str()), (200, "juniper", "/slow"));
+    assert_eq!((got[1].0, got[1].1.as_str(), path(&got[1].2).as_str()), (200, "elm", "/after"));
+}

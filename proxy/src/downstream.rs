@@ -57,6 +57,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     /// pingora's HTTP/1 keep-alive loop, each request raced against the deadline.
     async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(stream);
+        // requests a client pipelines are answered in order (RFC 9112 §9.3.2)
+        // instead of closing after the first; the persistent settings carry
+        // this and the bytes already read over to each next request
+        session.set_pipelining_enabled(true);
         // pingora's own per-read keep-alive timer is not armed (`Some(0)`:
         // keep-alive without a timeout): the deadline bounds the whole wait
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
