@@ -86,6 +86,8 @@ enum Act {
     HalfCloseEarly,
     /// Answers with something that is not HTTP.
     Garbage,
+    /// A complete chunked body (`hello world` in two chunks), `connection: close`.
+    Chunked,
 }
 
 const DRIP_RESPONSE: &[u8] =
@@ -208,6 +210,9 @@ impl Fake {
                         }
                         Act::Garbage => {
                             let _ = s.write_all(b"SPDY/9 what is this\r\n\r\n").await;
+                        }
+                        Act::Chunked => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
                         }
                     }
                     // hold the connection until canopy closes it
@@ -455,6 +460,30 @@ async fn raw(addr: SocketAddr, req: &[u8]) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// HTTP/1.0 has no chunked framing (RFC 9112 §6.1): a body whose length the
+/// upstream did not give (chunked, or ended by closing) reaches an HTTP/1.0
+/// client close-delimited, and canopy closes the connection after it even
+/// when the client asked for keep-alive. HTTP/1.1 clients get it chunked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_bodies_of_unknown_length_close_delimited() {
+    let r = rig().await;
+    for (act, expected) in [(Act::Chunked, "hello world"), (Act::HalfCloseAfterBody, "close-delimited body")] {
+        let fake = Fake::spawn(act).await;
+        register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+        let resp = raw(r.c.proxy, b"GET /shop-api/a HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\nx-canopy-release: oak\r\n\r\n").await;
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{act:?}: {resp}"));
+        let head = head.to_ascii_lowercase();
+        assert_eq!(code(&resp), 200, "{act:?}: {resp}");
+        assert!(!head.contains("transfer-encoding") && head.contains("connection: close"), "{act:?}: {resp}");
+        // the whole body, then canopy closed (raw() reads until then)
+        assert_eq!(body, expected, "{act:?}: {resp}");
+        let resp = raw(r.c.proxy, b"GET /shop-api/a HTTP/1.1\r\nHost: shop\r\nConnection: close\r\nx-canopy-release: oak\r\n\r\n").await;
+        assert!(resp.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{act:?}: {resp}");
+        assert!(resp.ends_with("\r\n0\r\n\r\n"), "{act:?}: {resp}");
+    }
+    no_leaks(&r.c, r.base, "HTTP/1.0 requests").await;
 }
 
 fn code(resp: &str) -> u16 {

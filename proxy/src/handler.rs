@@ -271,15 +271,24 @@ impl ProxyHttp for CanopyProxy {
         e
     }
 
-    /// Tags the response with the release that served it.
+    /// Tags the response with the release that served it, and frames a body
+    /// of unknown length for HTTP/1.0 clients by closing the connection.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some((snapshot, t)) = ctx.release() {
             resp.insert_header(RELEASE_HEADER, snapshot.release(t.release).header().clone())?;
+        }
+        // pingora passes chunked upstream bodies on as chunked (and turns
+        // close-delimited ones into chunked) whatever the client speaks; an
+        // HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1), so
+        // its body ends where the connection does
+        if session.req_header().version < http::Version::HTTP_11 && resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
         }
         Ok(())
     }
