@@ -536,6 +536,35 @@ async fn ambiguous_or_invalid_framing_is_a_400_and_never_forwarded() {
     no_leaks(&r.c, r.base, "framing attacks").await;
 }
 
+/// `Host` (RFC 9112 3.2): an HTTP/1.1 request needs exactly one, and an
+/// absolute-form target must name the same authority; HTTP/1.0 may omit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_rules() {
+    let r = rig().await;
+    let fake = Fake::spawn(Act::Answer).await;
+    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let h = "x-canopy-release: oak\r\nConnection: close\r\n";
+    let resp = raw(r.c.proxy, format!("GET /shop-api/a HTTP/1.1\r\n{h}\r\n").as_bytes()).await;
+    assert_eq!(code(&resp), 400, "{resp}");
+    assert!(resp.ends_with(r#"{"error":"HTTP/1.1 request without a Host header"}"#), "{resp}");
+    for (what, req) in [
+        ("two Host lines", format!("GET /shop-api/a HTTP/1.1\r\nHost: shop\r\nHost: evil\r\n{h}\r\n")),
+        ("absolute-form naming another host", format!("GET http://evil/shop-api/a HTTP/1.1\r\nHost: shop\r\n{h}\r\n")),
+    ] {
+        assert_eq!(code(&raw(r.c.proxy, req.as_bytes()).await), 400, "{what}");
+    }
+    assert_eq!(fake.conns.load(Ordering::SeqCst), 0, "refused requests reached the upstream");
+    for (what, req) in [
+        ("HTTP/1.0 without Host", format!("GET /shop-api/a HTTP/1.0\r\n{h}\r\n")),
+        ("absolute-form naming the Host", format!("GET http://shop/shop-api/a HTTP/1.1\r\nHost: shop\r\n{h}\r\n")),
+    ] {
+        let resp = raw(r.c.proxy, req.as_bytes()).await;
+        assert_eq!(code(&resp), 200, "{what}: {resp}");
+    }
+    assert_eq!(fake.complete.load(Ordering::SeqCst), 2);
+    no_leaks(&r.c, r.base, "Host checks").await;
+}
+
 /// Bare LF line endings: pingora (httparse) accepts them as line ends (RFC
 /// 9112 2.2 allows it) and canopy forwards a re-serialised CRLF request, so
 /// the upstream cannot read it differently.

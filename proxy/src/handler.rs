@@ -131,6 +131,9 @@ async fn respond_json(
 /// front proxy may have framed it by the length. It is refused here, before
 /// anything is forwarded. pingora has already removed the `Content-Length`
 /// from the parsed header, so the raw header bytes are consulted.
+///
+/// An HTTP/1.1 request without `Host` is refused too (RFC 9112 3.2: a server
+/// MUST answer it with 400); pingora already refuses two `Host` lines.
 fn refuse(session: &Session) -> Option<(u16, String)> {
     let raw = session.as_downstream().to_h1_raw();
     if raw.len() > MAX_REQUEST_HEADER_BYTES {
@@ -139,9 +142,13 @@ fn refuse(session: &Session) -> Option<(u16, String)> {
             format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#),
         ));
     }
+    let req = session.req_header();
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Some((400, r#"{"error":"HTTP/1.1 request without a Host header"}"#.to_string()));
+    }
     // only requests that kept a Transfer-Encoding can have had both: the
     // common request costs no scan
-    if !session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING) {
+    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return None;
     }
     let had_length = raw.split(|b| *b == b'\n').skip(1).any(|line| {
