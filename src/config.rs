@@ -477,7 +477,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
-/// Converts one `checks = [...]` entry, refusing fields that do not apply to its kind.
 /// Whether binding both addresses would clash: the same port on the same IP,
 /// or on a wildcard that covers the other (`[::]` is dual-stack on Linux).
 fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
@@ -487,6 +486,7 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && (covers(a, b) || covers(b, a))
 }
 
+/// Converts one `checks = [...]` entry, refusing fields that do not apply to its kind.
 fn check(cx: &Ctx<'_>, c: &Spanned<FileCheck>) -> Result<Check, ConfigError> {
     let f = c.get_ref();
     let err = |m: String| cx.err(c.span(), m);
