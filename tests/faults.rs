@@ -259,6 +259,15 @@ async fn register_oak(c: &Canopy, juniper: &Stack, server: &[SocketAddr]) {
     assert!(r.status().is_success(), "register oak: {}", r.status());
 }
 
+impl Rig {
+    /// A fresh fake acting out `act`, registered as oak's only `server` backend.
+    async fn oak_on(&self, act: Act) -> Fake {
+        let fake = Fake::spawn(act).await;
+        register_oak(&self.c, &self.juniper, &[fake.addr]).await;
+        fake
+    }
+}
+
 async fn rig() -> Rig {
     let (c, juniper, elm) = two_releases("", "").await;
     for _ in 0..3 {
@@ -286,8 +295,7 @@ async fn get_oak(c: &Canopy, path: &str) -> Outcome {
 /// outcome with `expect`, then that the next requests are served and nothing leaked.
 async fn upstream_fault(act: Act, times: usize, expect: impl Fn(&Outcome)) -> Rig {
     let r = rig().await;
-    let fake = Fake::spawn(act).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(act).await;
     for _ in 0..times {
         let out = get_oak(&r.c, "/shop-api/fault").await;
         expect(&out);
@@ -470,8 +478,7 @@ async fn raw(addr: SocketAddr, req: &[u8]) -> String {
 async fn http10_clients_get_bodies_of_unknown_length_close_delimited() {
     let r = rig().await;
     for (act, expected) in [(Act::Chunked, "hello world"), (Act::HalfCloseAfterBody, "close-delimited body")] {
-        let fake = Fake::spawn(act).await;
-        register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+        let _fake = r.oak_on(act).await;
         let resp = raw(r.c.proxy, b"GET /shop-api/a HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\nx-canopy-release: oak\r\n\r\n").await;
         let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{act:?}: {resp}"));
         let head = head.to_ascii_lowercase();
@@ -495,8 +502,7 @@ fn code(resp: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_or_invalid_framing_is_a_400_and_never_forwarded() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     let h = "Host: shop\r\nx-canopy-release: oak\r\nConnection: close\r\n";
     let refused: Vec<(&str, String)> = vec![
         ("CL+TE", format!("POST /shop-api/a HTTP/1.1\r\n{h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
@@ -541,8 +547,7 @@ async fn ambiguous_or_invalid_framing_is_a_400_and_never_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_header_rules() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     let h = "x-canopy-release: oak\r\nConnection: close\r\n";
     let resp = raw(r.c.proxy, format!("GET /shop-api/a HTTP/1.1\r\n{h}\r\n").as_bytes()).await;
     assert_eq!(code(&resp), 400, "{resp}");
@@ -571,8 +576,7 @@ async fn host_header_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_lf_requests_are_normalised_before_forwarding() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     let req = "POST /shop-api/lf HTTP/1.1\nHost: shop\nx-canopy-release: oak\nContent-Length: 5\r\nX-Smuggle: a\nTransfer-Encodingx: chunked\nConnection: close\n\nhello";
     let resp = raw(r.c.proxy, req.as_bytes()).await;
     assert_eq!(code(&resp), 200, "{resp}");
@@ -599,8 +603,7 @@ async fn bare_lf_requests_are_normalised_before_forwarding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_chunk_sizes_abort_the_request() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     let h = "POST /shop-api/chunks HTTP/1.1\r\nHost: shop\r\nx-canopy-release: oak\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     let bad = [
         ("not hex", "zz\r\nhello\r\n0\r\n\r\n"),
@@ -644,8 +647,7 @@ async fn invalid_chunk_sizes_abort_the_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_refused() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     let h = "Host: shop\r\nx-canopy-release: oak\r\nConnection: close\r\n";
     // one 70 KiB header
     let big = format!("GET /shop-api/big HTTP/1.1\r\n{h}X-Big: {}\r\n\r\n", "a".repeat(70 * 1024));
@@ -864,8 +866,7 @@ async fn head_deadline_restarts_for_each_request_on_a_keepalive_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_upload_aborts_upstream_and_frees_everything() {
     let r = rig().await;
-    let fake = Fake::spawn(Act::Answer).await;
-    register_oak(&r.c, &r.juniper, &[fake.addr]).await;
+    let fake = r.oak_on(Act::Answer).await;
     for (i, (te, reset)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
         let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
         let framing = if te { "Transfer-Encoding: chunked" } else { "Content-Length: 10000000" };
