@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what canopy needs on Debian, skipping what is already there:
 #   always:   cmake and a C toolchain (pingora's dependencies build C code), curl
-#   --test:   the real programs the tests drive: Prometheus, Chromium, and
-#             playwright-core (from tests/browser/package-lock.json)
+#   --test:   the real programs the tests drive, all from Debian's packages:
+#             Prometheus (promtool too), Chromium and its WebDriver (chromedriver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -12,6 +12,7 @@ command -v curl > /dev/null || need+=(curl)
 if [ "${1:-}" = --test ]; then
   command -v prometheus > /dev/null || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -20,8 +21,4 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${need[@]}" > /dev/null
-fi
-if [ "${1:-}" = --test ]; then
-  # The machine's Node 20 / npm; Debian's nodejs 18 is too old for playwright-core.
-  npm ci --no-audit --no-fund --prefix tests/browser > /dev/null
 fi

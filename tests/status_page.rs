@@ -1,81 +1,503 @@
 //! The status page (`GET /` on the admin listener) against the real binary:
-//! Debian's headless Chromium, driven by playwright-core from
-//! `tests/browser/status_page.mjs`, switches canopy from juniper to elm through
-//! the page; the proxy and the admin API must agree afterwards. Needs
-//! `/usr/bin/chromium` and node/npm (`.ci/run` installs them); the npm package
-//! is installed into `tests/browser/node_modules` on first use.
+//! Debian's headless Chromium, driven over WebDriver (fantoccini talking to
+//! Debian's `chromedriver`, started by the test on a free loopback port),
+//! switches canopy from juniper to elm through the page; the proxy and the
+//! admin API must agree afterwards. Needs `/usr/bin/chromium` and
+//! `/usr/bin/chromedriver` (packages `chromium chromium-driver`;
+//! `scripts/install-deps.sh --test` installs them).
+//!
+//! What the browser run does: opens the page and sees `juniper` live (after
+//! the token prompt when a token is set); registers `oak` (backends that
+//! refuse connections) through the admin API; checks elm with the page's check
+//! button; cancels a switch (no request is sent); switches to oak and sees the
+//! refusal with the failed checks (live stays juniper); switches to elm,
+//! confirms, waits for the page to show `elm` live and asserts the proxy now
+//! answers with `x-canopy-release: elm`. Traffic runs through the proxy
+//! meanwhile so the chart has something to draw. Console errors (other than
+//! the expected 401/422 answers), uncaught exceptions and requests to another
+//! origin fail the run: Chromium's browser and network logs are read through
+//! chromedriver's log endpoint.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use support::*;
 
 const TOKEN: &str = "page-token-0123456789abcdef";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const VIEWPORT: (u32, u32) = (1280, 900);
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// Debian's chromedriver on a free loopback port; killed and reaped on drop.
+struct ChromeDriver {
+    child: Child,
+    url: String,
 }
 
-/// `npm ci` in tests/browser unless playwright-core is already installed (once per process).
-fn ensure_playwright() {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _once = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = root().join("tests/browser");
-    if dir.join("node_modules/playwright-core/package.json").exists() {
-        return;
+impl ChromeDriver {
+    /// Starts chromedriver and waits until its `/status` says it is ready.
+    async fn start() -> ChromeDriver {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y chromium chromium-driver");
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let mut driver = ChromeDriver { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited with {status} before it was ready (port {port} taken?)");
+            }
+            // ours, not another test's server on a port that was free a moment ago
+            if listens(driver.child.id(), port) {
+                let ready = client().get(format!("{}/status", driver.url)).send().await;
+                if let Ok(r) = ready {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    if v["value"]["ready"] == true {
+                        return driver;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver not ready within 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .output()
-        .expect("running npm (install node and npm: apt-get install -y nodejs npm)");
-    assert!(
-        out.status.success(),
-        "npm ci --prefix tests/browser failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
-/// Runs the browser test script against `c`; returns its output (printed as well).
-async fn run_browser_test(c: &Canopy, screenshot: Option<PathBuf>, token: Option<&str>) -> Output {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: apt-get install -y chromium"
-    );
-    ensure_playwright();
-    let mut cmd = Command::new("node");
-    cmd.current_dir(root())
-        .arg("tests/browser/status_page.mjs")
-        .args(["--admin", &format!("http://{}", c.admin), "--proxy", &format!("http://{}", c.proxy)]);
-    if let Some(path) = screenshot {
-        cmd.arg("--screenshot").arg(path);
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    if let Some(t) = token {
-        cmd.env("CANOPY_TOKEN", t); // env, not argv: keeps it out of `ps`
-    }
-    // blocking wait off the runtime threads: the upstreams of this test run on them
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running node (apt-get install -y nodejs)"))
-        .await
-        .unwrap();
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
 }
 
-fn assert_passed(out: &Output, c: &Canopy) {
-    assert!(
-        out.status.success(),
-        "browser test failed ({}):\n{}\n{}\n--- canopy log ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    );
+/// chromedriver's log endpoint (`POST /session/{id}/se/log`): returns and
+/// clears the entries of one log type ("browser" or "performance").
+#[derive(Debug)]
+struct GetLog(&'static str);
+
+impl WebDriverCompatibleCommand for GetLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({ "type": self.0 }).to_string()))
+    }
+}
+
+/// One WebDriver session of headless Chromium, with what its logs reported so far.
+struct Browser {
+    wd: WebDriver,
+    /// The admin listener's origin: every request the page makes must go there.
+    origin: String,
+    /// Console errors and uncaught exceptions (the expected 401/422 answers excepted).
+    errors: Vec<String>,
+    /// Requests to any other origin.
+    foreign: Vec<String>,
+    /// Every request the page sent other than GET, as "METHOD path".
+    mutations: Vec<String>,
+    /// Console errors for the expected 401/422 answers: proof that the console log is read.
+    expected_errors: usize,
+}
+
+impl Browser {
+    /// A fresh Chromium session (chromedriver gives it a temporary profile it removes on quit).
+    async fn open(driver: &ChromeDriver, origin: &str) -> Browser {
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-extensions",
+                    "--force-color-profile=srgb", "--hide-scrollbars",
+                    format!("--window-size={},{}", VIEWPORT.0, VIEWPORT.1),
+                ],
+            }),
+        );
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL", "performance": "ALL" }));
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let wd = ClientBuilder::new(connector).capabilities(caps).connect(&driver.url).await.expect("WebDriver session");
+        Browser { wd, origin: origin.to_string(), errors: Vec::new(), foreign: Vec::new(), mutations: Vec::new(), expected_errors: 0 }
+    }
+
+    /// Reads (and so clears) Chromium's console and network logs into `errors`,
+    /// `foreign` and `mutations`.
+    async fn read_logs(&mut self) {
+        let console = self.wd.issue_cmd(GetLog("browser")).await.expect("browser log");
+        for e in console.as_array().into_iter().flatten() {
+            let msg = e["message"].as_str().unwrap_or_default();
+            // failed API calls (the expected 401 and 422) are logged by Chromium as errors
+            let expected = msg.contains("status of 401") || msg.contains("status of 422");
+            match (e["level"] == "SEVERE", expected) {
+                (true, false) => self.errors.push(msg.to_string()),
+                (true, true) => self.expected_errors += 1,
+                _ => {}
+            }
+        }
+        let network = self.wd.issue_cmd(GetLog("performance")).await.expect("performance log");
+        for e in network.as_array().into_iter().flatten() {
+            let Ok(event) = serde_json::from_str::<Value>(e["message"].as_str().unwrap_or_default()) else { continue };
+            if event["message"]["method"] != "Network.requestWillBeSent" {
+                continue;
+            }
+            let request = &event["message"]["params"]["request"];
+            let (method, url) = (request["method"].as_str().unwrap_or_default(), request["url"].as_str().unwrap_or_default());
+            if url.starts_with("data:") {
+                continue;
+            }
+            match url.strip_prefix(self.origin.as_str()) {
+                Some(path) if path.is_empty() || path.starts_with('/') => {
+                    if method != "GET" {
+                        self.mutations.push(format!("{method} {path}"));
+                    }
+                }
+                _ => self.foreign.push(url.to_string()),
+            }
+        }
+    }
+
+    /// The rendered text (innerText) of the first element matching `css`.
+    async fn text(&self, css: &str) -> String {
+        let el = self.wd.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        el.text().await.unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    /// Clicks the first element matching `css`.
+    async fn click(&self, css: &str) {
+        let el = self.wd.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        el.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Replaces the value of the input `css` with `value`, as typed.
+    async fn fill(&self, css: &str, value: &str) {
+        let el = self.wd.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        el.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        el.send_keys(value).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
+    /// Picks the option with `value` in the select `css`.
+    async fn select(&self, css: &str, value: &str) {
+        let el = self.wd.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        el.select_by_value(value).await.unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
+    }
+
+    /// Polls the text content of the first element matching `css` every 100 ms
+    /// until `pred` holds (the page refreshes itself every 2 s); panics with
+    /// `what` and the last text after `limit`.
+    async fn wait_text(&self, css: &str, pred: impl Fn(&str) -> bool, what: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut last = "(missing)".to_string();
+        loop {
+            if let Ok(el) = self.wd.find(Locator::Css(css)).await {
+                last = el.prop("textContent").await.ok().flatten().unwrap_or_default().trim().to_string();
+                if pred(&last) {
+                    return last;
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: {css} shows {:?}", last.chars().take(400).collect::<String>());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the first element matching `css` exists and its visibility is `shown`.
+    async fn wait_shown(&self, css: &str, shown: bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = match self.wd.find(Locator::Css(css)).await {
+                Ok(el) => el.is_displayed().await.unwrap_or(false),
+                Err(_) => false,
+            };
+            if now == shown {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{css} not {} within 15 s", if shown { "visible" } else { "hidden" });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until at least one element matches `css`.
+    async fn wait_present(&self, css: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.wd.find_all(Locator::Css(css)).await.map_or(true, |v| v.is_empty()) {
+            assert!(Instant::now() < deadline, "nothing matches {css} within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A PNG of the whole page: the window is made as tall as the document first.
+    async fn full_page_png(&self) -> Vec<u8> {
+        let height = self.wd.execute("return document.documentElement.scrollHeight", vec![]).await.expect("page height");
+        let height = height.as_u64().unwrap_or(VIEWPORT.1 as u64).max(VIEWPORT.1 as u64) as u32;
+        self.wd.set_window_size(VIEWPORT.0, height).await.expect("resize for a full-page screenshot");
+        self.wd.screenshot().await.expect("screenshot")
+    }
+}
+
+/// Where the browser run points and what it asserts on the way.
+struct Run<'a> {
+    c: &'a Canopy,
+    screenshot: Option<PathBuf>,
+    token: Option<&'a str>,
+}
+
+/// Prints one step with its duration, like a test runner would.
+fn step_done(name: &str, t0: Instant) {
+    println!("[status-page] ok   {name} ({} ms)", t0.elapsed().as_millis());
+}
+
+/// An admin API call as a script outside the browser would make it: (status, JSON body or Null).
+async fn admin_json(run: &Run<'_>, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = client().request(method, run.c.admin_url(path));
+    if let Some(t) = run.token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("admin API request");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Background traffic through the proxy while the page is used: the live
+/// release, plus some preview requests to `elm` so the chart shows two
+/// releases before the flip. Counts sent and failed requests until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(c: &Canopy) -> Traffic {
+        let (stop, sent, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (s, n, f, base) = (stop.clone(), sent.clone(), failed.clone(), c.url(""));
+        let task = tokio::spawn(async move {
+            let http = client();
+            while !s.load(Ordering::Relaxed) {
+                let first = n.load(Ordering::Relaxed);
+                let mut batch: Vec<_> = (0..4).map(|i| http.get(format!("{base}/products/{}", first + i)).send()).collect();
+                if first % 20 == 0 {
+                    batch.push(http.get(format!("{base}/")).header("x-canopy-release", "elm").send());
+                }
+                n.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for r in futures_util::future::join_all(batch).await {
+                    let ok = match r {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+        Traffic { stop, sent, failed, task }
+    }
+
+    /// Stops the loop; returns (sent, failed).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("traffic task");
+        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// The browser run described at the top of this file; panics with the failed step.
+async fn run_browser_test(run: Run<'_>) {
+    let driver = ChromeDriver::start().await;
+    let origin = format!("http://{}", run.c.admin);
+    let mut b = Browser::open(&driver, &origin).await;
+    // a hang is a clear failure rather than a stuck CI
+    let outcome = tokio::time::timeout(Duration::from_secs(120), drive(&run, &mut b)).await;
+    let _ = b.wd.clone().close().await;
+    outcome.expect("status page test did not finish within 120 s");
+}
+
+async fn drive(run: &Run<'_>, b: &mut Browser) {
+    const WAIT: Duration = Duration::from_secs(20);
+    let t = Instant::now();
+    b.wd.goto(&format!("{}/", b.origin)).await.expect("open the status page");
+    // WebDriver does not expose the response: ask the same URL for status and type
+    let r = client().get(run.c.admin_url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET / answered {}", r.status());
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(ct.starts_with("text/html"), "GET / is {ct}");
+    assert_eq!(b.wd.title().await.unwrap(), "canopy");
+    step_done("open the status page", t);
+
+    if let Some(token) = run.token {
+        let t = Instant::now();
+        b.wait_shown("#auth", true).await;
+        assert_ne!(b.text("#live-name").await, "juniper", "live release shown without a token");
+        step_done("asks for the token after a 401", t);
+
+        let t = Instant::now();
+        b.fill("#token-input", "wrong-token-0123456789").await;
+        b.click("#token-save").await;
+        b.wait_text("#token-msg", |t| t.contains("rejected"), "no rejection message for a wrong token", WAIT).await;
+        b.wait_shown("#auth", true).await;
+        step_done("a wrong token is rejected", t);
+
+        let t = Instant::now();
+        b.fill("#token-input", token).await;
+        b.click("#token-save").await;
+        b.wait_shown("#auth", false).await;
+        step_done("the right token unlocks the page", t);
+
+        let t = Instant::now();
+        let script = "return { session: Object.keys(sessionStorage), local: localStorage.length, cookie: document.cookie }";
+        let kept = b.wd.execute(script, vec![]).await.expect("read the page's storage");
+        assert_eq!(kept["local"], 0, "localStorage has items: {kept}");
+        assert_eq!(kept["cookie"], "", "cookies set: {kept}");
+        assert_eq!(kept["session"].as_array().map(Vec::len), Some(1), "sessionStorage keys: {kept}");
+        step_done("the token is kept in the tab only (sessionStorage, no localStorage, no cookie)", t);
+    }
+
+    let t = Instant::now();
+    b.wait_text("#live-name", |t| t == "juniper", "live release is not juniper", WAIT).await;
+    b.wait_present(r#"[data-release="elm"]"#, WAIT).await;
+    let elm_state = b.text(r#"[data-state="elm"]"#).await;
+    assert_eq!(elm_state, "registered", "elm state");
+    let backends = b.text(r#"[data-release="elm"]"#).await;
+    assert!(backends.contains("127.0.0.1:"), "elm card shows no backend address: {backends}");
+    step_done("page shows live juniper", t);
+
+    let traffic = Traffic::start(run.c);
+
+    let t = Instant::now();
+    let dead = json!({"backends": {"server": ["127.0.0.1:1"], "worker": ["127.0.0.1:1"], "storefront": ["127.0.0.1:1"]}});
+    let (code, body) = admin_json(run, reqwest::Method::PUT, "/releases/oak", Some(dead)).await;
+    assert!(code == 200 || code == 201, "PUT /releases/oak answered {code}: {body}");
+    b.wait_present(r#"[data-release="oak"]"#, WAIT).await;
+    step_done("register oak (unreachable backends) through the admin API", t);
+
+    let t = Instant::now();
+    b.click(r#"[data-check="elm"]"#).await;
+    b.wait_present("#confirm[open]", WAIT).await;
+    b.click("#confirm-ok").await;
+    let all_passed = |t: &str| {
+        t.strip_prefix("elm: all ")
+            .and_then(|r| r.strip_suffix(" checks passed"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    };
+    b.wait_text("#result-title", all_passed, "check of elm not reported as passed", WAIT).await;
+    b.wait_text(r#"[data-release="elm"] .verdict"#, |t| t.starts_with("passed"), "elm card shows no passed report", WAIT).await;
+    step_done("check elm from its card", t);
+
+    let t = Instant::now();
+    b.select("#switch-select", "elm").await;
+    b.read_logs().await;
+    let before = b.mutations.len();
+    b.click("#switch-btn").await;
+    b.wait_present("#confirm[open]", WAIT).await;
+    b.click("#confirm-cancel").await;
+    b.wait_shown("#confirm", false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.read_logs().await;
+    assert_eq!(b.mutations[before..], [] as [String; 0], "a request was sent after cancel");
+    assert_eq!(b.text("#live-name").await, "juniper", "live changed after cancel");
+    step_done("cancelling the confirmation changes nothing", t);
+
+    let t = Instant::now();
+    b.select("#switch-select", "oak").await;
+    b.click("#switch-btn").await;
+    b.wait_present("#confirm[open]", WAIT).await;
+    b.click("#confirm-ok").await;
+    b.wait_text("#result-title", |t| t.contains("refused (422)"), "no 422 refusal shown", WAIT).await;
+    let err = b.text("#result-error").await;
+    assert!(err.contains("validation of release `oak` failed"), "refusal reason: {err}");
+    let failed = b.wd.find_all(Locator::Css("#result-failed li")).await.unwrap().len();
+    assert!(failed >= 1, "no failed check listed");
+    assert_eq!(b.text("#live-name").await, "juniper", "live is not juniper after the refusal");
+    let (_, st) = admin_json(run, reqwest::Method::GET, "/status", None).await;
+    assert_eq!(st["live"], "juniper", "admin API says live is {}", st["live"]);
+    step_done("switch to oak is refused with the failed checks", t);
+
+    let t = Instant::now();
+    b.wait_present("#chart-rate path.series", WAIT).await;
+    step_done("chart draws the request rate", t);
+
+    let t = Instant::now();
+    b.select("#switch-select", "elm").await;
+    b.click("#switch-btn").await;
+    b.wait_present("#confirm[open]", WAIT).await;
+    let dialog = b.text("#confirm").await;
+    assert!(dialog.contains("elm"), "confirmation does not name elm: {dialog}");
+    b.click("#confirm-ok").await;
+    step_done("select elm, switch, confirm", t);
+
+    let t = Instant::now();
+    b.wait_text("#live-name", |t| t == "elm", "live release did not become elm", WAIT).await;
+    b.wait_text("#result-title", |t| t.starts_with("Switched to elm"), "no success message", WAIT).await;
+    b.wait_text("#prev-name", |t| t == "juniper", "previous release is not juniper", WAIT).await;
+    let countdown = |t: &str| {
+        let Some((clock, _)) = t.split_once(" left") else { return false };
+        let Some((m, s)) = clock.split_once(':') else { return false };
+        !m.is_empty() && m.bytes().all(|c| c.is_ascii_digit()) && s.len() == 2 && s.bytes().all(|c| c.is_ascii_digit())
+    };
+    b.wait_text("#prev-left", countdown, "no validation-window countdown", WAIT).await;
+    b.wait_text("#events tr:first-child td:nth-child(3)", |t| t == "juniper→elm", "switch missing from the history", WAIT).await;
+    b.wait_text("#events tr:first-child td:nth-child(4)", |t| t == "ok", "switch in the history is not ok", WAIT).await;
+    step_done("page shows live elm", t);
+
+    let t = Instant::now();
+    let (code, release, _) = get(run.c, "/products/42").await;
+    assert_eq!((code, release.as_str()), (200, "elm"), "the proxy after the page's switch");
+    step_done("the proxy now serves elm", t);
+
+    let t = Instant::now();
+    let a = b.text("#prev-left").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = b.text("#prev-left").await;
+    assert_ne!(a, later, "countdown did not move");
+    step_done("the countdown counts down", t);
+
+    if let Some(path) = &run.screenshot {
+        let t = Instant::now();
+        // a few more scrapes so the chart shows traffic moving to elm
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let png = b.full_page_png().await;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+        step_done(&format!("screenshot to {}", path.display()), t);
+    }
+
+    let (sent, failed) = traffic.stop().await;
+    let t = Instant::now();
+    b.read_logs().await;
+    assert!(b.errors.is_empty(), "page errors:\n  {}", b.errors.join("\n  "));
+    assert!(b.foreign.is_empty(), "requests to other origins:\n  {}", b.foreign.join("\n  "));
+    assert_eq!(failed, 0, "{failed} of {sent} proxy requests failed during the test");
+    // the page's own mutations were seen: the check, the refused switch and the switch
+    let posts = b.mutations.iter().filter(|m| m.starts_with("POST ")).count();
+    assert!(posts >= 3, "the network log saw {posts} POSTs from the page: {:?}", b.mutations);
+    // and the console log its refused switch (422), so an empty error list means something
+    assert!(b.expected_errors >= 1, "the console log did not show the refused switch's 422");
+    step_done("no page errors, no request to another origin", t);
+    println!("[status-page] {sent} proxy requests sent meanwhile");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,8 +507,7 @@ async fn switch_to_elm_from_the_status_page_in_chromium() {
     // by default a test run leaves the work tree alone
     let shot = std::env::var_os("CANOPY_SCREENSHOT")
         .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png"), PathBuf::from);
-    let out = run_browser_test(&c, Some(shot.clone()), None).await;
-    assert_passed(&out, &c);
+    run_browser_test(Run { c: &c, screenshot: Some(shot.clone()), token: None }).await;
     // the admin API agrees with what the page showed
     let st = status(&c).await;
     assert_eq!(st["live"], "elm", "{st}");
@@ -126,8 +547,7 @@ async fn status_page_asks_for_the_token_and_keeps_it_in_the_tab() {
     let r = client().post(c.admin_url("/switch")).bearer_auth(TOKEN).json(&json!({"release": "juniper"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
-    let out = run_browser_test(&c, None, Some(TOKEN)).await;
-    assert_passed(&out, &c);
+    run_browser_test(Run { c: &c, screenshot: None, token: Some(TOKEN) }).await;
     let st: Value = client().get(c.admin_url("/status")).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
     assert_eq!(st["live"], "elm", "{st}");
 }
