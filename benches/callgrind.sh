@@ -7,6 +7,8 @@
 #   bash benches/callgrind.sh            # N1=500 N2=2500 requests
 #   KEEP=1 bash benches/callgrind.sh     # keep callgrind.out files for callgrind_annotate
 #   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics
+#   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
+#                                        # before/after: another canopy build on the same config, same run
 #
 # Each proxy runs twice under callgrind (N1 and N2 keep-alive GETs from one
 # client); (instr(N2) - instr(N1)) / (N2 - N1) cancels start-up and shutdown.
@@ -39,6 +41,13 @@ run() {
   grep -m1 '^summary:' "$out" | awk '{print $2}'
 }
 
+# run_canopy NAME BINARY METRICS N PORT: `run` for a canopy binary on one thread
+run_canopy() {
+  local cfg
+  cfg=$(canopy_cfg "$TMP/canopy-$5.toml" "$5" "$(port)" "127.0.0.1:$UP" "threads = 1"$'\n'"metrics = $3")
+  run "$1" "$4" "$5" "$2" serve -c "$cfg"
+}
+
 per_request() { echo "scale=0; ($2 - $1) / ($N2 - $N1)" | bc; }
 printf '%-22s %14s\n' proxy "instr/request"
 declare -A R
@@ -49,8 +58,9 @@ for variant in ${VARIANTS:-bare bare-forward canopy canopy-nometrics}; do
     case $variant in
       bare) totals+=("$(run bare "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1)") ;;
       bare-forward) totals+=("$(run bare-forward "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 steal forward)") ;;
-      canopy) cfg=$(canopy_cfg "$TMP/canopy-$p.toml" "$p" "$(port)" "127.0.0.1:$UP" $'threads = 1\nmetrics = true'); totals+=("$(run canopy "$n" "$p" target/release/canopy serve -c "$cfg")") ;;
-      canopy-nometrics) cfg=$(canopy_cfg "$TMP/canopy-$p.toml" "$p" "$(port)" "127.0.0.1:$UP" $'threads = 1\nmetrics = false'); totals+=("$(run canopy-nm "$n" "$p" target/release/canopy serve -c "$cfg")") ;;
+      canopy) totals+=("$(run_canopy canopy target/release/canopy true "$n" "$p")") ;;
+      canopy-base) totals+=("$(run_canopy canopy-base "${CANOPY_BASE:?CANOPY_BASE=path of the canopy binary to compare with}" true "$n" "$p")") ;;
+      canopy-nometrics) totals+=("$(run_canopy canopy-nm target/release/canopy false "$n" "$p")") ;;
     esac
   done
   R[$variant]=$(per_request "${totals[0]}" "${totals[1]}")
@@ -60,4 +70,5 @@ echo
 [ -z "${R[canopy]:-}" ] || [ -z "${R[bare]:-}" ] || printf 'canopy / bare:            %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare]}" | bc)"
 [ -z "${R[canopy]:-}" ] || [ -z "${R[bare-forward]:-}" ] || printf 'canopy / bare-forward:    %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare-forward]}" | bc)"
 [ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-nometrics]:-}" ] || printf 'canopy metrics on / off:  %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[canopy-nometrics]}" | bc)"
+[ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-base]:-}" ] || printf 'canopy / canopy-base:     %s\n' "$(echo "scale=4; ${R[canopy]} / ${R[canopy-base]}" | bc)"
 [ -z "${KEEP:-}" ] || echo "callgrind files kept in $TMP"

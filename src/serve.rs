@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
+use canopy_proxy::prometheus::IntCounter;
 use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -104,17 +105,17 @@ fn probe(addr: SocketAddr) -> Result<(), ServeError> {
     TcpListener::bind(addr).map(drop).map_err(|source| ServeError::Bind { addr, source })
 }
 
-fn access_log(target: &Option<AccessLogTarget>) -> Result<Option<AccessLog>, ServeError> {
+fn access_log(target: &Option<AccessLogTarget>, dropped: IntCounter) -> Result<Option<AccessLog>, ServeError> {
     Ok(match target {
         None => None,
-        Some(AccessLogTarget::Stdout) => Some(AccessLog::start(Box::new(std::io::stdout()))),
+        Some(AccessLogTarget::Stdout) => Some(AccessLog::start(Box::new(std::io::stdout()), dropped)),
         Some(AccessLogTarget::File(path)) => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|source| ServeError::AccessLog { path: path.clone(), source })?;
-            Some(AccessLog::start(Box::new(f)))
+            Some(AccessLog::start(Box::new(f), dropped))
         }
     })
 }
@@ -134,7 +135,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         config.seed,
     ))?);
     drop(startup);
-    let access_log = access_log(&config.access_log)?;
+    let access_log = access_log(&config.access_log, controller.access_log_dropped())?;
 
     let grace = config.shutdown_grace;
     let conf = ServerConf {

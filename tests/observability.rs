@@ -55,7 +55,8 @@ async fn metrics_have_bounded_labels_and_control_plane_series() {
     assert!(m.contains("canopy_switches_total{result=\"ok\"} 1"));
     assert!(m.contains("canopy_switches_total{result=\"refused\"} 1"));
     assert!(m.contains("canopy_inflight_requests{release=\"juniper\"} 0"));
-    assert!(m.contains("canopy_validation_checks_total{release=\"elm\",service=\"server\",check=\"graphql /shop-api\",result=\"fail\"} 1"));
+    // the prometheus crate writes a vector's labels sorted by name (their order means nothing to Prometheus)
+    assert!(m.contains("canopy_validation_checks_total{check=\"graphql /shop-api\",release=\"elm\",result=\"fail\",service=\"server\"} 1"), "{m}");
     assert!(m.contains("canopy_switch_duration_seconds_count 1"));
     assert!(m.contains("process_open_fds "));
     // bounded labels: no paths, no query strings, no client addresses
@@ -106,4 +107,63 @@ async fn audit_log_says_who_when_what_and_survives_restart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("switch       ok       juniper -> elm by alice@127.0.0.1"), "{text}");
     assert!(text.contains("(forced)"), "{text}");
+}
+
+/// `promtool check metrics` (Debian's prometheus package) on `text`; panics with its findings.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed with prometheus (scripts/install-deps.sh --test)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the scrape:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_passes_promtool_after_traffic_refusal_switch_and_rollback_and_retire_drops_series() {
+    let (c, _j, elm) = two_releases("", "").await;
+    for i in 0..10 {
+        assert_eq!(get(&c, &format!("/products/{i}")).await.0, 200);
+    }
+    elm.server.knobs.graphql_errors.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(switch(&c, "elm").await.0, 422);
+    elm.server.knobs.graphql_errors.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(switch(&c, "elm").await.0, 200);
+    assert_eq!(get(&c, "/products/x").await.1, "elm");
+    let r = client().post(c.admin_url("/rollback")).json(&serde_json::json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    promtool_accepts(&m);
+    for series in [
+        "canopy_switches_total{result=\"ok\"} 2",
+        "canopy_switches_total{result=\"refused\"} 1",
+        "canopy_rollbacks_total{result=\"ok\"} 1",
+        "canopy_live_release_info{release=\"juniper\"} 1",
+        "canopy_requests_total{release=\"elm\",service=\"storefront\",code=\"200\"} 1",
+        "canopy_access_log_dropped_lines_total 0",
+        &format!("canopy_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "# TYPE canopy_request_duration_seconds histogram",
+        "# TYPE process_cpu_seconds_total counter",
+    ] {
+        assert!(m.contains(series), "missing `{series}` in:\n{m}");
+    }
+    assert!(m.contains("release=\"elm\""), "{m}");
+
+    // retiring elm (now the warm previous release) drops every series that names it
+    let r = client().delete(c.admin_url("/releases/elm")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    promtool_accepts(&m);
+    assert!(!m.contains("release=\"elm\""), "a retired release kept series:\n{m}");
+    assert!(m.contains("canopy_requests_total{release=\"juniper\",service=\"storefront\",code=\"200\"} 10"), "{m}");
 }

@@ -164,7 +164,7 @@ impl AdminApi {
             (["events"], &Method::GET) => Reply::json(200, c.events().await),
             (["metrics"], &Method::GET) => Reply {
                 status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                content_type: crate::metrics::CONTENT_TYPE,
                 body: c.metrics_text().await.into_bytes(),
             },
             (["openapi.json"], &Method::GET) => Reply { status: 200, content_type: "application/json", body: OPENAPI.into() },

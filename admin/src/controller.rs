@@ -202,7 +202,7 @@ impl Controller {
             let _w = table.write_lock();
             table.store(Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), settings.preview));
         }
-        let metrics = ControlMetrics::new();
+        let metrics = ControlMetrics::new(table.clone());
         Ok(Self {
             table,
             topology,
@@ -449,6 +449,7 @@ impl Controller {
             hooks.push(HookResult { argv, passed, reason, output });
         }
         self.table.stats().forget(name);
+        self.metrics.forget(name);
         if !hooks.is_empty() {
             let failed = hooks.iter().filter(|h| !h.passed).count();
             let mut st = self.state.lock().await;
@@ -573,12 +574,13 @@ impl Controller {
             let st = self.state.lock().await;
             (st.live.clone(), st.previous.as_ref().map(|p| p.release.clone()))
         };
-        let mut out = String::with_capacity(16 * 1024);
-        self.metrics.render(&mut out, live.as_ref());
         let watched = self.watched(previous.as_ref()).map(|r| (r.release, r.passed));
-        crate::metrics::render_rollback_target(&mut out, watched);
-        self.table.stats().render(&mut out);
-        crate::metrics::render_process(&mut out);
-        out
+        self.metrics.encode(live.as_ref(), watched)
+    }
+
+    /// The counter the access log counts its dropped lines in (exported as
+    /// `canopy_access_log_dropped_lines_total`).
+    pub fn access_log_dropped(&self) -> canopy_proxy::prometheus::IntCounter {
+        self.metrics.access_log_dropped()
     }
 }

@@ -1,139 +1,173 @@
-//! Control-plane metrics (switches, rollbacks, validation checks) and
-//! process metrics, rendered with the data-plane counters on `GET /metrics`.
+//! `GET /metrics`: one `prometheus::Registry` holding the control-plane
+//! metrics (switches, rollbacks, validation checks, build info), the data
+//! plane's [`RequestCollector`] and the process collector, encoded by the
+//! crate's `TextEncoder`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use canopy_proxy::{Histogram, ReleaseName};
+use canopy_proxy::prometheus::{
+    self, core::Collector, histogram_opts, opts, Encoder, Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec,
+    IntGaugeVec, Registry, TextEncoder,
+};
+use canopy_proxy::{ReleaseName, ReleaseTable, RequestCollector, DURATION_BUCKETS};
 
 use crate::report::Report;
 
 const RESULTS: [&str; 3] = ["ok", "refused", "failed"];
+/// The metric names, help texts and labels below are constants that are valid.
+const VALID: &str = "valid metric options";
 
-/// `(release, service, check, result)` labels of `canopy_validation_checks_total`.
-type CheckKey = (String, String, String, &'static str);
+/// The content type of [`ControlMetrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Counters the controller updates (never on the request path).
+/// The registry behind `GET /metrics` and the control-plane metrics the
+/// controller updates (never on the request path).
 pub struct ControlMetrics {
-    switches: [AtomicU64; 3],
-    rollbacks: [AtomicU64; 3],
+    registry: Registry,
+    switches: IntCounterVec,
+    rollbacks: IntCounterVec,
     flip_duration: Histogram,
-    last_flip_ms: AtomicU64,
-    checks: Mutex<BTreeMap<CheckKey, u64>>,
-}
-
-fn idx(result: &str) -> usize {
-    RESULTS.iter().position(|r| *r == result).unwrap_or(2)
+    last_flip: Gauge,
+    checks: IntCounterVec,
+    /// Set from the state at each scrape; see [`Self::encode`].
+    live: IntGaugeVec,
+    rollback_target: IntGaugeVec,
+    access_log_dropped: IntCounter,
+    /// Serialises scrapes: the two gauges above are reset and refilled by each.
+    scrape: Mutex<()>,
 }
 
 impl ControlMetrics {
-    /// New, zeroed counters.
-    pub fn new() -> Self {
+    /// New, zeroed metrics in a fresh registry, with `table`'s per-request
+    /// counters and this process's `process_*` metrics beside them.
+    pub fn new(table: Arc<ReleaseTable>) -> Self {
+        let switches = IntCounterVec::new(opts!("canopy_switches_total", "Switch attempts by result."), &["result"]).expect(VALID);
+        let rollbacks = IntCounterVec::new(opts!("canopy_rollbacks_total", "Rollback attempts by result."), &["result"]).expect(VALID);
+        let flip_duration = Histogram::with_opts(histogram_opts!(
+            "canopy_switch_duration_seconds",
+            "Validation plus flip time of successful switches and rollbacks.",
+            DURATION_BUCKETS.to_vec()
+        )).expect(VALID);
+        let last_flip = Gauge::new(
+            "canopy_last_switch_timestamp_seconds",
+            "Unix time of the last successful flip (0 if none).",
+        ).expect(VALID);
+        let checks = IntCounterVec::new(
+            opts!("canopy_validation_checks_total", "Validation check results."),
+            &["release", "service", "check", "result"],
+        ).expect(VALID);
+        let live = IntGaugeVec::new(opts!("canopy_live_release_info", "The release serving traffic (value 1)."), &["release"]).expect(VALID);
+        let rollback_target = IntGaugeVec::new(
+            opts!(
+                "canopy_rollback_target_healthy",
+                "Latest background check of the warm previous release: 1 passed, 0 failed."
+            ),
+            &["release"],
+        ).expect(VALID);
+        let access_log_dropped = IntCounter::new(
+            "canopy_access_log_dropped_lines_total",
+            "Access log lines dropped because the writer fell behind.",
+        ).expect(VALID);
+        let build = GaugeVec::new(opts!("canopy_build_info", "The running canopy build (value 1)."), &["version"]).expect(VALID);
+        for result in RESULTS {
+            // every result is exported from the start, as 0
+            switches.with_label_values(&[result]);
+            rollbacks.with_label_values(&[result]);
+        }
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let registry = Registry::new();
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(switches.clone()),
+            Box::new(rollbacks.clone()),
+            Box::new(flip_duration.clone()),
+            Box::new(last_flip.clone()),
+            Box::new(checks.clone()),
+            Box::new(live.clone()),
+            Box::new(rollback_target.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(build),
+            Box::new(RequestCollector::new(table)),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are distinct");
+        }
         Self {
-            switches: Default::default(),
-            rollbacks: Default::default(),
-            flip_duration: Histogram::default(),
-            last_flip_ms: AtomicU64::new(0),
-            checks: Mutex::new(BTreeMap::new()),
+            registry,
+            switches,
+            rollbacks,
+            flip_duration,
+            last_flip,
+            checks,
+            live,
+            rollback_target,
+            access_log_dropped,
+            scrape: Mutex::new(()),
         }
     }
 
     /// Counts a switch outcome (`ok`, `refused`, `failed`).
     pub fn switch(&self, result: &str) {
-        self.switches[idx(result)].fetch_add(1, Relaxed);
+        self.switches.with_label_values(&[result]).inc();
     }
 
     /// Counts a rollback outcome.
     pub fn rollback(&self, result: &str) {
-        self.rollbacks[idx(result)].fetch_add(1, Relaxed);
+        self.rollbacks.with_label_values(&[result]).inc();
     }
 
     /// Records a completed flip (validation + persist + publish).
     pub fn flipped(&self, d: Duration) {
-        self.flip_duration.observe(d);
-        self.last_flip_ms.store(crate::controller::now_ms(), Relaxed);
+        self.flip_duration.observe(d.as_secs_f64());
+        self.last_flip.set(crate::controller::now_ms() as f64 / 1e3);
     }
 
     /// Counts every check result of a report.
     pub fn record_checks(&self, r: &Report) {
-        let mut m = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        let release = r.release.as_str();
         for c in &r.checks {
-            let key = (r.release.to_string(), c.service.to_string(), c.check.clone(), if c.passed { "pass" } else { "fail" });
-            *m.entry(key).or_default() += 1;
+            let result = if c.passed { "pass" } else { "fail" };
+            self.checks.with_label_values(&[release, c.service.as_str(), &c.check, result]).inc();
         }
     }
 
-    /// Appends the control-plane families.
-    pub fn render(&self, out: &mut String, live: Option<&ReleaseName>) {
-        out.push_str("# HELP canopy_live_release_info The release serving traffic (value 1).\n# TYPE canopy_live_release_info gauge\n");
+    /// Drops the series of a retired release (label values stay bounded by
+    /// what is registered).
+    pub fn forget(&self, release: &ReleaseName) {
+        for family in self.checks.collect() {
+            for m in family.get_metric() {
+                let labels: HashMap<&str, &str> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+                if labels.get("release") == Some(&release.as_str()) {
+                    let _ = self.checks.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// The counter the access log writer counts its dropped lines in.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
+    /// Every metric as Prometheus text ([`CONTENT_TYPE`]): `live` is the live
+    /// release, `watched` the warm previous release and whether its latest
+    /// background check passed.
+    pub fn encode(&self, live: Option<&ReleaseName>, watched: Option<(ReleaseName, bool)>) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.live.reset();
         if let Some(l) = live {
-            let _ = writeln!(out, "canopy_live_release_info{{release=\"{l}\"}} 1");
+            self.live.with_label_values(&[l.as_str()]).set(1);
         }
-        for (name, help, arr) in [
-            ("canopy_switches_total", "Switch attempts by result.", &self.switches),
-            ("canopy_rollbacks_total", "Rollback attempts by result.", &self.rollbacks),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (i, r) in RESULTS.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{result=\"{r}\"}} {}", arr[i].load(Relaxed));
-            }
+        self.rollback_target.reset();
+        if let Some((release, passed)) = watched {
+            self.rollback_target.with_label_values(&[release.as_str()]).set(i64::from(passed));
         }
-        out.push_str("# HELP canopy_switch_duration_seconds Validation plus flip time of successful switches and rollbacks.\n# TYPE canopy_switch_duration_seconds histogram\n");
-        self.flip_duration.render(out, "canopy_switch_duration_seconds", "");
-        out.push_str("# HELP canopy_last_switch_timestamp_seconds Unix time of the last successful flip (0 if none).\n# TYPE canopy_last_switch_timestamp_seconds gauge\n");
-        let _ = writeln!(out, "canopy_last_switch_timestamp_seconds {}", self.last_flip_ms.load(Relaxed) as f64 / 1e3);
-        out.push_str("# HELP canopy_validation_checks_total Validation check results.\n# TYPE canopy_validation_checks_total counter\n");
-        let m = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        for ((rel, svc, check, result), n) in m.iter() {
-            let check = check.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(
-                out,
-                "canopy_validation_checks_total{{release=\"{rel}\",service=\"{svc}\",check=\"{check}\",result=\"{result}\"}} {n}"
-            );
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics: {e}");
         }
+        String::from_utf8(out).unwrap_or_default()
     }
-}
-
-/// Appends the background watch's verdict on the warm previous release
-/// (the rollback target), when there is one.
-pub fn render_rollback_target(out: &mut String, watched: Option<(ReleaseName, bool)>) {
-    out.push_str(
-        "# HELP canopy_rollback_target_healthy Latest background check of the warm previous release: 1 passed, 0 failed.\n\
-         # TYPE canopy_rollback_target_healthy gauge\n",
-    );
-    if let Some((release, passed)) = watched {
-        let _ = writeln!(out, "canopy_rollback_target_healthy{{release=\"{release}\"}} {}", u8::from(passed));
-    }
-}
-
-/// Appends standard `process_*` metrics read from /proc (Linux).
-pub fn render_process(out: &mut String) {
-    let page = 4096.0;
-    let ticks = 100.0;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // fields after the parenthesised command name
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            // utime=11, stime=12, starttime=19, rss=21 (0-based after the name)
-            let cpu = (num(11) + num(12)) / ticks;
-            let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}");
-            let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", num(21) * page);
-            let _ = writeln!(out, "# HELP process_threads Number of OS threads.\n# TYPE process_threads gauge\nprocess_threads {}", num(17));
-            if let Some(boot) = boot_time() {
-                let _ = writeln!(out, "# HELP process_start_time_seconds Start time since the Unix epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", boot + num(19) / ticks);
-            }
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        let _ = writeln!(out, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", fds.count());
-    }
-}
-
-fn boot_time() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/stat").ok()?;
-    s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
 }

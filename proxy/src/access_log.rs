@@ -4,10 +4,10 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
 
 /// Lines buffered between request threads and the writer before dropping.
 const QUEUE: usize = 16 * 1024;
@@ -36,12 +36,14 @@ pub struct AccessRecord<'a> {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<String>,
-    dropped: Arc<AtomicU64>,
+    dropped: IntCounter,
 }
 
 impl AccessLog {
-    /// Starts the writer thread over `sink` (a file or stdout).
-    pub fn start(sink: Box<dyn Write + Send>) -> Self {
+    /// Starts the writer thread over `sink` (a file or stdout); lines dropped
+    /// because the writer fell behind are counted in `dropped` (the control
+    /// plane's `canopy_access_log_dropped_lines_total`).
+    pub fn start(sink: Box<dyn Write + Send>, dropped: IntCounter) -> Self {
         let (tx, rx) = sync_channel::<String>(QUEUE);
         std::thread::Builder::new()
             .name("canopy-access-log".into())
@@ -57,7 +59,7 @@ impl AccessLog {
                 }
             })
             .expect("spawn access log thread");
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        Self { tx, dropped }
     }
 
     /// Queues one line; never blocks.
@@ -77,7 +79,8 @@ impl AccessLog {
         .to_string()
             + "\n";
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
-            let n = self.dropped.fetch_add(1, Relaxed) + 1;
+            self.dropped.inc();
+            let n = self.dropped.get();
             if n.is_power_of_two() {
                 log::warn!("access log writer is behind: {n} lines dropped so far");
             }
@@ -86,6 +89,6 @@ impl AccessLog {
 
     /// Lines dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+        self.dropped.get()
     }
 }

@@ -7,6 +7,7 @@
 mod access_log;
 mod downstream;
 mod endpoint;
+mod exposition;
 mod forwarded;
 mod handler;
 mod names;
@@ -21,12 +22,15 @@ mod topology;
 pub use access_log::{AccessLog, AccessRecord};
 pub use downstream::ClientTimeouts;
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
+pub use exposition::RequestCollector;
 pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
 pub use release::{Backends, Release};
 pub use resolver::Resolver;
 pub use routing::{request_host, Route, RouteError, RouteTable};
 pub use snapshot::{Miss, Snapshot, Target};
-pub use stats::{Histogram, ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
+pub use stats::{ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
+/// The metrics library canopy's collectors and counters are built on.
+pub use prometheus;
 pub use table::ReleaseTable;
 pub use topology::{AddressTemplate, Service, TemplateError, Topology, TopologyError};

@@ -1,11 +1,13 @@
 //! Per-request metrics, recorded lock- and allocation-free with atomics that
-//! live beside each release, and rendered to Prometheus text on scrape.
+//! live beside each release, and turned into Prometheus metric families on
+//! scrape (see `exposition` for the collector that hands them to a registry).
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::names::{ReleaseName, ServiceName};
 
@@ -56,20 +58,26 @@ impl Histogram {
         self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
-    /// Appends the `_bucket`, `_sum` and `_count` lines for `name{labels}`.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// The histogram as a Prometheus sample (cumulative buckets, sum in seconds).
+    pub(crate) fn to_proto(&self) -> proto::Histogram {
         let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let braced = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braced} {sum}");
-        let _ = writeln!(out, "{name}_count{braced} {count}");
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                cumulative += n.load(Relaxed);
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut h = proto::Histogram::default();
+        h.set_bucket(buckets);
+        // count read after the buckets: a concurrent observation never makes +Inf < a bucket
+        h.set_sample_count(self.count.load(Relaxed).max(cumulative));
+        h.set_sample_sum(self.sum_micros.load(Relaxed) as f64 / 1e6);
+        h
     }
 }
 
@@ -181,58 +189,86 @@ impl StatsRegistry {
         self.releases.lock().unwrap_or_else(|e| e.into_inner()).remove(release);
     }
 
-    /// Appends the data-plane metric families in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// The data-plane metric families (`canopy_requests_total`,
+    /// `canopy_request_duration_seconds`, `canopy_upstream_errors_total`,
+    /// `canopy_inflight_requests`) over every release with counters; called on scrape.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
         let mut releases: Vec<Arc<ReleaseStats>> =
             self.releases.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         releases.sort_by(|a, b| a.name.cmp(&b.name));
-
-        out.push_str("# HELP canopy_requests_total Requests answered, by release, service and status code.\n");
-        out.push_str("# TYPE canopy_requests_total counter\n");
+        let (mut requests, mut durations, mut errors, mut inflight) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in &releases {
             for s in r.services.iter() {
+                let (release, service) = (r.name.as_str(), s.name.as_str());
                 for (code, c) in s.by_code.iter().enumerate() {
                     let n = c.load(Relaxed);
                     if n > 0 {
-                        let _ = writeln!(
-                            out,
-                            "canopy_requests_total{{release=\"{}\",service=\"{}\",code=\"{}\"}} {n}",
-                            r.name, s.name, code
-                        );
+                        let mut m = sample(&[("release", release), ("service", service), ("code", &code.to_string())]);
+                        m.set_counter(counter(n));
+                        requests.push(m);
                     }
                 }
-            }
-        }
-        out.push_str("# HELP canopy_request_duration_seconds Time from request arrival to the end of the response.\n");
-        out.push_str("# TYPE canopy_request_duration_seconds histogram\n");
-        for r in &releases {
-            for s in r.services.iter() {
-                let labels = format!("release=\"{}\",service=\"{}\"", r.name, s.name);
-                s.duration.render(out, "canopy_request_duration_seconds", &labels);
-            }
-        }
-        out.push_str("# HELP canopy_upstream_errors_total Upstream failures, by kind.\n");
-        out.push_str("# TYPE canopy_upstream_errors_total counter\n");
-        for r in &releases {
-            for s in r.services.iter() {
-                for (k, c) in s.errors.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "canopy_upstream_errors_total{{release=\"{}\",service=\"{}\",kind=\"{}\"}} {}",
-                        r.name,
-                        s.name,
-                        ERROR_KINDS[k],
-                        c.load(Relaxed)
-                    );
+                let mut m = sample(&[("release", release), ("service", service)]);
+                m.set_histogram(s.duration.to_proto());
+                durations.push(m);
+                for (kind, c) in ERROR_KINDS.iter().zip(&s.errors) {
+                    let mut m = sample(&[("release", release), ("service", service), ("kind", kind)]);
+                    m.set_counter(counter(c.load(Relaxed)));
+                    errors.push(m);
                 }
             }
+            let mut m = sample(&[("release", r.name.as_str())]);
+            let mut g = proto::Gauge::default();
+            g.set_value(r.inflight() as f64);
+            m.set_gauge(g);
+            inflight.push(m);
         }
-        out.push_str("# HELP canopy_inflight_requests Requests being served, by release.\n");
-        out.push_str("# TYPE canopy_inflight_requests gauge\n");
-        for r in &releases {
-            let _ = writeln!(out, "canopy_inflight_requests{{release=\"{}\"}} {}", r.name, r.inflight());
-        }
+        vec![
+            family(&FAMILIES[0], MetricType::COUNTER, requests),
+            family(&FAMILIES[1], MetricType::HISTOGRAM, durations),
+            family(&FAMILIES[2], MetricType::COUNTER, errors),
+            family(&FAMILIES[3], MetricType::GAUGE, inflight),
+        ]
     }
+}
+
+/// Name, help and variable labels of each data-plane family, in the order
+/// [`StatsRegistry::families`] returns them.
+pub(crate) const FAMILIES: [(&str, &str, &[&str]); 4] = [
+    ("canopy_requests_total", "Requests answered, by release, service and status code.", &["release", "service", "code"]),
+    ("canopy_request_duration_seconds", "Time from request arrival to the end of the response.", &["release", "service"]),
+    ("canopy_upstream_errors_total", "Upstream failures, by kind.", &["release", "service", "kind"]),
+    ("canopy_inflight_requests", "Requests being served, by release.", &["release"]),
+];
+
+fn sample(labels: &[(&str, &str)]) -> proto::Metric {
+    let pairs = labels
+        .iter()
+        .map(|(k, v)| {
+            let mut p = proto::LabelPair::default();
+            p.set_name(k.to_string());
+            p.set_value(v.to_string());
+            p
+        })
+        .collect();
+    let mut m = proto::Metric::default();
+    m.set_label(pairs);
+    m
+}
+
+fn counter(n: u64) -> proto::Counter {
+    let mut c = proto::Counter::default();
+    c.set_value(n as f64);
+    c
+}
+
+fn family((name, help, _): &(&str, &str, &[&str]), kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
 }
 
 #[cfg(test)]
@@ -249,7 +285,7 @@ mod tests {
         st.service(0).record(502, Duration::from_millis(30));
         st.service(0).upstream_error(UpstreamErrorKind::Connect);
         let mut out = String::new();
-        reg.render(&mut out);
+        prometheus::TextEncoder::new().encode_utf8(&reg.families(), &mut out).unwrap();
         assert!(out.contains("canopy_requests_total{release=\"elm\",service=\"server\",code=\"200\"} 1"));
         assert!(out.contains("canopy_requests_total{release=\"elm\",service=\"server\",code=\"502\"} 1"));
         assert!(out.contains("canopy_request_duration_seconds_bucket{release=\"elm\",service=\"server\",le=\"0.005\"} 1"));
