@@ -46,6 +46,12 @@ pub enum Cmd {
         /// Config file.
         #[arg(short, long, default_value = "proxy.toml")]
         config: PathBuf,
+        /// Take over from the canopy running with this config (same state
+        /// file): it stops taking changes and hands its listening sockets
+        /// over, finishes its in-flight requests and exits. No connection is
+        /// refused meanwhile. For a new binary, a changed config, or both.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit (0 = valid).
     CheckConfig {

@@ -148,6 +148,7 @@ struct FileAdmin {
     listen: Option<Spanned<Addr>>,
     state_file: Option<String>,
     token_file: Option<Spanned<String>>,
+    upgrade_socket: Option<Spanned<String>>,
     nice: Option<Spanned<i32>>,
     realtime: Option<bool>,
 }
@@ -273,6 +274,13 @@ pub struct Config {
     pub seed: Seed,
     /// How often backends are re-resolved.
     pub resolve_interval: Duration,
+    /// The Unix socket a `serve --upgrade` process receives the listening
+    /// sockets on (default: the state file's path plus `.upgrade.sock`, so two
+    /// canopy instances on one host never share it).
+    pub upgrade_socket: PathBuf,
+    /// Where the serving process writes its pid (the state file's path plus
+    /// `.pid`): `serve --upgrade` signals that process to hand over.
+    pub pid_file: PathBuf,
 }
 
 struct Ctx<'a> {
@@ -444,8 +452,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(n) => *n.get_ref(),
         None => -10,
     };
+    let state_file = cx.relative(file.admin.state_file.as_deref().unwrap_or("canopy-state.json"));
+    let beside_state = |suffix: &str| {
+        let mut p = state_file.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let upgrade_socket = match &file.admin.upgrade_socket {
+        Some(s) => (cx.relative(s.get_ref()), Some(s.span())),
+        None => (beside_state(".upgrade.sock"), None),
+    };
+    // sun_path holds 108 bytes with the terminating NUL
+    if upgrade_socket.0.as_os_str().len() > 107 {
+        let message = format!(
+            "upgrade socket path {} is longer than the 107 bytes a Unix socket path may have; set `upgrade-socket` to a shorter path",
+            upgrade_socket.0.display()
+        );
+        return Err(cx.err(upgrade_socket.1.unwrap_or(0..0), message));
+    }
+    let (upgrade_socket, pid_file) = (upgrade_socket.0, beside_state(".pid"));
     let control = ControlSettings {
-        state_file: cx.relative(file.admin.state_file.as_deref().unwrap_or("canopy-state.json")),
+        state_file,
         validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
         drain_timeout: r.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
         retire_hooks: r.retire_hooks.iter().map(|h| h.get_ref().clone()).collect(),
@@ -474,6 +501,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         control,
         seed,
         resolve_interval: r.resolve_interval.map_or(Duration::from_secs(30), |d| d.0),
+        upgrade_socket,
+        pid_file,
     })
 }
 

@@ -13,9 +13,9 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Cmd::Serve { config } => match config::load(&config) {
+        Cmd::Serve { config, upgrade } => match config::load(&config) {
             Err(e) => fail(&e),
-            Ok(cfg) => match serve::run(cfg) {
+            Ok(cfg) => match serve::run(cfg, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             },

@@ -1,5 +1,7 @@
 //! Assembles the pingora server: proxy service, admin service, background
-//! re-resolver and validation-window timer; graceful SIGTERM handling.
+//! re-resolver and validation-window timer; graceful SIGTERM handling and
+//! graceful upgrade (`serve --upgrade` takes the listening sockets of the
+//! running process over pingora's upgrade socket).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -9,13 +11,15 @@ use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
 use canopy_proxy::prometheus::IntCounter;
 use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver};
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
+use rustix::process::{kill_process, Signal};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{AccessLogTarget, Config};
+use crate::handover::{self, HandoverError};
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// `serve --upgrade` found no running canopy to take over from, or could not signal it.
+    #[error("--upgrade: {0}")]
+    Upgrade(String),
+    /// See [`HandoverError`].
+    #[error("--upgrade: {0}")]
+    Handover(#[from] HandoverError),
     /// Runtime setup failed.
     #[error("{0}")]
     Runtime(#[from] std::io::Error),
@@ -58,10 +68,57 @@ impl BackgroundService for ControlLoops {
 }
 
 /// SIGTERM: stop accepting, wait for in-flight requests (at most the grace
-/// period), exit. SIGINT: exit now. SIGQUIT: pingora's graceful upgrade.
+/// period), exit. SIGINT: exit now. SIGQUIT (sent by `serve --upgrade`): stop
+/// taking state changes, then pingora's graceful upgrade hands the listening
+/// sockets to the new process and this one drains and exits.
 struct Signals {
     table: Arc<ReleaseTable>,
+    controller: Arc<Controller>,
     grace: Duration,
+    /// Every listen address (proxy and admin): their sockets are handed over.
+    listen: Vec<SocketAddr>,
+    upgrade_socket: String,
+    /// Written once the signal handlers are in place (SIGQUIT before that
+    /// would kill the process instead of upgrading it).
+    pid_file: std::path::PathBuf,
+}
+
+impl Signals {
+    /// SIGQUIT: stop changing the state, hand the listening sockets to the
+    /// new process, then drain like SIGTERM. If the new process does not take
+    /// them (it died, or never started), resume and keep serving.
+    async fn hand_over(&self) -> bool {
+        log::info!("SIGQUIT: handing the state and the listening sockets to the new process");
+        // a process still waiting for its own predecessor to finish hands over
+        // only after that (within the new process's 5 s wait for the sockets),
+        // so at most one older release table serves at any time
+        if !self.controller.wait_released(Duration::from_secs(4)).await {
+            log::error!("upgrade refused: the previous upgrade has not completed (its process still serves); try again later");
+            return false;
+        }
+        self.controller.hand_over().await;
+        let (listen, path) = (self.listen.clone(), self.upgrade_socket.clone());
+        let sent = tokio::task::spawn_blocking(move || handover::send(&handover::listening_fds(&listen)?, &path)).await;
+        match sent {
+            Ok(Ok(())) => {
+                log::info!("listening sockets handed over; draining in-flight requests (grace {:?})", self.grace);
+                self.table.drain().start();
+                let (table, grace) = (self.table.clone(), self.grace);
+                std::thread::spawn(move || drain_then_exit(&table, grace));
+                true
+            }
+            Ok(Err(e)) => {
+                log::error!("upgrade failed, this process keeps serving: {e}");
+                self.controller.resume();
+                false
+            }
+            Err(e) => {
+                log::error!("upgrade failed, this process keeps serving: {e}");
+                self.controller.resume();
+                false
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -70,32 +127,47 @@ impl ShutdownSignalWatch for Signals {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
-        tokio::select! {
-            _ = term.recv() => {
-                let table = self.table.clone();
-                let grace = self.grace;
-                log::info!("SIGTERM: draining in-flight requests (grace {grace:?})");
-                std::thread::spawn(move || drain_then_exit(&table, grace));
-                ShutdownSignal::GracefulTerminate
+        if let Err(e) = handover::write_pid_file(&self.pid_file) {
+            log::warn!("cannot write pid file {}: {e} (`serve --upgrade` will not find this process)", self.pid_file.display());
+        }
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    let table = self.table.clone();
+                    let grace = self.grace;
+                    log::info!("SIGTERM: draining in-flight requests (grace {grace:?})");
+                table.drain().start();
+                    std::thread::spawn(move || drain_then_exit(&table, grace));
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                // the sockets are the new process's now: stop accepting at once
+                // (pingora's own upgrade path would go on accepting for 5 s, and
+                // route with a release table the new process may have flipped)
+                _ = quit.recv() => if self.hand_over().await {
+                    return ShutdownSignal::GracefulTerminate;
+                },
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         }
     }
 }
 
+/// Exits once every client connection has closed (or `grace` is over).
+/// Draining has begun: each connection closes after its current response,
+/// or after [`SHUTDOWN_LINGER`] if its client sends nothing more.
 fn drain_then_exit(table: &ReleaseTable, grace: Duration) {
     let deadline = Instant::now() + grace;
-    // let requests whose headers were already being read get counted
+    // let the listeners stop, and heads already being read become requests
     std::thread::sleep(Duration::from_millis(50).min(grace));
-    while table.stats().total_inflight() > 0 && Instant::now() < deadline {
+    let busy = || table.drain().connections() > 0 || table.stats().total_inflight() > 0;
+    while busy() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let left = table.stats().total_inflight();
-    if left > 0 {
-        log::warn!("grace period over with {left} request(s) still in flight; exiting");
+    let (left, open) = (table.stats().total_inflight(), table.drain().connections());
+    if left > 0 || open > 0 {
+        log::warn!("grace period over with {left} request(s) in flight on {open} connection(s); exiting");
     } else {
-        log::info!("all requests finished; exiting");
+        log::info!("all connections drained; exiting");
     }
     std::process::exit(0);
 }
@@ -121,10 +193,38 @@ fn access_log(target: &Option<AccessLogTarget>, dropped: IntCounter) -> Result<O
 }
 
 /// Builds everything from a validated config and serves until a signal.
-pub fn run(config: Config) -> Result<(), ServeError> {
-    for addr in config.listen.iter().chain(std::iter::once(&config.admin_listen)) {
-        probe(*addr)?;
-    }
+/// With `upgrade`, takes over from the canopy named in the pid file: it is
+/// told to stop taking state changes and to hand over its listening sockets
+/// (proxy and admin), and only then is the state loaded here, so the two
+/// processes never both change it and no connection is refused meanwhile.
+pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
+    let predecessor = if upgrade {
+        let old = handover::predecessor(&config.pid_file)?;
+        log::info!("upgrade: taking over from canopy pid {}", old.as_raw_nonzero());
+        kill_process(old, Signal::QUIT).map_err(|e| ServeError::Upgrade(format!("signalling pid {}: {e}", old.as_raw_nonzero())))?;
+        Some(old)
+    } else {
+        for addr in config.listen.iter().chain(std::iter::once(&config.admin_listen)) {
+            probe(*addr)?;
+        }
+        None
+    };
+    let grace = config.shutdown_grace;
+    let conf = ServerConf {
+        threads: config.threads,
+        work_stealing: config.work_stealing,
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_socket.to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // with --upgrade: waits (up to 5 s) for the old process's listening sockets
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    // the old process, if any, has stopped changing the state: load it now
     let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), config.control.preview));
     let validator = Validator::new(config.checks);
     let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -136,21 +236,18 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     ))?);
     drop(startup);
     let access_log = access_log(&config.access_log, controller.access_log_dropped())?;
-
-    let grace = config.shutdown_grace;
-    let conf = ServerConf {
-        threads: config.threads,
-        work_stealing: config.work_stealing,
-        grace_period_seconds: Some(grace.as_secs().max(1)),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let conf = server.configuration.clone();
+    if let Some(old) = predecessor {
+        // its in-flight requests finish on its release table: flips wait for them
+        controller.hold_changes();
+        let controller = controller.clone();
+        std::thread::spawn(move || {
+            handover::wait_exited(old);
+            controller.release_hold();
+        });
+    }
 
     let app = pingora::proxy::http_proxy(&conf, CanopyProxy::new(table.clone(), config.proxy, access_log));
-    let mut proxy = Service::new("canopy proxy".into(), ClientTimeouts::new(app, config.client_timeout));
+    let mut proxy = Service::new("canopy proxy".into(), ClientTimeouts::new(app, config.client_timeout, table.clone()));
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -161,12 +258,20 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("resolver", Resolver::new(table.clone(), config.resolve_interval)));
-    server.add_service(background_service("validation window and warm watch", ControlLoops(controller)));
+    server.add_service(background_service("validation window and warm watch", ControlLoops(controller.clone())));
     log::info!(
         "canopy serving on {} (admin on {})",
         config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         config.admin_listen
     );
-    server.run(RunArgs { shutdown_signal: Box::new(Signals { table, grace }) });
+    let signals = Signals {
+        table,
+        controller,
+        grace,
+        listen: config.listen.iter().copied().chain(std::iter::once(config.admin_listen)).collect(),
+        upgrade_socket: config.upgrade_socket.to_string_lossy().into_owned(),
+        pid_file: config.pid_file,
+    };
+    server.run(RunArgs { shutdown_signal: Box::new(signals) });
     Ok(())
 }

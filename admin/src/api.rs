@@ -236,7 +236,7 @@ impl ServeHttp for AdminApi {
         let reply = match self.handle(s).await {
             Ok(r) => r,
             Err(e) => {
-                if e.status() >= 500 {
+                if e.status() >= 500 && !matches!(e, ApiError::Upgrading) {
                     log::error!("admin {} {}: {e}", s.req_header().method, s.req_header().uri.path());
                 }
                 e.into()
@@ -251,6 +251,10 @@ impl ServeHttp for AdminApi {
             .header("x-frame-options", "DENY");
         if reply.status == 401 {
             b = b.header("www-authenticate", "Bearer realm=\"canopy\"");
+        }
+        if reply.status == 503 {
+            // only after a hand-over: the new process takes the next attempt
+            b = b.header("retry-after", "1");
         }
         if reply.status == 405 {
             if let Some(allow) = allowed_methods(s.req_header().uri.path()) {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -126,6 +127,10 @@ pub struct Controller {
     warm_wake: Notify,
     warm: std::sync::Mutex<Option<Watched>>,
     metrics: ControlMetrics,
+    /// Set by [`Controller::hand_over`]: this process no longer writes the state.
+    handed_over: AtomicBool,
+    /// Set by [`Controller::hold_changes`]: the predecessor still serves.
+    held: AtomicBool,
 }
 
 /// When a flip call started and how much of it went to checks.
@@ -215,7 +220,69 @@ impl Controller {
             warm_wake: Notify::new(),
             warm: std::sync::Mutex::new(None),
             metrics,
+            handed_over: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         })
+    }
+
+    /// Stops this process from changing the state, for a graceful upgrade:
+    /// waits for a running switch or rollback and any commit in progress, then
+    /// refuses every later change with [`ApiError::Upgrading`] (503) and stops
+    /// writing checkpoints. Called on SIGQUIT before the listening sockets are
+    /// handed to the new process, which loads the state after it has them, so
+    /// exactly one process owns the state at any time and every acknowledged
+    /// change is in what the new one loads.
+    pub async fn hand_over(&self) {
+        let _flip = self.flip.lock().await;
+        let _state = self.state.lock().await;
+        self.handed_over.store(true, Ordering::SeqCst);
+        log::info!("state handed over: this process takes no more changes");
+    }
+
+    /// Takes changes again after a hand-over the new process never completed.
+    pub fn resume(&self) {
+        self.handed_over.store(false, Ordering::SeqCst);
+        log::info!("hand-over abandoned: this process takes changes again");
+    }
+
+    /// Whether [`Self::hand_over`] has run (and [`Self::resume`] not since).
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::SeqCst)
+    }
+
+    /// For the new process of an upgrade: refuses changes (503) until
+    /// [`Self::release_hold`], called when the predecessor has exited, so no
+    /// request is routed by its old release table after a flip made here.
+    pub fn hold_changes(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes changes from now on (see [`Self::hold_changes`]).
+    pub fn release_hold(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        self.wake.notify_one();
+        log::info!("upgrade complete: the previous process has exited; taking changes");
+    }
+
+    /// Waits (at most `limit`) until [`Self::release_hold`] if held; returns
+    /// whether changes are allowed by then.
+    pub async fn wait_released(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.held.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Refuses a change while handed over or held.
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.is_handed_over() || self.held.load(Ordering::SeqCst) {
+            return Err(ApiError::Upgrading);
+        }
+        Ok(())
     }
 
     /// Applies `commands` (in order, now, by `actor`), makes the result
@@ -231,6 +298,8 @@ impl Controller {
         upsert: Option<Arc<Release>>,
         remove: Option<&ReleaseName>,
     ) -> Result<Duration, ApiError> {
+        // read under the state lock, which hand_over takes before setting it
+        self.writable()?;
         let entry = Entry { seq: guard.seq + 1, at: now_ms(), actor: actor.into(), commands };
         let next = entry.apply_to(guard)?;
         let persist_started = Instant::now();
@@ -317,7 +386,7 @@ impl Controller {
 
     /// Validates `req.release` (unless forced), then persists and flips.
     pub async fn switch(&self, req: SwitchRequest, actor: &str) -> Result<FlipReply, ApiError> {
-        let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
+        let _flip = self.flip_lock()?;
         let started = Instant::now();
         let window_ms = self.settings.validation_window.as_millis() as u64;
         let cmd = Command::Switch {
@@ -344,7 +413,7 @@ impl Controller {
     /// background watch's passing report when it is at most two watch
     /// intervals old, otherwise re-checks it quickly inline. `force` skips both.
     pub async fn rollback(&self, expect_generation: Option<u64>, force: bool, actor: &str) -> Result<FlipReply, ApiError> {
-        let _flip = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
+        let _flip = self.flip_lock()?;
         let started = Instant::now();
         let window_ms = self.settings.validation_window.as_millis() as u64;
         let cmd = Command::Rollback { expect_generation, forced: force, window_ms, detail: String::new() };
@@ -367,6 +436,14 @@ impl Controller {
             Err(_) => "refused",
         });
         result
+    }
+
+    /// The one-flip-at-a-time lock; refused at once while another flip runs
+    /// (409) or after a hand-over (503).
+    fn flip_lock(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
+        let guard = self.flip.try_lock().map_err(|_| ApiError::Conflict("another switch or rollback is in progress".into()))?;
+        self.writable()?;
+        Ok(guard)
     }
 
     async fn flip_commit(
@@ -479,8 +556,16 @@ impl Controller {
                     let still = self.state.lock().await.previous.as_ref() == Some(&p);
                     if still {
                         log::info!("validation window of {} ended; retiring it", p.release);
-                        if let Err(e) = self.retire(&p.release, "canopy (validation window)").await {
-                            log::error!("automatic retire of {}: {e}", p.release);
+                        match self.retire(&p.release, "canopy (validation window)").await {
+                            // retried when the upgrade completes (release_hold wakes this loop)
+                            Err(ApiError::Upgrading) => {
+                                tokio::select! {
+                                    _ = self.wake.notified() => {}
+                                    _ = shutdown.changed() => return,
+                                }
+                            }
+                            Err(e) => log::error!("automatic retire of {}: {e}", p.release),
+                            Ok(_) => {}
                         }
                     }
                 }
@@ -526,7 +611,7 @@ impl Controller {
         }
         let st = self.state.lock().await;
         let mut store = self.store.lock().expect("store lock");
-        if store.wants_checkpoint() {
+        if store.wants_checkpoint() && !self.is_handed_over() {
             if let Err(e) = store.checkpoint(&st) {
                 log::error!("checkpoint: {e} (the journal keeps every commit; will retry)");
             }

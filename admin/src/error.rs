@@ -45,6 +45,12 @@ pub enum ApiError {
     /// Validation failed; the report says which check and why (422).
     #[error("validation of release `{}` failed: {}", .0.release, .0.summary())]
     Validation(Box<Report>),
+    /// canopy is being upgraded (503 with `Retry-After: 1`): this process has
+    /// handed the state to its successor, or is the successor and its
+    /// predecessor still finishes requests with the release table it had.
+    /// Nothing changed; retry in a moment (the same address answers).
+    #[error("canopy is being upgraded: state changes wait until the previous process has finished; nothing changed, retry in a moment")]
+    Upgrading,
     /// The state could not be written; nothing changed (500).
     #[error("{0}; nothing changed")]
     Persist(#[from] PersistError),
@@ -72,6 +78,7 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Validation(_) => 422,
             ApiError::Persist(_) => 500,
+            ApiError::Upgrading => 503,
         }
     }
 

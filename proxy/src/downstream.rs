@@ -13,6 +13,15 @@
 //! deadline is one tokio timer per connection, pushed forward for each
 //! request (an atomic store while it is armed), instead of a timer
 //! registration and a task-local scope per request.
+//!
+//! At shutdown (SIGTERM, or after handing the sockets to a new process) a
+//! keep-alive connection is not cut while its client may be sending the next
+//! request: the loop counts as one open connection in the table's
+//! [`Drain`](crate::Drain), and once the server shuts down each connection
+//! waits at most [`SHUTDOWN_LINGER`] for its next request head (answered,
+//! like every request while draining, with `Connection: close`) before it
+//! closes. pingora's own shutdown, which drops a connection waiting for its
+//! next request at once (while its client may be sending one), is not used.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -28,6 +37,9 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::time::{Instant, Sleep};
 
+use crate::drain::SHUTDOWN_LINGER;
+use crate::table::ReleaseTable;
+
 tokio::task_local! {
     /// Set by the proxy once a request head has been read on this connection task.
     static HEAD_SEEN: Cell<bool>;
@@ -38,24 +50,28 @@ pub(crate) fn mark_head_seen() {
     let _ = HEAD_SEEN.try_with(|seen| seen.set(true));
 }
 
-/// Wraps an HTTP app (pingora's `HttpProxy`) with the client head deadline.
+/// Wraps an HTTP app (pingora's `HttpProxy`) with the client head deadline
+/// and the graceful drain of its connections.
 pub struct ClientTimeouts<A> {
     inner: Arc<A>,
     head_deadline: Duration,
+    table: Arc<ReleaseTable>,
 }
 
 impl<A> ClientTimeouts<A> {
     /// `head_deadline`: longest wait for a complete request head on a
     /// connection, counted from when the connection (or its previous
-    /// response) is ready for the next request.
-    pub fn new(inner: A, head_deadline: Duration) -> Self {
-        Self { inner: Arc::new(inner), head_deadline }
+    /// response) is ready for the next request. Connections are counted in
+    /// `table`'s [`Drain`](crate::Drain).
+    pub fn new(inner: A, head_deadline: Duration, table: Arc<ReleaseTable>) -> Self {
+        Self { inner: Arc::new(inner), head_deadline, table }
     }
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     /// pingora's HTTP/1 keep-alive loop, each request raced against the deadline.
     async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let _open = self.table.drain().enter();
         let mut session = ServerSession::new_http1(stream);
         // requests a client pipelines are answered in order (RFC 9112 §9.3.2)
         // instead of closing after the first; the persistent settings carry
@@ -68,9 +84,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
             self.inner.server_options().and_then(|o| o.keepalive_request_limit),
         );
         let mut deadline = pin!(tokio::time::sleep(self.head_deadline));
+        // one registration for the connection's life, not one per request
+        let seen = *shutdown.borrow();
+        let mut watch = shutdown.clone();
+        let mut stopping = Stopping { seen, changed: pin!(watch.changed()) };
         loop {
             HEAD_SEEN.with(|seen| seen.set(false));
-            let Some(reused) = self.one_request(session, shutdown, deadline.as_mut()).await else {
+            if stopping.seen {
+                // the next head has SHUTDOWN_LINGER at most
+                let linger = Instant::now() + SHUTDOWN_LINGER;
+                if linger < deadline.deadline() {
+                    deadline.as_mut().reset(linger);
+                }
+            }
+            let Some(reused) = self.one_request(session, shutdown, deadline.as_mut(), &mut stopping).await else {
                 return;
             };
             let (stream, settings) = reused.consume();
@@ -79,32 +106,52 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
                 settings.apply_to_session(&mut session);
             }
             // while the timer is armed and not yet due this only stores the new time
-            deadline.as_mut().reset(Instant::now() + self.head_deadline);
+            let wait = if stopping.seen { SHUTDOWN_LINGER } else { self.head_deadline };
+            deadline.as_mut().reset(Instant::now() + wait);
         }
     }
 
     /// One request on the connection; `None` when the connection ends,
-    /// including when its head missed the deadline.
+    /// including when its head missed the deadline (or, once the server is
+    /// stopping, [`SHUTDOWN_LINGER`]).
     async fn one_request(
         &self,
         session: ServerSession,
         shutdown: &ShutdownWatch,
         mut deadline: Pin<&mut Sleep>,
+        stopping: &mut Stopping<'_>,
     ) -> Option<pingora::apps::ReusedHttpStream> {
         let mut work = self.inner.process_new_http(session, shutdown);
         poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(done);
             }
+            let head_seen = HEAD_SEEN.with(Cell::get);
+            if !stopping.seen && stopping.changed.as_mut().poll(cx).is_ready() {
+                // the server stops while this connection waits or works: a
+                // head not yet in gets SHUTDOWN_LINGER at most
+                stopping.seen = true;
+                let linger = Instant::now() + SHUTDOWN_LINGER;
+                if !head_seen && linger < deadline.deadline() {
+                    deadline.as_mut().reset(linger);
+                }
+            }
             // once the head is in, the rest of the request has no deadline here
-            if !HEAD_SEEN.with(Cell::get) && deadline.as_mut().poll(cx).is_ready() {
-                log::debug!("request head not complete within {:?}; closing", self.head_deadline);
+            if !head_seen && deadline.as_mut().poll(cx).is_ready() {
+                log::debug!("request head not complete in time; closing");
                 return Poll::Ready(None); // dropping the session closes the connection
             }
             Poll::Pending
         })
         .await
     }
+}
+
+/// Whether the server has begun to shut down, as one connection learns it.
+struct Stopping<'a> {
+    seen: bool,
+    /// Resolves when the shutdown watch changes (or its sender is gone).
+    changed: Pin<&'a mut (dyn Future<Output = Result<(), tokio::sync::watch::error::RecvError>> + Send)>,
 }
 
 #[async_trait]
@@ -119,7 +166,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientTimeouts<A> {
         None
     }
 
+    /// Called once the listeners are closed: pingora's `http_cleanup` (which
+    /// drops connections waiting for a request) only once every connection
+    /// has drained by itself.
     async fn cleanup(&self) {
+        while self.table.drain().connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.inner.http_cleanup().await
     }
 }

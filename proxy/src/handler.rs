@@ -220,6 +220,10 @@ impl ProxyHttp for CanopyProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         crate::downstream::mark_head_seen();
+        if self.table.drain().is_draining() {
+            // answer this one, then close: the client reconnects to whoever accepts now
+            session.set_keepalive(None);
+        }
         if let Some((status, body)) = refuse(session) {
             respond_json(session, status, None, body).await?;
             return Ok(true);

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod downstream;
+mod drain;
 mod endpoint;
 mod exposition;
 mod forwarded;
@@ -21,6 +22,7 @@ mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use downstream::ClientTimeouts;
+pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
 pub use exposition::RequestCollector;
 pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};

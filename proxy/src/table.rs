@@ -5,16 +5,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
+use crate::drain::Drain;
 use crate::snapshot::Snapshot;
 use crate::stats::StatsRegistry;
 use crate::topology::Topology;
 
-/// The shared release table and the counters registry.
+/// The shared release table, the counters registry and the proxy's
+/// [`Drain`] state (shared by the request path and the control plane).
 #[derive(Debug)]
 pub struct ReleaseTable {
     current: ArcSwap<Snapshot>,
     writer: Mutex<()>,
     stats: StatsRegistry,
+    drain: Drain,
 }
 
 impl ReleaseTable {
@@ -25,6 +28,7 @@ impl ReleaseTable {
             current: ArcSwap::from_pointee(Snapshot::empty(topology, preview)),
             writer: Mutex::new(()),
             stats,
+            drain: Drain::default(),
         }
     }
 
@@ -45,6 +49,12 @@ impl ReleaseTable {
     /// old one finish on it. Callers hold [`Self::write_lock`].
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+    }
+
+    /// Whether the proxy is draining, and its open client connections.
+    #[inline]
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     /// The counters registry (one entry per registered release).

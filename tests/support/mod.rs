@@ -2,6 +2,7 @@
 //! generated config, and real upstreams from `upstream.rs`.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod upstream;
 
 use std::future::Future;

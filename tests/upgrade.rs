@@ -1,0 +1,268 @@
+//! Upgrading canopy itself without dropping a request: `canopy serve
+//! --upgrade` started beside the running process takes over its listening
+//! sockets (proxy and admin) and its state. Under load (keep-alive and fresh
+//! GETs, POSTs with bodies, long requests spanning the upgrade, WebSockets)
+//! and with a switch/rollback loop on the admin API, nothing may fail: no
+//! refused connection, no failed request, no flip lost or applied twice, and
+//! no answer from a release that a flip acknowledged before it had replaced.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::load::{assert_right_releases, count, Flip, Kind, Load};
+use support::*;
+
+/// Starts `canopy serve --upgrade` on `c`'s config; its log goes to `canopy-<n>.log`.
+fn spawn_upgrade(c: &Canopy, n: usize) -> Child {
+    let log = std::fs::File::create(c.dir.join(format!("canopy-{n}.log"))).unwrap();
+    Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(c.dir.join("proxy.toml"))
+        .arg("--upgrade")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Every log of `c` (the first process and each upgrade's), for failure messages.
+fn logs(c: &Canopy, upgrades: usize) -> String {
+    let mut out = format!("--- canopy.log ---\n{}", c.log());
+    for n in 1..=upgrades {
+        let text = std::fs::read_to_string(c.dir.join(format!("canopy-{n}.log"))).unwrap_or_default();
+        out += &format!("\n--- canopy-{n}.log ---\n{text}");
+    }
+    out
+}
+
+/// Upgrades `c` in place: returns once the new process owns both listening
+/// sockets and the old one has let go of them. `c.child` becomes the new
+/// process; the old one (still finishing its requests) is returned.
+async fn upgrade(c: &mut Canopy, n: usize) -> Child {
+    let mut new = spawn_upgrade(c, n);
+    let (pp, ap) = (c.proxy.port(), c.admin.port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(st)) = new.try_wait() {
+            panic!("upgrade {n}: new process exited with {st}\n{}", logs(c, n));
+        }
+        let (new_pid, old_pid) = (new.id(), c.child.id());
+        if listens(new_pid, pp) && listens(new_pid, ap) && !listens(old_pid, pp) && !listens(old_pid, ap) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "upgrade {n} did not complete in 20 s\n{}", logs(c, n));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::mem::replace(&mut c.child, new)
+}
+
+/// What a [`FlipLoop`] saw: acknowledged flips with their generations, how
+/// many 503s, and any other failure.
+type Flips = (Vec<(Flip, u64)>, usize, Vec<String>);
+
+/// Flips back and forth through the admin API until stopped. Every 200 is
+/// recorded as a flip with its generation; a 503 (documented: an upgrade is
+/// completing) is counted and retried; anything else is a failure.
+struct FlipLoop {
+    stop: Arc<AtomicBool>,
+    /// Flips acknowledged so far.
+    acked: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Flips>,
+}
+
+impl FlipLoop {
+    fn start(c: &Canopy) -> FlipLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let (url, stop2, acked2) = (c.admin_url("/switch"), stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let (admin, mut flips, mut unavailable, mut failures) = (client(), Vec::new(), 0, Vec::new());
+            let mut k = 0usize;
+            while !stop2.load(Ordering::Relaxed) && k < 100_000 {
+                let to = if flips.len() % 2 == 0 { "elm" } else { "juniper" };
+                k += 1;
+                let sent = Instant::now();
+                match admin.post(&url).json(&json!({"release": to})).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let acked = Instant::now();
+                        let body: Value = r.json().await.unwrap();
+                        flips.push((Flip { sent, acked, to: to.to_string() }, body["generation"].as_u64().unwrap()));
+                        acked2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status() == 503 => {
+                        assert_eq!(r.headers()["retry-after"], "1");
+                        unavailable += 1;
+                    }
+                    Ok(r) => failures.push(format!("switch to {to}: {} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failures.push(format!("switch to {to}: {e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            (flips, unavailable, failures)
+        });
+        FlipLoop { stop, acked, task }
+    }
+
+    /// Waits until `more` flips beyond `since` are acknowledged (at most 15 s).
+    async fn wait_for(&self, since: usize, more: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.acked.load(Ordering::Relaxed) < since + more {
+            assert!(Instant::now() < deadline, "no flip acknowledged within 15 s of an upgrade");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> Flips {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_upgrades_under_load_lose_nothing() {
+    let (mut c, _juniper, _elm) = two_releases("", "").await;
+    let long = Kind::slow("long-get", 1500);
+    let kinds = [Kind::KEEPALIVE_GET, Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::POST, Kind::FRESH_POST, long, long];
+    let load = Load::start(c.proxy, &kinds, true);
+    let flipper = FlipLoop::start(&c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const UPGRADES: usize = 20;
+    let mut old = Vec::new();
+    let mut upgraded_at = Vec::new();
+    for n in 1..=UPGRADES {
+        let acked = flipper.acked.load(Ordering::Relaxed);
+        upgraded_at.push(Instant::now());
+        old.push(upgrade(&mut c, n).await);
+        assert_eq!(load.failures(), 0, "requests failed by upgrade {n}: {:?}\n{}", load.failure_list(), logs(&c, n));
+        // flips resume once the old process has drained: two more before the next upgrade
+        flipper.wait_for(acked, 2).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (flips, unavailable, admin_failures) = flipper.stop().await;
+    let (done, failures) = load.stop().await;
+
+    assert!(failures.is_empty(), "{} failed requests: {:?}\n{}", failures.len(), &failures[..failures.len().min(10)], logs(&c, UPGRADES));
+    assert!(admin_failures.is_empty(), "admin API failures: {admin_failures:?}");
+    let only_flips: Vec<Flip> = flips.iter().map(|(f, _)| f.clone()).collect();
+    assert_right_releases("juniper", &only_flips, &done);
+    // every acknowledged flip is in the state now served: the last one is live,
+    // with its generation (none lost, none applied twice)
+    let (last, generation) = flips.last().expect("some flips were acknowledged");
+    let st = status(&c).await;
+    assert_eq!((st["live"].as_str(), st["generation"].as_u64()), (Some(last.to.as_str()), Some(*generation)), "{st}");
+    let gens: Vec<u64> = flips.iter().map(|(_, g)| *g).collect();
+    assert!(gens.windows(2).all(|w| w[1] == w[0] + 1), "acknowledged generations are not consecutive: {gens:?}");
+    // long requests in flight at an upgrade finished on the old process
+    let spanning = done.iter().filter(|d| d.kind == "long-get" && upgraded_at.iter().any(|u| d.start < *u && d.end > *u)).count();
+    // the old processes exited by themselves, cleanly
+    for (n, mut child) in old.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "process {n} did not exit after its upgrade");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "process {n} exited with {status}");
+    }
+    eprintln!(
+        "upgrades: {UPGRADES}, requests: {} (keepalive-get {}, fresh-get {}, post {}, fresh-post {}, long-get {} of which {spanning} spanned an upgrade, websocket {}), flips acknowledged: {}, 503 while upgrading: {unavailable}",
+        done.len(),
+        count(&done, "keepalive-get"),
+        count(&done, "fresh-get"),
+        count(&done, "post"),
+        count(&done, "fresh-post"),
+        count(&done, "long-get"),
+        count(&done, "websocket"),
+        flips.len(),
+    );
+    assert!(spanning >= UPGRADES / 2, "too few long requests spanned an upgrade ({spanning}) to prove anything");
+    assert!(count(&done, "websocket") >= 5 && count(&done, "fresh-get") >= 50);
+    assert!(flips.len() >= 2 * UPGRADES, "too few flips were acknowledged ({}) across the upgrades", flips.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_without_a_running_canopy_is_refused_clearly() {
+    let c = Canopy::start(&config("", ""));
+    let pid_file = c.dir.join("state.json.pid");
+    eventually("the pid file", Duration::from_secs(5), || async { pid_file.exists() }).await;
+    std::fs::write(&pid_file, "1\n").unwrap(); // init: alive, but not a canopy
+    let out = Command::new(bin()).args(["serve", "-c"]).arg(c.dir.join("proxy.toml")).arg("--upgrade").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: --upgrade: no running canopy to take over from: pid 1 from"), "{err}");
+    assert!(err.contains("is not a running `canopy serve`"), "{err}");
+    // the running one was not disturbed
+    assert_eq!(client().get(c.admin_url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_process_gone_before_taking_over_leaves_the_old_one_serving() {
+    let (c, _juniper, _elm) = two_releases("", "").await;
+    // SIGQUIT as `serve --upgrade` sends it, but no new process takes the
+    // sockets (as when it dies first): the old one gives up after the 5 s the
+    // hand-over may take, and resumes
+    let quit = Command::new("kill").args(["-QUIT", &c.child.id().to_string()]).status().unwrap();
+    assert!(quit.success());
+    eventually("the hand-over to start", Duration::from_secs(5), || async { c.log().contains("SIGQUIT: handing") }).await;
+    let (code, release, _) = get(&c, "/shop-api/x").await;
+    assert_eq!((code, release.as_str()), (200, "juniper"));
+    eventually("the old process to resume after the failed hand-over", Duration::from_secs(15), || async {
+        c.log().contains("upgrade failed, this process keeps serving")
+    })
+    .await;
+    // it still serves, and takes changes again
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&c, "/shop-api/x").await.1, "elm");
+    assert!(listens(c.child.id(), c.proxy.port()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_process_killed_after_the_handover_leaves_the_new_one_with_the_last_state() {
+    let (mut c, _juniper, _elm) = two_releases("", "").await;
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body}");
+    let generation = body["generation"].as_u64().unwrap();
+    let mut old = upgrade(&mut c, 1).await;
+    old.kill().unwrap();
+    old.wait().unwrap();
+    // the new process has the acknowledged state and, its predecessor gone, takes changes
+    let st = status(&c).await;
+    assert_eq!((st["live"].as_str(), st["generation"].as_u64()), (Some("elm"), Some(generation)), "{st}");
+    assert_eq!(get(&c, "/shop-api/x").await.1, "elm");
+    eventually("the new process to take changes", Duration::from_secs(5), || async { switch(&c, "juniper").await.0 == 200 }).await;
+    assert_eq!(get(&c, "/shop-api/x").await.1, "juniper");
+    // and a plain restart after kill -9 of the survivor recovers the same state
+    c.kill9();
+    let restarted = Canopy::start_in(&c.dir.clone(), &c.template);
+    let st = status(&restarted).await;
+    assert_eq!(st["live"], "juniper", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_process_killed_after_the_handover_is_recovered_by_a_restart() {
+    let (mut c, _juniper, _elm) = two_releases("", "").await;
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body}");
+    let mut old = upgrade(&mut c, 1).await;
+    c.kill9(); // the new process, right after it took the sockets
+    // the old one took no change after handing over: it drains and exits
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while old.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarted = Canopy::start_in(&c.dir.clone(), &c.template);
+    let st = status(&restarted).await;
+    assert_eq!(st["live"], "elm", "{st}");
+    assert_eq!(get(&restarted, "/shop-api/x").await.1, "elm");
+}
