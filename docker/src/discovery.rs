@@ -112,7 +112,14 @@ pub(crate) fn status_of_container(inspect: &ContainerInspectResponse) -> (Contai
         Some(ContainerStateStatusEnum::DEAD) => ContainerState::Dead,
         Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EMPTY) | None => ContainerState::Created,
     };
-    let health = Health::from_status(state.and_then(|state| state.health.as_ref()).and_then(|health| health.status));
+    // Docker 20.10 leaves a stopped container `unhealthy`: that says nothing
+    // about the release, so health is reported for running containers only.
+    let health = match status {
+        ContainerState::Running | ContainerState::Paused => {
+            Health::from_status(state.and_then(|state| state.health.as_ref()).and_then(|health| health.status))
+        }
+        _ => Health::None,
+    };
     let exit_code = match status {
         ContainerState::Exited | ContainerState::Dead | ContainerState::Restarting => state.and_then(|state| state.exit_code),
         _ => None,
@@ -152,7 +159,8 @@ pub struct ManagedContainer {
     pub tag: Option<String>,
     /// Lifecycle state.
     pub state: ContainerState,
-    /// Healthcheck status.
+    /// Healthcheck status while running or paused; [`Health::None`] otherwise
+    /// (the engine leaves a stopped container `unhealthy`, which is not news).
     pub health: Health,
     /// Exit code when exited, dead or restarting.
     pub exit_code: Option<i64>,
