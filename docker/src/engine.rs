@@ -32,9 +32,12 @@ impl Engine {
 
     /// Connects to the engine at `socket` (`unix:///var/run/docker.sock`, a bare
     /// `/path/docker.sock`, `tcp://host:2375` or `http://host:2375`; no TLS)
-    /// and negotiates the API version: bollard speaks 1.53 by default, the
-    /// engine may be older (Docker 20.10 speaks 1.41), and every later call
-    /// uses the lower of the two. Called once at start; fails with
+    /// and negotiates the API version: bollard's default is 1.53, the engine
+    /// may be older (Docker 20.10 speaks 1.41), and the lower is kept. (bollard
+    /// 0.21.1 sends unversioned paths such as `/containers/json`, so the
+    /// engine answers in its own newest version whatever is negotiated; the
+    /// request bodies canopy sends are valid from 1.41 on.) Called once at
+    /// start; fails with
     /// [`DockerError::Unreachable`] when nothing answers (no socket file,
     /// connection refused, not an engine).
     pub async fn connect(socket: &str) -> Result<Engine, DockerError> {

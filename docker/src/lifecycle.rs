@@ -42,7 +42,9 @@ impl Engine {
         check_release_tag(&spec.name, &spec.image, &spec.release)?;
         // Twice at most: a container made by someone else between our inspect
         // and our create (409) is inspected again and adopted or refused.
-        for _ in 0..2 {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
             match self.docker.inspect_container(&spec.name, None).await {
                 Ok(existing) => return adopt(spec, existing),
                 Err(err) if status_of(&err) == Some(404) => {}
@@ -54,11 +56,10 @@ impl Engine {
                     log::info!("created container {} from {}", spec.name, spec.image);
                     return Ok(Created { id: created.id, adopted: false, state: ContainerState::Created });
                 }
-                Err(err) if status_of(&err) == Some(409) => continue,
+                Err(err) if status_of(&err) == Some(409) && attempts < 2 => {}
                 Err(source) => return Err(engine_error(&spec.name, "create", source)),
             }
         }
-        Err(DockerError::NotFound { container: spec.name.clone() })
     }
 
     /// Starts the canopy container `name`; already running is fine. Called

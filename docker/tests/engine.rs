@@ -368,7 +368,7 @@ async fn a_stopped_release_starts_again_fast() {
     let start = clock.elapsed();
     assert_eq!(engine.wait_healthy(&spec.name, HEALTHY_WITHIN).await.unwrap(), Readiness::Healthy);
     let healthy = clock.elapsed();
-    eprintln!("stop {stop:?}; restart {start:?}, healthy {healthy:?} after start");
+    eprintln!("stop {stop:?}; start again {start:?}, healthy {healthy:?} after the start call");
     assert!(stop < Duration::from_secs(5), "SIGTERM ends the server at once, stop took {stop:?}");
     let ip = engine.address(&spec.name, &scope.network).await.unwrap();
     assert_eq!(get_json(ip, "/").await["release"], "juniper");
