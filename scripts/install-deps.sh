@@ -2,7 +2,9 @@
 # Installs what canopy needs on Debian, skipping what is already there:
 #   always:   cmake and a C toolchain (pingora's dependencies build C code), curl
 #   --test:   the real programs the tests drive, all from Debian's packages:
-#             Prometheus (promtool too), Chromium and its WebDriver (chromedriver)
+#             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
+#             docker-registry (deploy pulls), and a Docker Engine where none
+#             answers (docker.io, dockerd started in the background)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -13,6 +15,9 @@ if [ "${1:-}" = --test ]; then
   command -v prometheus > /dev/null || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+  [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  docker_up() { command -v docker > /dev/null && docker version --format '{{.Server.Version}}' > /dev/null 2>&1; }
+  if ! docker_up && ! command -v dockerd > /dev/null; then need+=(docker.io); fi
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -21,4 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${need[@]}" > /dev/null
+fi
+if [ "${1:-}" = --test ] && ! docker_up; then
+  echo "starting dockerd (log: /tmp/dockerd.log)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo sh -c 'nohup dockerd > /tmp/dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do docker_up && break; sleep 0.5; done
+  docker_up || { echo "dockerd did not start; see /tmp/dockerd.log" >&2; exit 1; }
 fi
