@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use canopy_proxy::{
-    AddressTemplate, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology,
+    AddressTemplate, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology, Tunables,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -27,7 +27,8 @@ fn table() -> ReleaseTable {
         )
         .unwrap(),
     );
-    let table = ReleaseTable::new(topology.clone(), true);
+    let tunables = Arc::new(Tunables { preview: true, ..Tunables::default() });
+    let table = ReleaseTable::new(topology.clone(), tunables.clone());
     let addr = |p: u16| vec![std::net::SocketAddr::from(([10, 0, 0, 1], p))];
     let releases = ["juniper", "elm", "oak"]
         .iter()
@@ -35,7 +36,7 @@ fn table() -> ReleaseTable {
             Arc::new(Release::from_addrs(ReleaseName::parse(n).unwrap(), vec![addr(3000), addr(3020), addr(4000)], table.stats()))
         })
         .collect();
-    table.store(Snapshot::new(1, topology, releases, Some(&ReleaseName::parse("juniper").unwrap()), true));
+    table.store(Snapshot::new(1, topology, releases, Some(&ReleaseName::parse("juniper").unwrap()), tunables));
     table
 }
 

@@ -105,4 +105,8 @@ pub enum Cmd {
     },
     /// Show the switch audit log.
     Events(#[command(flatten)] ClientOpts),
+    /// Read proxy.toml again and apply it in place (routes, services, checks,
+    /// timeouts, ...); refused with file:line:column if invalid, or naming the
+    /// settings that need `serve --upgrade`. Same as SIGHUP.
+    Reload(#[command(flatten)] ClientOpts),
 }

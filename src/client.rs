@@ -181,6 +181,13 @@ fn human(cmd: &Cmd, v: &Value) -> String {
             }
             out
         }
+        Cmd::Reload(_) => match v["changes"].as_array().filter(|c| !c.is_empty()) {
+            Some(changes) => {
+                let list: Vec<String> = changes.iter().map(s).collect();
+                format!("reloaded (generation {}): {}\n", s(&v["generation"]), list.join("; "))
+            }
+            None => "reloaded: nothing changed\n".into(),
+        },
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     }
 }
@@ -218,6 +225,7 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
             Some(json!({ "force": flip.force, "expect_generation": flip.expect_generation })),
         ),
         Cmd::Retire { name, opts } => (opts, Method::DELETE, format!("/releases/{name}"), None),
+        Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
     };
     let client = Client::new(opts)?;

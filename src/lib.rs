@@ -6,4 +6,5 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod handover;
+pub mod reload;
 pub mod serve;

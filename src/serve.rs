@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
-use canopy_proxy::prometheus::IntCounter;
-use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver};
+use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver, Tunables};
 use pingora::server::configuration::{Opt, ServerConf};
 use rustix::process::{kill_process, Signal};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -20,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{AccessLogTarget, Config};
 use crate::handover::{self, HandoverError};
+use crate::reload::FileSource;
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ impl BackgroundService for ControlLoops {
 }
 
 /// SIGTERM: stop accepting, wait for in-flight requests (at most the grace
-/// period), exit. SIGINT: exit now. SIGQUIT (sent by `serve --upgrade`): stop
+/// period), exit. SIGINT: exit now. SIGHUP: reload proxy.toml in place. SIGQUIT (sent by `serve --upgrade`): stop
 /// taking state changes, then pingora's graceful upgrade hands the listening
 /// sockets to the new process and this one drains and exits.
 struct Signals {
@@ -127,6 +127,7 @@ impl ShutdownSignalWatch for Signals {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         if let Err(e) = handover::write_pid_file(&self.pid_file) {
             log::warn!("cannot write pid file {}: {e} (`serve --upgrade` will not find this process)", self.pid_file.display());
         }
@@ -141,6 +142,12 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
+                // reload proxy.toml in place; the outcome is logged and audited
+                _ = hup.recv() => {
+                    if let Err(e) = self.controller.reload("SIGHUP").await {
+                        log::error!("SIGHUP: {e}");
+                    }
+                }
                 // the sockets are the new process's now: stop accepting at once
                 // (pingora's own upgrade path would go on accepting for 5 s, and
                 // route with a release table the new process may have flipped)
@@ -177,17 +184,18 @@ fn probe(addr: SocketAddr) -> Result<(), ServeError> {
     TcpListener::bind(addr).map(drop).map_err(|source| ServeError::Bind { addr, source })
 }
 
-fn access_log(target: &Option<AccessLogTarget>, dropped: IntCounter) -> Result<Option<AccessLog>, ServeError> {
+/// Starts the access log writer for `target` (none when off).
+pub(crate) fn access_log(target: &Option<AccessLogTarget>) -> Result<Option<AccessLog>, ServeError> {
     Ok(match target {
         None => None,
-        Some(AccessLogTarget::Stdout) => Some(AccessLog::start(Box::new(std::io::stdout()), dropped)),
+        Some(AccessLogTarget::Stdout) => Some(AccessLog::start(Box::new(std::io::stdout()))),
         Some(AccessLogTarget::File(path)) => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|source| ServeError::AccessLog { path: path.clone(), source })?;
-            Some(AccessLog::start(Box::new(f), dropped))
+            Some(AccessLog::start(Box::new(f)))
         }
     })
 }
@@ -225,7 +233,11 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let conf = server.configuration.clone();
 
     // the old process, if any, has stopped changing the state: load it now
-    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), config.control.preview));
+    let access_log = access_log(&config.access_log)?;
+    let guard = Guard::new(config.token.clone());
+    let source = FileSource::new(&config, access_log.clone(), guard.clone());
+    let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
+    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
     let validator = Validator::new(config.checks);
     let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let controller = Arc::new(startup.block_on(Controller::start(
@@ -235,7 +247,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         config.seed,
     ))?);
     drop(startup);
-    let access_log = access_log(&config.access_log, controller.access_log_dropped())?;
+    controller.set_config_source(Box::new(source));
     if let Some(old) = predecessor {
         // its in-flight requests finish on its release table: flips wait for them
         controller.hold_changes();
@@ -246,12 +258,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         });
     }
 
-    let app = pingora::proxy::http_proxy(&conf, CanopyProxy::new(table.clone(), config.proxy, access_log));
+    let app = pingora::proxy::http_proxy(&conf, CanopyProxy::new(table.clone()));
     let mut proxy = Service::new("canopy proxy".into(), ClientTimeouts::new(app, config.client_timeout, table.clone()));
     for addr in &config.listen {
         proxy.add_tcp(&addr.to_string());
     }
-    let mut admin = Service::new("canopy admin".into(), AdminApi::new(controller.clone(), Guard::new(config.token)));
+    let mut admin = Service::new("canopy admin".into(), AdminApi::new(controller.clone(), guard));
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::{
-    AddressTemplate, CanopyProxy, ProxySettings, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName,
-    Snapshot, Topology,
+    AddressTemplate, CanopyProxy, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology,
+    Tunables,
 };
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -30,14 +30,15 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         )
         .unwrap(),
     );
-    let table = Arc::new(ReleaseTable::new(topology.clone(), false));
+    let tunables = Arc::new(Tunables::default());
+    let table = Arc::new(ReleaseTable::new(topology.clone(), tunables.clone()));
     let releases = vec![
         Arc::new(Release::from_addrs(name("juniper"), vec![vec![juniper.addr]], table.stats())),
         Arc::new(Release::from_addrs(name("elm"), vec![vec![elm.addr]], table.stats())),
     ];
     let publish = |generation: u64, live: &str| {
         let _w = table.write_lock();
-        table.store(Snapshot::new(generation, topology.clone(), releases.clone(), Some(&name(live)), false));
+        table.store(Snapshot::new(generation, topology.clone(), releases.clone(), Some(&name(live)), tunables.clone()));
     };
     publish(1, "juniper");
 
@@ -49,7 +50,7 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         server.bootstrap();
         let mut proxy = pingora::proxy::http_proxy_service(
             &server.configuration,
-            CanopyProxy::new(server_table, ProxySettings::default(), None),
+            CanopyProxy::new(server_table),
         );
         proxy.add_tcp(&format!("127.0.0.1:{port}"));
         server.add_service(proxy);

@@ -200,8 +200,12 @@ impl AdminApi {
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
                 Reply::json(200, c.rollback(body.expect_generation, force, &actor).await?)
             }
+            (["reload"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.reload(&actor).await?)
+            }
             ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"]
-            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"], _) => return Err(not_allowed()),
+            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"], _) => return Err(not_allowed()),
             _ => return Err(ApiError::NotFound { kind: "path", name: path.clone() }),
         };
         Ok(reply)
@@ -214,10 +218,15 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     Some(match segments.as_slice() {
         [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] => "GET",
         ["releases", _] => "GET, PUT, DELETE",
-        ["releases", _, "check"] | ["switch"] | ["rollback"] => "POST",
+        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] => "POST",
         _ => return None,
     })
 }
+
+/// `POST /reload` takes no parameters: an empty body or `{}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {}
 
 /// `SwitchBody` behind an Option so `parse_body` can require it.
 #[derive(Debug, Default)]
@@ -285,6 +294,7 @@ mod tests {
             ("/releases/{name}/check", "post"),
             ("/switch", "post"),
             ("/rollback", "post"),
+            ("/reload", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
@@ -297,6 +307,7 @@ mod tests {
     fn allow_lists_the_methods_of_each_route() {
         assert_eq!(allowed_methods("/releases/elm"), Some("GET, PUT, DELETE"));
         assert_eq!(allowed_methods("/switch"), Some("POST"));
+        assert_eq!(allowed_methods("/reload"), Some("POST"));
         assert_eq!(allowed_methods("/status"), Some("GET"));
         assert_eq!(allowed_methods("/nowhere"), None);
     }

@@ -2,17 +2,20 @@
 //! cross-origin browser requests (CSRF, DNS rebinding).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// Decides whether an admin request may proceed.
+/// Decides whether an admin request may proceed. Clones share the token, so
+/// a config reload can replace it for every listener at once.
 #[derive(Clone)]
 pub struct Guard {
-    token: Option<String>,
+    token: Arc<ArcSwap<Option<String>>>,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -26,12 +29,18 @@ impl Guard {
     /// A guard requiring `token` when set. (Requiring a token for non-loopback
     /// listeners is enforced by the config loader.)
     pub fn new(token: Option<String>) -> Self {
-        Self { token: token.filter(|t| !t.is_empty()) }
+        Self { token: Arc::new(ArcSwap::from_pointee(token.filter(|t| !t.is_empty()))) }
+    }
+
+    /// Requires `token` from the next request on (config reload of `token-file`).
+    pub fn set_token(&self, token: Option<String>) {
+        self.token.store(Arc::new(token.filter(|t| !t.is_empty())));
     }
 
     /// Refuses the request unless it carries the token (when one is set;
     /// `public` endpoints are exempt) and is not a cross-origin browser request.
     pub fn check(&self, req: &RequestHeader, public: bool) -> Result<(), ApiError> {
+        let token = self.token.load();
         let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
         if let Some(origin) = header("origin") {
             let host = header("host").unwrap_or("");
@@ -41,7 +50,7 @@ impl Guard {
                 .or_else(|| origin.strip_prefix("https://"))
                 .is_some_and(|o| o.eq_ignore_ascii_case(host));
             // Without a token only loopback Host names are trusted (defeats DNS rebinding).
-            let trusted = self.token.is_some() || is_loopback_host(host);
+            let trusted = token.is_some() || is_loopback_host(host);
             if !(same && trusted) {
                 return Err(ApiError::Forbidden(format!(
                     "cross-origin request from `{origin}` refused (the admin API takes no browser requests from other origins)"
@@ -51,7 +60,7 @@ impl Guard {
         if header("sec-fetch-site").is_some_and(|s| s == "cross-site") {
             return Err(ApiError::Forbidden("cross-site browser request refused".into()));
         }
-        let Some(token) = &self.token else { return Ok(()) };
+        let Some(token) = token.as_ref() else { return Ok(()) };
         if public {
             return Ok(());
         }

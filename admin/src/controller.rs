@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use canopy_proxy::{Release, ReleaseName, ReleaseTable, Snapshot, Topology};
+use arc_swap::ArcSwap;
+use canopy_proxy::{Release, ReleaseName, ReleaseTable, Snapshot, Topology, Tunables};
 use serde::Serialize;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -64,6 +65,50 @@ pub struct SwitchRequest {
     pub force: bool,
 }
 
+/// The checks and control settings in force; a config reload replaces both.
+pub struct Runtime {
+    /// The validation checks of every service.
+    pub validator: Validator,
+    /// Control-plane settings.
+    pub settings: ControlSettings,
+}
+
+/// A config file read again for a reload: what canopy applies in place.
+pub struct Reload {
+    /// Services, routes and the address template.
+    pub topology: Topology,
+    /// The checks of the new topology's services.
+    pub validator: Validator,
+    /// Validation window, drain and hook settings, ...
+    pub settings: ControlSettings,
+    /// Timeouts, retries, preview, access log.
+    pub tunables: Tunables,
+    /// What changed, in words, for the reply and the audit log.
+    pub changes: Vec<String>,
+    /// Run once the reload is in force (e.g. the new admin token).
+    pub on_applied: Box<dyn FnOnce() + Send>,
+}
+
+/// Reads the config file again for `POST /reload` and SIGHUP (implemented by
+/// the server, which owns the file format).
+pub trait ConfigSource: Send + Sync {
+    /// The new config's reloadable parts, or why it is refused: a parse or
+    /// validation error with file, line and column, or a change that needs a
+    /// new process (`canopy serve --upgrade`).
+    fn read(&self) -> Result<Reload, String>;
+}
+
+/// The reply to a successful reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReply {
+    /// Whether anything changed.
+    pub changed: bool,
+    /// What changed.
+    pub changes: Vec<String>,
+    /// The generation, which a reload leaves as it was (it is no flip).
+    pub generation: u64,
+}
+
 /// The reply to a successful switch or rollback.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlipReply {
@@ -116,9 +161,11 @@ pub struct RetireReply {
 /// The control plane's single owner of state.
 pub struct Controller {
     table: Arc<ReleaseTable>,
-    topology: Arc<Topology>,
-    validator: Validator,
-    settings: ControlSettings,
+    /// Checks and settings, replaced whole by a config reload (the topology
+    /// is the release table's).
+    runtime: ArcSwap<Runtime>,
+    /// Where a reload reads the config from; set by the server at start.
+    source: std::sync::OnceLock<Box<dyn ConfigSource>>,
     state: Mutex<State>,
     /// Where commits are made durable; locked only while `state` is held.
     store: std::sync::Mutex<Store>,
@@ -179,6 +226,7 @@ impl Controller {
         seed: Seed,
     ) -> Result<Self, ApiError> {
         let topology = table.load().topology().clone();
+        let tunables = table.load().tunables().clone();
         let (mut store, loaded) = Store::open(&settings.state_file)?;
         let state = match loaded {
             Some(s) => s,
@@ -205,14 +253,13 @@ impl Controller {
         let releases = futures_util::future::try_join_all(resolving).await?;
         {
             let _w = table.write_lock();
-            table.store(Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), settings.preview));
+            table.store(Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), tunables));
         }
         let metrics = ControlMetrics::new(table.clone());
         Ok(Self {
             table,
-            topology,
-            validator,
-            settings,
+            runtime: ArcSwap::from_pointee(Runtime { validator, settings }),
+            source: std::sync::OnceLock::new(),
             state: Mutex::new(state),
             store: std::sync::Mutex::new(store),
             flip: Mutex::new(()),
@@ -223,6 +270,85 @@ impl Controller {
             handed_over: AtomicBool::new(false),
             held: AtomicBool::new(false),
         })
+    }
+
+    /// The services, routes and address template in force (the release table's).
+    fn topology(&self) -> Arc<Topology> {
+        self.table.load().topology().clone()
+    }
+
+    /// The checks and settings in force.
+    fn rt(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Where [`Self::reload`] reads the config; set once at start.
+    pub fn set_config_source(&self, source: Box<dyn ConfigSource>) {
+        let _ = self.source.set(source);
+    }
+
+    /// Reads the config file again and applies it in place: services, routes,
+    /// address template, checks, timeouts, validation window, retire hooks,
+    /// access log, token. Every registered release is re-resolved for the new
+    /// topology and the release table replaced whole, so requests in flight
+    /// finish on the old routes and the next one takes the new; live,
+    /// previous and generation stay. A bad file or a change that needs a new
+    /// socket is refused (422) and nothing changes. Waits for a running
+    /// switch or rollback; one reload at a time.
+    pub async fn reload(&self, actor: &str) -> Result<ReloadReply, ApiError> {
+        let Some(source) = self.source.get() else {
+            return Err(ApiError::Config("this canopy was started without a config file to reload".into()));
+        };
+        let _flip = self.flip.lock().await;
+        self.writable()?;
+        let result = self.apply_reload(source.as_ref(), actor).await;
+        self.metrics.reloaded(if result.is_ok() { "ok" } else { "refused" });
+        result
+    }
+
+    async fn apply_reload(&self, source: &dyn ConfigSource, actor: &str) -> Result<ReloadReply, ApiError> {
+        let new = source.read().map_err(|e| {
+            log::error!("config reload refused: {e}");
+            ApiError::Config(format!("config reload refused, nothing changed: {e}"))
+        })?;
+        let topology = Arc::new(new.topology);
+        let mut st = self.state.lock().await;
+        for (name, record) in &st.releases {
+            if let Some(svc) = record.backends.keys().find(|svc| topology.service_index(svc).is_none()) {
+                return Err(ApiError::Config(format!(
+                    "config reload refused, nothing changed: release `{name}` has backends for service `{svc}`, which the new config no longer has; retire it first"
+                )));
+            }
+        }
+        // counters follow the new services from here (kept for the ones that stay)
+        let names = topology.services().iter().map(|s| s.name.clone()).collect();
+        self.table.stats().set_services(names);
+        let resolving = st.releases.iter().map(|(n, r)| resolve(&topology, &self.table, n, &r.backends));
+        let releases = match futures_util::future::try_join_all(resolving).await {
+            Ok(r) => r,
+            Err(e) => {
+                let cur = self.topology().services().iter().map(|s| s.name.clone()).collect();
+                self.table.stats().set_services(cur);
+                return Err(ApiError::Config(format!("config reload refused, nothing changed: {e}")));
+            }
+        };
+        let detail = if new.changes.is_empty() { "no change".to_string() } else { new.changes.join("; ") };
+        let event = self.refusal_event(&st, "reload", actor, None, "ok", detail);
+        self.commit(&mut st, vec![Command::Audit { event }], actor, None, None).inspect_err(|_| {
+            let cur = self.topology().services().iter().map(|s| s.name.clone()).collect();
+            self.table.stats().set_services(cur);
+        })?;
+        {
+            let _w = self.table.write_lock();
+            let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), Arc::new(new.tunables));
+            self.table.store(snapshot);
+        }
+        self.runtime.store(Arc::new(Runtime { validator: new.validator, settings: new.settings }));
+        (new.on_applied)();
+        self.wake.notify_one();
+        self.warm_wake.notify_one();
+        log::info!("config reloaded by {actor}: {}", if new.changes.is_empty() { "no change".into() } else { new.changes.join("; ") });
+        Ok(ReloadReply { changed: !new.changes.is_empty(), changes: new.changes, generation: st.generation })
     }
 
     /// Stops this process from changing the state, for a graceful upgrade:
@@ -317,10 +443,10 @@ impl Controller {
             releases.extend(upsert);
             self.table.store(Snapshot::new(
                 next.generation,
-                self.topology.clone(),
+                cur.topology().clone(),
                 releases,
                 next.live.as_ref(),
-                self.settings.preview,
+                cur.tunables().clone(),
             ));
         }
         **guard = next;
@@ -332,7 +458,8 @@ impl Controller {
     }
 
     async fn run_validation(&self, release: &Release, mode: Mode) -> Report {
-        let report = self.validator.validate(&self.topology, release, mode, now_ms()).await;
+        let rt = self.rt();
+        let report = rt.validator.validate(&self.topology(), release, mode, now_ms()).await;
         self.metrics.record_checks(&report);
         report
     }
@@ -355,20 +482,21 @@ impl Controller {
     /// view and whether it was new. Unresolvable hosts are reported in the view,
     /// not refused: containers may start after they are registered.
     pub async fn register(&self, name: ReleaseName, backends: BackendMap, actor: &str) -> Result<(ReleaseView, bool), ApiError> {
+        let topology = self.topology();
         for svc in backends.keys() {
-            if self.topology.service_index(svc).is_none() {
-                let known: Vec<&str> = self.topology.services().iter().map(|s| s.name.as_str()).collect();
+            if topology.service_index(svc).is_none() {
+                let known: Vec<&str> = topology.services().iter().map(|s| s.name.as_str()).collect();
                 return Err(ApiError::BadRequest(format!("unknown service `{svc}` (known: {})", known.join(", "))));
             }
         }
         if let Some((svc, _)) = backends.iter().find(|(_, v)| v.is_empty()) {
             return Err(ApiError::BadRequest(format!("service `{svc}` has an empty backend list")));
         }
-        let release = resolve(&self.topology, &self.table, &name, &backends).await?;
+        let release = resolve(&topology, &self.table, &name, &backends).await?;
         let mut st = self.state.lock().await;
         let created = !st.releases.contains_key(&name);
         self.commit(&mut st, vec![Command::Register { name: name.clone(), backends }], actor, Some(release.clone()), None)?;
-        let view = release_view(&st, &release, &self.topology);
+        let view = release_view(&st, &release, &topology);
         Ok((view, created))
     }
 
@@ -388,7 +516,7 @@ impl Controller {
     pub async fn switch(&self, req: SwitchRequest, actor: &str) -> Result<FlipReply, ApiError> {
         let _flip = self.flip_lock()?;
         let started = Instant::now();
-        let window_ms = self.settings.validation_window.as_millis() as u64;
+        let window_ms = self.rt().settings.validation_window.as_millis() as u64;
         let cmd = Command::Switch {
             to: req.release.clone(),
             expect_generation: req.expect_generation,
@@ -415,7 +543,7 @@ impl Controller {
     pub async fn rollback(&self, expect_generation: Option<u64>, force: bool, actor: &str) -> Result<FlipReply, ApiError> {
         let _flip = self.flip_lock()?;
         let started = Instant::now();
-        let window_ms = self.settings.validation_window.as_millis() as u64;
+        let window_ms = self.rt().settings.validation_window.as_millis() as u64;
         let cmd = Command::Rollback { expect_generation, forced: force, window_ms, detail: String::new() };
         let target = {
             let st = self.state.lock().await;
@@ -511,15 +639,16 @@ impl Controller {
             self.commit(&mut st, vec![Command::Retire { name: name.clone() }], actor, None, Some(name))?;
         }
         self.wake.notify_one();
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let rt = self.rt();
+        let deadline = Instant::now() + rt.settings.drain_timeout;
         while stats.inflight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let inflight_left = stats.inflight().max(0);
         let mut hooks = Vec::new();
-        for argv in &self.settings.retire_hooks {
+        for argv in &rt.settings.retire_hooks {
             let argv = substitute(argv, name, None);
-            let Attempt { passed, reason, output } = run_program(&argv, self.settings.hook_timeout).await;
+            let Attempt { passed, reason, output } = run_program(&argv, rt.settings.hook_timeout).await;
             if !passed {
                 log::error!("retire hook {argv:?} for {name} failed: {reason}");
             }
@@ -587,7 +716,8 @@ impl Controller {
             match release {
                 Some(release) => {
                     let started = Instant::now();
-                    let mut report = self.validator.validate(&self.topology, &release, Mode::Quick, now_ms()).await;
+                    let rt = self.rt();
+                    let mut report = rt.validator.validate(&self.topology(), &release, Mode::Quick, now_ms()).await;
                     report.mode = WATCH_MODE.into();
                     if !report.passed {
                         log::warn!("warm release {} is unhealthy: {}", release.name(), report.summary());
@@ -597,7 +727,7 @@ impl Controller {
                 None => *self.warm.lock().expect("warm lock") = None,
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.warm_check_interval) => {}
+                _ = tokio::time::sleep(self.rt().settings.warm_check_interval) => {}
                 _ = self.warm_wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
@@ -630,13 +760,13 @@ impl Controller {
     fn fresh_watch(&self, release: &ReleaseName) -> Option<Report> {
         let warm = self.warm.lock().expect("warm lock");
         let w = warm.as_ref()?;
-        let fresh = w.started.elapsed() <= 2 * self.settings.warm_check_interval;
+        let fresh = w.started.elapsed() <= 2 * self.rt().settings.warm_check_interval;
         (fresh && w.report.passed && &w.report.release == release).then(|| w.report.clone())
     }
 
     /// Gives the calling (admin) thread the configured priority, once.
     pub fn prioritise_current_thread(&self) {
-        let _ = crate::priority::prioritise_current_thread(self.settings.admin_priority);
+        let _ = crate::priority::prioritise_current_thread(self.rt().settings.admin_priority);
     }
 
     /// The status document: live, previous (with its latest watch report),
@@ -645,7 +775,7 @@ impl Controller {
         let st = self.state.lock().await.clone();
         let snap = self.table.load();
         let watched = self.watched(st.previous.as_ref().map(|p| &p.release));
-        StatusView::build(&st, &snap, &self.topology, self.flip.try_lock().is_err(), watched)
+        StatusView::build(&st, &snap, snap.topology(), self.flip.try_lock().is_err(), watched)
     }
 
     /// The audit log, newest last.
@@ -661,11 +791,5 @@ impl Controller {
         };
         let watched = self.watched(previous.as_ref()).map(|r| (r.release, r.passed));
         self.metrics.encode(live.as_ref(), watched)
-    }
-
-    /// The counter the access log counts its dropped lines in (exported as
-    /// `canopy_access_log_dropped_lines_total`).
-    pub fn access_log_dropped(&self) -> canopy_proxy::prometheus::IntCounter {
-        self.metrics.access_log_dropped()
     }
 }

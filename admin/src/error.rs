@@ -51,6 +51,10 @@ pub enum ApiError {
     /// Nothing changed; retry in a moment (the same address answers).
     #[error("canopy is being upgraded: state changes wait until the previous process has finished; nothing changed, retry in a moment")]
     Upgrading,
+    /// A config reload was refused: the file is invalid (the message names
+    /// file, line and column) or a change needs a new process (422).
+    #[error("{0}")]
+    Config(String),
     /// The state could not be written; nothing changed (500).
     #[error("{0}; nothing changed")]
     Persist(#[from] PersistError),
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::TooLarge(_) => 413,
             ApiError::Validation(_) => 422,
+            ApiError::Config(_) => 422,
             ApiError::Persist(_) => 500,
             ApiError::Upgrading => 503,
         }

@@ -12,6 +12,7 @@
 //! - `POST /switch` — `{"release": "elm", "expect_generation": 3, "force": false}`; `?force=true`
 //! - `POST /rollback` — `{"expect_generation": 4, "force": false}` (optional); `?force=true`
 //! - `DELETE /releases/{name}` — retire (drain, hooks); refused for the live release
+//! - `POST /reload` — read proxy.toml again and apply it in place (422 with file:line:column if refused)
 //! - `GET /events` — audit log
 //! - `GET /metrics` — Prometheus text
 //! - `GET /openapi.json` — this API as OpenAPI 3
@@ -34,7 +35,10 @@ mod view;
 pub use api::{AdminApi, MAX_BODY, OPENAPI};
 pub use auth::Guard;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
-pub use controller::{now_ms, ControlSettings, Controller, FlipReply, HookResult, RetireReply, Seed, SwitchRequest};
+pub use controller::{
+    now_ms, ConfigSource, ControlSettings, Controller, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed,
+    SwitchRequest,
+};
 pub use error::ApiError;
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use persist::{journal_path, load as load_state, PersistError};

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_proxy::prometheus::{
-    self, core::Collector, histogram_opts, opts, Encoder, Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec,
+    self, core::Collector, histogram_opts, opts, Encoder, Gauge, GaugeVec, Histogram, IntCounterVec,
     IntGaugeVec, Registry, TextEncoder,
 };
-use canopy_proxy::{ReleaseName, ReleaseTable, RequestCollector, DURATION_BUCKETS};
+use canopy_proxy::{AccessLog, ReleaseName, ReleaseTable, RequestCollector, DURATION_BUCKETS};
 
 use crate::report::Report;
 
@@ -34,7 +34,8 @@ pub struct ControlMetrics {
     /// Set from the state at each scrape; see [`Self::encode`].
     live: IntGaugeVec,
     rollback_target: IntGaugeVec,
-    access_log_dropped: IntCounter,
+    reloads: IntCounterVec,
+    last_reload: Gauge,
     /// Serialises scrapes: the two gauges above are reset and refilled by each.
     scrape: Mutex<()>,
 }
@@ -66,15 +67,21 @@ impl ControlMetrics {
             ),
             &["release"],
         ).expect(VALID);
-        let access_log_dropped = IntCounter::new(
-            "canopy_access_log_dropped_lines_total",
-            "Access log lines dropped because the writer fell behind.",
-        ).expect(VALID);
+        let access_log_dropped = AccessLog::dropped_counter();
+        let reloads = IntCounterVec::new(opts!("canopy_config_reloads_total", "Config reloads by result (ok, refused)."), &["result"]).expect(VALID);
+        let last_reload = Gauge::new(
+            "canopy_config_last_reload_timestamp_seconds",
+            "Unix time of the last successful config reload (0 if none).",
+        )
+        .expect(VALID);
         let build = GaugeVec::new(opts!("canopy_build_info", "The running canopy build (value 1)."), &["version"]).expect(VALID);
         for result in RESULTS {
             // every result is exported from the start, as 0
             switches.with_label_values(&[result]);
             rollbacks.with_label_values(&[result]);
+        }
+        for result in ["ok", "refused"] {
+            reloads.with_label_values(&[result]);
         }
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
         let registry = Registry::new();
@@ -86,7 +93,9 @@ impl ControlMetrics {
             Box::new(checks.clone()),
             Box::new(live.clone()),
             Box::new(rollback_target.clone()),
-            Box::new(access_log_dropped.clone()),
+            Box::new(access_log_dropped),
+            Box::new(reloads.clone()),
+            Box::new(last_reload.clone()),
             Box::new(build),
             Box::new(RequestCollector::new(table)),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -103,7 +112,8 @@ impl ControlMetrics {
             checks,
             live,
             rollback_target,
-            access_log_dropped,
+            reloads,
+            last_reload,
             scrape: Mutex::new(()),
         }
     }
@@ -122,6 +132,14 @@ impl ControlMetrics {
     pub fn flipped(&self, d: Duration) {
         self.flip_duration.observe(d.as_secs_f64());
         self.last_flip.set(crate::controller::now_ms() as f64 / 1e3);
+    }
+
+    /// Counts a config reload (`ok` or `refused`).
+    pub fn reloaded(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+        if result == "ok" {
+            self.last_reload.set(crate::controller::now_ms() as f64 / 1e3);
+        }
     }
 
     /// Counts every check result of a report.
@@ -144,11 +162,6 @@ impl ControlMetrics {
                 }
             }
         }
-    }
-
-    /// The counter the access log writer counts its dropped lines in.
-    pub fn access_log_dropped(&self) -> IntCounter {
-        self.access_log_dropped.clone()
     }
 
     /// Every metric as Prometheus text ([`CONTENT_TYPE`]): `live` is the live

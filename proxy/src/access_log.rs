@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
@@ -40,10 +41,25 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer thread over `sink` (a file or stdout); lines dropped
-    /// because the writer fell behind are counted in `dropped` (the control
-    /// plane's `canopy_access_log_dropped_lines_total`).
-    pub fn start(sink: Box<dyn Write + Send>, dropped: IntCounter) -> Self {
+    /// The process-wide count of lines dropped because a writer fell behind
+    /// (`canopy_access_log_dropped_lines_total`; every writer, old and
+    /// reloaded, adds to it). Register a clone to export it.
+    pub fn dropped_counter() -> IntCounter {
+        static DROPPED: OnceLock<IntCounter> = OnceLock::new();
+        DROPPED
+            .get_or_init(|| {
+                IntCounter::new(
+                    "canopy_access_log_dropped_lines_total",
+                    "Access log lines dropped because the writer fell behind.",
+                )
+                .expect("valid metric options")
+            })
+            .clone()
+    }
+
+    /// Starts the writer thread over `sink` (a file or stdout).
+    pub fn start(sink: Box<dyn Write + Send>) -> Self {
+        let dropped = Self::dropped_counter();
         let (tx, rx) = sync_channel::<String>(QUEUE);
         std::thread::Builder::new()
             .name("canopy-access-log".into())
@@ -87,8 +103,14 @@ impl AccessLog {
         }
     }
 
-    /// Lines dropped because the writer fell behind.
+    /// Lines dropped because the writer fell behind (all writers sharing the counter).
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
+    }
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog").field("dropped", &self.dropped.get()).finish()
     }
 }

@@ -11,7 +11,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::AccessRecord;
 use crate::routing::request_host;
 use crate::snapshot::{Miss, Snapshot, Target};
 use crate::stats::UpstreamErrorKind;
@@ -61,10 +61,10 @@ impl Default for ProxySettings {
 }
 
 /// The proxy logic; one instance serves every request of the proxy service.
+/// Its settings and access log come with each request's snapshot
+/// ([`crate::Tunables`]), so a config reload applies from the next request.
 pub struct CanopyProxy {
     table: Arc<ReleaseTable>,
-    settings: ProxySettings,
-    access_log: Option<AccessLog>,
 }
 
 /// Per-request state: the snapshot loaded on arrival (kept through retries),
@@ -88,17 +88,17 @@ impl RequestCtx {
 
 impl CanopyProxy {
     /// Builds the proxy over a shared release table.
-    pub fn new(table: Arc<ReleaseTable>, settings: ProxySettings, access_log: Option<AccessLog>) -> Self {
-        Self { table, settings, access_log }
+    pub fn new(table: Arc<ReleaseTable>) -> Self {
+        Self { table }
     }
 
-    fn peer(&self, addr: std::net::SocketAddr) -> Box<HttpPeer> {
+    fn peer(settings: &ProxySettings, addr: std::net::SocketAddr) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
-        o.connection_timeout = Some(self.settings.connect_timeout);
-        o.read_timeout = Some(self.settings.upstream_timeout);
-        o.write_timeout = Some(self.settings.upstream_timeout);
-        o.idle_timeout = Some(self.settings.upstream_idle_timeout);
+        o.connection_timeout = Some(settings.connect_timeout);
+        o.read_timeout = Some(settings.upstream_timeout);
+        o.write_timeout = Some(settings.upstream_timeout);
+        o.idle_timeout = Some(settings.upstream_idle_timeout);
         Box::new(peer)
     }
 }
@@ -264,9 +264,10 @@ impl ProxyHttp for CanopyProxy {
             ctx.failure = Some(UpstreamErrorKind::NoBackend);
             return Err(Error::explain(ErrorType::ConnectNoRoute, "release has no resolved backend"));
         };
+        let peer = Self::peer(&snapshot.tunables().proxy, addr);
         ctx.attempts += 1;
         ctx.upstream = Some(addr);
-        Ok(self.peer(addr))
+        Ok(peer)
     }
 
     fn fail_to_connect(&self, _s: &mut Session, _p: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
@@ -275,7 +276,7 @@ impl ProxyHttp for CanopyProxy {
             release.stats().service(t.service).upstream_error(classify(&e));
             let backends = release.backends(t.service).addrs().len();
             // Another untried backend exists and the retry budget is not spent.
-            if ctx.attempts < backends && ctx.attempts <= self.settings.max_retries {
+            if ctx.attempts < backends && ctx.attempts <= snapshot.tunables().proxy.max_retries {
                 e.set_retry(true);
             }
         }
@@ -356,11 +357,12 @@ impl ProxyHttp for CanopyProxy {
         let release = snapshot.release(t.release);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| s.elapsed());
-        if self.settings.metrics {
+        let tunables = snapshot.tunables();
+        if tunables.proxy.metrics {
             release.stats().service(t.service).record(status, elapsed);
         }
         release.stats().finish();
-        if let Some(log) = &self.access_log {
+        if let Some(log) = &tunables.access_log {
             let req = session.req_header();
             log.write(&AccessRecord {
                 method: req.method.as_str(),

@@ -30,7 +30,7 @@ pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
 pub use release::{Backends, Release};
 pub use resolver::Resolver;
 pub use routing::{request_host, Route, RouteError, RouteTable};
-pub use snapshot::{Miss, Snapshot, Target};
+pub use snapshot::{Miss, Snapshot, Target, Tunables};
 pub use stats::{ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;

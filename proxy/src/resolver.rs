@@ -70,7 +70,7 @@ impl Resolver {
             cur.topology().clone(),
             releases,
             live.as_ref(),
-            cur.preview(),
+            cur.tunables().clone(),
         ));
         n
     }

@@ -3,9 +3,24 @@
 
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
+use crate::handler::ProxySettings;
 use crate::names::ReleaseName;
 use crate::release::Release;
 use crate::topology::Topology;
+
+/// The request path's settings that a config reload may change: each
+/// snapshot carries the ones it was built with, so a request keeps them
+/// (with its routes) from start to end and the next request gets the new ones.
+#[derive(Debug, Clone, Default)]
+pub struct Tunables {
+    /// Timeouts, retries, metrics.
+    pub proxy: ProxySettings,
+    /// Whether `x-canopy-release` request headers select registered releases.
+    pub preview: bool,
+    /// Where access log lines go (off when `None`).
+    pub access_log: Option<AccessLog>,
+}
 
 /// Everything a request needs to be routed, frozen at one generation.
 #[derive(Debug)]
@@ -14,7 +29,9 @@ pub struct Snapshot {
     topology: Arc<Topology>,
     releases: Box<[Arc<Release>]>,
     live: Option<usize>,
+    /// `tunables.preview`, kept beside the routes (read on every request).
     preview: bool,
+    tunables: Arc<Tunables>,
 }
 
 /// Where a request goes: indexes into its snapshot.
@@ -45,15 +62,15 @@ impl Snapshot {
         topology: Arc<Topology>,
         releases: Vec<Arc<Release>>,
         live: Option<&ReleaseName>,
-        preview: bool,
+        tunables: Arc<Tunables>,
     ) -> Self {
         let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
-        Self { generation, topology, releases: releases.into(), live, preview }
+        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables }
     }
 
     /// An empty snapshot: nothing registered, nothing live.
-    pub fn empty(topology: Arc<Topology>, preview: bool) -> Self {
-        Self::new(0, topology, Vec::new(), None, preview)
+    pub fn empty(topology: Arc<Topology>, tunables: Arc<Tunables>) -> Self {
+        Self::new(0, topology, Vec::new(), None, tunables)
     }
 
     /// Routes a request: longest-prefix route to a service, then the live
@@ -105,5 +122,11 @@ impl Snapshot {
     /// Whether preview routing by header is enabled.
     pub fn preview(&self) -> bool {
         self.preview
+    }
+
+    /// The request path's settings this snapshot was built with.
+    #[inline]
+    pub fn tunables(&self) -> &Arc<Tunables> {
+        &self.tunables
     }
 }

@@ -116,12 +116,15 @@ impl ServiceStats {
 /// Counters for one release: in-flight requests and per-service stats.
 ///
 /// Shared by every `Release` value with the same name, so counters survive
-/// re-registration and re-resolution.
+/// re-registration and re-resolution. After a config reload changes the
+/// services, a new value (in the new topology's order) shares the in-flight
+/// counter and the counters of the services both have with the old one,
+/// which the requests still running on the old snapshot keep using.
 #[derive(Debug)]
 pub struct ReleaseStats {
     name: ReleaseName,
-    inflight: AtomicI64,
-    services: Box<[ServiceStats]>,
+    inflight: Arc<AtomicI64>,
+    services: Box<[Arc<ServiceStats>]>,
 }
 
 impl ReleaseStats {
@@ -150,28 +153,44 @@ impl ReleaseStats {
 /// The set of live counters, keyed by release; touched only on the control path.
 #[derive(Debug)]
 pub struct StatsRegistry {
-    services: Vec<ServiceName>,
+    services: Mutex<Vec<ServiceName>>,
     releases: Mutex<HashMap<ReleaseName, Arc<ReleaseStats>>>,
 }
 
 impl StatsRegistry {
     /// A registry for a topology with these services (in topology order).
     pub fn new(services: Vec<ServiceName>) -> Self {
-        Self { services, releases: Mutex::new(HashMap::new()) }
+        Self { services: Mutex::new(services), releases: Mutex::new(HashMap::new()) }
     }
 
-    /// The counters of `release`, created on first use.
+    /// The services of a reloaded topology (in its order): counters handed
+    /// out from now on follow it; see [`ReleaseStats`].
+    pub fn set_services(&self, services: Vec<ServiceName>) {
+        *self.services.lock().unwrap_or_else(|e| e.into_inner()) = services;
+    }
+
+    /// The counters of `release` for the current services, created on first
+    /// use (or re-laid after the services changed, keeping the counts).
     pub fn for_release(&self, release: &ReleaseName) -> Arc<ReleaseStats> {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut map = self.releases.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(release.clone())
-            .or_insert_with(|| {
-                Arc::new(ReleaseStats {
-                    name: release.clone(),
-                    inflight: AtomicI64::new(0),
-                    services: self.services.iter().cloned().map(ServiceStats::new).collect(),
+        let old = map.get(release);
+        if let Some(old) = old.filter(|o| o.services.iter().map(|s| &s.name).eq(services.iter())) {
+            return old.clone();
+        }
+        let stats = Arc::new(ReleaseStats {
+            name: release.clone(),
+            inflight: old.map_or_else(|| Arc::new(AtomicI64::new(0)), |o| o.inflight.clone()),
+            services: services
+                .into_iter()
+                .map(|name| match old.and_then(|o| o.services.iter().find(|s| s.name == name)) {
+                    Some(kept) => kept.clone(),
+                    None => Arc::new(ServiceStats::new(name)),
                 })
-            })
-            .clone()
+                .collect(),
+        });
+        map.insert(release.clone(), stats.clone());
+        stats
     }
 
     /// The counters of `release` if it has any.
@@ -293,5 +312,24 @@ mod tests {
         assert!(out.contains("canopy_upstream_errors_total{release=\"elm\",service=\"server\",kind=\"connect\"} 1"));
         assert!(out.contains("canopy_inflight_requests{release=\"elm\"} 1"));
         assert!(Arc::ptr_eq(&st, &reg.for_release(&elm)));
+    }
+
+    #[test]
+    fn new_services_keep_the_counts_of_those_that_stay() {
+        let name = |n: &str| ServiceName::parse(n).unwrap();
+        let reg = StatsRegistry::new(vec![name("server"), name("storefront")]);
+        let elm = ReleaseName::parse("elm").unwrap();
+        let old = reg.for_release(&elm);
+        old.start();
+        old.service(1).record(200, Duration::from_millis(1));
+        // a reload adds `search` before `storefront`
+        reg.set_services(vec![name("server"), name("search"), name("storefront")]);
+        let new = reg.for_release(&elm);
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert!(Arc::ptr_eq(&old.services[1], &new.services[2]), "storefront's counters are kept");
+        assert_eq!(new.inflight(), 1, "the in-flight count is shared");
+        old.finish(); // a request that started before the reload ends
+        assert_eq!((new.inflight(), reg.total_inflight()), (0, 0));
+        assert!(Arc::ptr_eq(&new, &reg.for_release(&elm)));
     }
 }

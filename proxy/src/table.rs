@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Tunables};
 use crate::stats::StatsRegistry;
 use crate::topology::Topology;
 
@@ -22,10 +22,10 @@ pub struct ReleaseTable {
 
 impl ReleaseTable {
     /// A table holding an empty snapshot of `topology`.
-    pub fn new(topology: Arc<Topology>, preview: bool) -> Self {
+    pub fn new(topology: Arc<Topology>, tunables: Arc<Tunables>) -> Self {
         let stats = StatsRegistry::new(topology.services().iter().map(|s| s.name.clone()).collect());
         Self {
-            current: ArcSwap::from_pointee(Snapshot::empty(topology, preview)),
+            current: ArcSwap::from_pointee(Snapshot::empty(topology, tunables)),
             writer: Mutex::new(()),
             stats,
             drain: Drain::default(),
