@@ -56,11 +56,11 @@ for variant in ${VARIANTS:-bare bare-forward canopy canopy-nometrics}; do
   for n in $N1 $N2; do
     p=$(port)
     case $variant in
-      bare) totals+=("$(run bare "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1)") ;;
-      bare-forward) totals+=("$(run bare-forward "$n" "$p" target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 steal forward)") ;;
-      canopy) totals+=("$(run_canopy canopy target/release/canopy true "$n" "$p")") ;;
+      bare) totals+=("$(run bare "$n" "$p" $REL/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1)") ;;
+      bare-forward) totals+=("$(run bare-forward "$n" "$p" $REL/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 steal forward)") ;;
+      canopy) totals+=("$(run_canopy canopy $REL/canopy true "$n" "$p")") ;;
       canopy-base) totals+=("$(run_canopy canopy-base "${CANOPY_BASE:?CANOPY_BASE=path of the canopy binary to compare with}" true "$n" "$p")") ;;
-      canopy-nometrics) totals+=("$(run_canopy canopy-nm target/release/canopy false "$n" "$p")") ;;
+      canopy-nometrics) totals+=("$(run_canopy canopy-nm $REL/canopy false "$n" "$p")") ;;
     esac
   done
   R[$variant]=$(per_request "${totals[0]}" "${totals[1]}")

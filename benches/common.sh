@@ -1,6 +1,9 @@
 # Shared helpers for the shell benchmarks (sourced by callgrind.sh,
 # syscalls.sh, latency_ab.sh and load.sh). Loopback only.
 
+# REL: where cargo put the release binaries (honours CARGO_TARGET_DIR)
+REL=${CARGO_TARGET_DIR:-target}/release
+
 # port: a free TCP port on 127.0.0.1
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -12,7 +15,7 @@ wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 # appends its pid to PIDS and waits until it accepts.
 start_upstream() {
   UP=$(port)
-  target/release/examples/upstream juniper storefront=127.0.0.1:$UP >/dev/null 2>&1 &
+  $REL/examples/upstream juniper storefront=127.0.0.1:$UP >/dev/null 2>&1 &
   PIDS+=($!)
   wait_port "$UP"
 }

@@ -17,7 +17,7 @@ start_upstream
 start_canopy() { # start_canopy PORT WORK_STEALING
   local cfg
   cfg=$(canopy_cfg "$TMP/canopy-$1.toml" "$1" "$(port)" "127.0.0.1:$UP" "threads = $T"$'\n'"work-stealing = $2")
-  target/release/canopy serve -c "$cfg" >"$TMP/canopy-$1.log" 2>&1 &
+  $REL/canopy serve -c "$cfg" >"$TMP/canopy-$1.log" 2>&1 &
   PIDS+=($!)
   wait_port "$1"
 }

@@ -144,7 +144,7 @@ command -v wrk >/dev/null || die "wrk is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 echo "== building release binaries"
 run cargo build --release --bin canopy --example upstream --example bare_pingora
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # Other work on the machine skews everything; show how busy the CPUs were
 # (share of non-idle time over one second, before anything of ours runs).

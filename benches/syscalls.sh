@@ -43,10 +43,10 @@ measure() {
       printf "\n"
     }' "$TMP/$name.strace"
 }
-p=$(port); target/release/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 2>/dev/null & PIDS+=($!); wait_port "$p"; measure bare "$p" "$!"
+p=$(port); $REL/examples/bare_pingora "127.0.0.1:$p" "127.0.0.1:$UP" 1 2>/dev/null & PIDS+=($!); wait_port "$p"; measure bare "$p" "$!"
 p=$(port)
 canopy_cfg "$TMP/canopy.toml" "$p" "$(port)" "127.0.0.1:$UP" >/dev/null
-target/release/canopy serve -c "$TMP/canopy.toml" 2>/dev/null & PIDS+=($!); wait_port "$p"; measure canopy "$p" "$!"
+$REL/canopy serve -c "$TMP/canopy.toml" 2>/dev/null & PIDS+=($!); wait_port "$p"; measure canopy "$p" "$!"
 if [[ -x /usr/sbin/nginx ]]; then
   p=$(port)
   nginx_conf "$TMP/nginx" "$p" "127.0.0.1:$UP" 1 >/dev/null
