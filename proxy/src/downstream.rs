@@ -90,6 +90,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
         let mut stopping = Stopping { seen, changed: pin!(watch.changed()) };
         loop {
             HEAD_SEEN.with(|seen| seen.set(false));
+            // a shutdown that began while a request was being served (the
+            // watch is polled only while waiting for a head; draining starts first)
+            stopping.seen |= self.table.drain().is_draining();
             if stopping.seen {
                 // the next head has SHUTDOWN_LINGER at most
                 let linger = Instant::now() + SHUTDOWN_LINGER;
@@ -126,18 +129,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(done);
             }
-            let head_seen = HEAD_SEEN.with(Cell::get);
+            // once the head is in, the rest of the request has no deadline here
+            if HEAD_SEEN.with(Cell::get) {
+                return Poll::Pending;
+            }
             if !stopping.seen && stopping.changed.as_mut().poll(cx).is_ready() {
-                // the server stops while this connection waits or works: a
-                // head not yet in gets SHUTDOWN_LINGER at most
+                // the server stops while this connection waits for a head:
+                // SHUTDOWN_LINGER at most
                 stopping.seen = true;
                 let linger = Instant::now() + SHUTDOWN_LINGER;
-                if !head_seen && linger < deadline.deadline() {
+                if linger < deadline.deadline() {
                     deadline.as_mut().reset(linger);
                 }
             }
-            // once the head is in, the rest of the request has no deadline here
-            if !head_seen && deadline.as_mut().poll(cx).is_ready() {
+            if deadline.as_mut().poll(cx).is_ready() {
                 log::debug!("request head not complete in time; closing");
                 return Poll::Ready(None); // dropping the session closes the connection
             }
