@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 cargo build --release --bin canopy --example upstream
-canopy=target/release/canopy
-upstream=target/release/examples/upstream
+canopy=${CARGO_TARGET_DIR:-target}/release/canopy
+upstream=${CARGO_TARGET_DIR:-target}/release/examples/upstream
 
 work=$(mktemp -d)
 cleanup() {
