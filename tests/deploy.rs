@@ -1,7 +1,8 @@
 //! The systemd deployment in deploy/: the unit passes `systemd-analyze
 //! verify`, and its main process, deploy/canopy-supervise, upgrades canopy in
 //! place on SIGUSR2 under load (no failed request), keeps the old process
-//! serving when the new one fails to start, and stops cleanly on SIGTERM.
+//! serving when the new one fails to start, forwards SIGHUP (reload), and
+//! stops cleanly on SIGTERM.
 
 mod support;
 
@@ -96,7 +97,7 @@ fn gone(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supervisor_upgrades_in_place_keeps_the_old_one_on_failure_and_stops_cleanly() {
+async fn supervisor_upgrades_in_place_keeps_the_old_one_on_failure_reloads_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Supervised::start(dir.path());
     let first = s.serving().await;
@@ -131,6 +132,14 @@ async fn supervisor_upgrades_in_place_keeps_the_old_one_on_failure_and_stops_cle
     assert_eq!(s.serving().await, second);
     let (code, release, _) = get(&s.c, "/shop-api/x").await;
     assert_eq!((code, release.as_str()), (200, "juniper"));
+
+    // SIGHUP (systemctl reload) reaches the serving canopy, which reloads proxy.toml
+    s.signal("-HUP");
+    eventually("the reload", Duration::from_secs(10), || {
+        let done = s.c.log().contains("config reloaded by SIGHUP");
+        async move { done }
+    })
+    .await;
 
     let (done, failures) = load.stop().await;
     assert!(failures.is_empty(), "{} failed requests: {:?}\n{}", failures.len(), &failures[..failures.len().min(5)], s.c.log());
