@@ -45,11 +45,11 @@
 //! `UPGRADES=N` overrides the number of upgrades per proxy; `UPGRADE_ONLY=canopy`
 //! runs only the two canopy variants.
 //!
-//! Bounded: every client stops after [`RUN_CAP`], an upgrade that has not
-//! completed after [`UPGRADE_TIMEOUT`] ends that proxy's run, and a client
-//! waits [`RETRY_PAUSE`] after a failed request (so failure counts scale
-//! with it; the accept gap does not). Everything binds loopback only; every
-//! child process is stopped on drop.
+//! Bounded: every client stops after [`RUN_CAP`] or [`MAX_REQUESTS`], an
+//! upgrade that has not completed after [`UPGRADE_TIMEOUT`] ends that
+//! proxy's run, and a client waits [`RETRY_PAUSE`] after a failed request
+//! (so failure counts scale with it; the accept gap does not). Everything
+//! binds loopback only; every child process is stopped on drop.
 
 #[path = "../tests/support/upstream.rs"]
 mod upstream;
@@ -80,6 +80,8 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(15);
 const RESTART_RETRY: Duration = Duration::from_millis(100);
 /// No client runs longer than this.
 const RUN_CAP: Duration = Duration::from_secs(120);
+/// Nor sends more requests than this.
+const MAX_REQUESTS: usize = 1_000_000;
 /// A request not answered within this long has failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client's pause after a failed request.
@@ -283,7 +285,7 @@ async fn upgrade(r: &mut Running, n: usize, inode: u64) -> Upgrade {
             let old = std::mem::replace(&mut r.proc_, spawn("canopy", &mut canopy_cmd(&r.dir), &r.dir.join(format!("canopy-{n}.log"))));
             r.old.push(old);
             let pid_file = r.dir.join("state.json.pid");
-            let url = SocketAddr::from(([127, 0, 0, 1], r.port));
+            let addr = SocketAddr::from(([127, 0, 0, 1], r.port));
             loop {
                 if let Some(_st) = r.proc_.exited() {
                     // "address in use" while the old one drains: start it again
@@ -298,7 +300,7 @@ async fn upgrade(r: &mut Running, n: usize, inode: u64) -> Upgrade {
                 }
                 let pid = r.proc_.pid();
                 let named = std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == pid.to_string());
-                if named && fresh_request(url).await.is_ok() {
+                if named && fresh_request(addr).await.is_ok() {
                     u.serving = Some(t0.elapsed());
                     break;
                 }
@@ -414,7 +416,7 @@ async fn client_task(addr: SocketAddr, fresh: bool, stop: Arc<AtomicBool>) -> (V
     let url = format!("http://{addr}/products");
     let began = Instant::now();
     let (mut reqs, mut notes) = (Vec::with_capacity(1 << 16), Vec::new());
-    while !stop.load(Ordering::Relaxed) && began.elapsed() < RUN_CAP {
+    while !stop.load(Ordering::Relaxed) && began.elapsed() < RUN_CAP && reqs.len() < MAX_REQUESTS {
         let start = Instant::now();
         let result = if fresh {
             match tokio::time::timeout(REQUEST_TIMEOUT, fresh_request(addr)).await {
