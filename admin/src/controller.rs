@@ -22,6 +22,9 @@ use crate::state::{BackendMap, Command, Event, Previous, State};
 use crate::validate::{Mode, Validator};
 use crate::view::{release_view, ReleaseView, StatusView};
 
+mod deploy;
+pub use deploy::{ContainerView, DeployFailure, DeployReply, DeployRequest, DeploySettings, DeployStep, Discovered, ServiceContainer};
+
 /// Control-plane settings, from `[admin]` and `[releases]` in proxy.toml.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
@@ -131,6 +134,8 @@ pub struct Controller {
     handed_over: AtomicBool,
     /// Set by [`Controller::hold_changes`]: the predecessor still serves.
     held: AtomicBool,
+    /// Set by [`Controller::enable_deploy`] when proxy.toml has `[docker]`.
+    docker: std::sync::OnceLock<deploy::Docker>,
 }
 
 /// When a flip call started and how much of it went to checks.
@@ -222,6 +227,7 @@ impl Controller {
             metrics,
             handed_over: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            docker: std::sync::OnceLock::new(),
         })
     }
 
@@ -527,6 +533,7 @@ impl Controller {
         }
         self.table.stats().forget(name);
         self.metrics.forget(name);
+        self.containers_retired(name, actor).await;
         if !hooks.is_empty() {
             let failed = hooks.iter().filter(|h| !h.passed).count();
             let mut st = self.state.lock().await;
