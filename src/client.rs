@@ -271,9 +271,6 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         if v["steps"].is_array() {
             msg += "\n";
             msg += &print_steps(&v["steps"]);
-            for line in v["logs"].as_array().into_iter().flatten() {
-                msg += &format!("         | {}\n", s(line));
-            }
         }
         if v["report"].is_object() {
             msg += "\n";

@@ -180,6 +180,16 @@ impl Steps {
     }
 }
 
+impl Steps {
+    /// Records `step` as failed when `result` is an error, and passes it on.
+    fn check<T>(&mut self, step: &'static str, service: Option<&ServiceName>, clock: Instant, result: Result<T, DockerError>) -> Result<T, Stop> {
+        result.map_err(|e| {
+            self.record(step, service, format!("FAILED: {}", first_line(&e.to_string())), clock.elapsed());
+            Stop::engine(&e)
+        })
+    }
+}
+
 /// Why the steps stopped; turned into a [`DeployFailure`].
 struct Stop {
     status: u16,
@@ -369,7 +379,7 @@ impl Controller {
         }
 
         let clock = Instant::now();
-        let network = engine.ensure_network(&settings.network).await.map_err(|e| Stop::engine(&e))?;
+        let network = steps.check("network", None, clock, engine.ensure_network(&settings.network).await)?;
         steps.record("network", None, format!("{} {network:?}", settings.network).to_lowercase(), clock.elapsed());
 
         for (service, _, container) in &services {
@@ -383,8 +393,8 @@ impl Controller {
                     log::info!("deploy: pull {reference}: {p}");
                     last = p.to_string();
                 })
-                .await
-                .map_err(|e| Stop::engine(&e))?;
+                .await;
+            let status = steps.check("pull", Some(service), clock, status)?;
             let detail = match status {
                 ImageStatus::Present => format!("{reference} present"),
                 ImageStatus::Pulled => format!("{reference} pulled ({lines} progress lines; last: {last})"),
@@ -397,7 +407,7 @@ impl Controller {
             let name = Docker::container_name(self, service, release);
             let spec = spec(&name, service, release, &settings.network, container);
             let clock = Instant::now();
-            let created = engine.create(&spec).await.map_err(|e| Stop::engine(&e))?;
+            let created = steps.check("create", Some(service), clock, engine.create(&spec).await)?;
             let was_running = created.adopted && created.state == ContainerState::Running;
             touched.push(Touched { name: name.clone(), created: !created.adopted, was_running });
             let detail = if created.adopted { format!("{name} adopted ({})", created.state) } else { format!("{name} created") };
@@ -406,13 +416,13 @@ impl Controller {
         }
         for ((service, _, _), name) in services.iter().zip(&names) {
             let clock = Instant::now();
-            engine.start(name).await.map_err(|e| Stop::engine(&e))?;
+            steps.check("start", Some(service), clock, engine.start(name).await)?;
             steps.record("start", Some(service), format!("{name} started"), clock.elapsed());
         }
         for ((service, _, _), name) in services.iter().zip(&names) {
             let clock = Instant::now();
             let left = deadline.saturating_duration_since(Instant::now());
-            let ready = engine.wait_healthy(name, left).await.map_err(|e| Stop::engine(&e))?;
+            let ready = steps.check("healthy", Some(service), clock, engine.wait_healthy(name, left).await)?;
             steps.record("healthy", Some(service), format!("{name} {ready:?}").to_lowercase(), clock.elapsed());
         }
 
