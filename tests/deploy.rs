@@ -352,6 +352,50 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_starts_the_overlap_false_container_again_and_stops_the_other() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    deployed(&c, "elm").await;
+    assert_eq!((scope.state("worker", "juniper").as_str(), scope.state("server", "juniper").as_str()), ("exited", "running"));
+
+    let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.state("worker", "juniper"), "running", "started again for the rollback");
+    assert_eq!(scope.state("worker", "elm"), "exited", "never two workers at once");
+    assert_eq!(scope.state("server", "elm"), "running", "servers overlap: elm stays warm");
+    let (code, release, _) = get(&c, "/x").await;
+    assert_eq!((code, release.as_str()), (200, "juniper"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_tag_is_not_its_release_is_refused_and_reported() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    // made behind canopy's back: labelled release oak, but running the elm image
+    let name = scope.name("server", "oak");
+    let made = docker(&[
+        "create", "--name", &name, "--network", &scope.network, "--label", "canopy.managed=true", "--label", "canopy.release=oak",
+        "--label", "canopy.service=server", &format!("{IMAGE}:elm"),
+    ]);
+    assert!(!made.is_empty());
+    eventually("the impostor reported in /status", Duration::from_secs(2), || async {
+        let st = status(&c).await;
+        st["alerts"].as_array().unwrap().iter().any(|a| {
+            a.as_str().unwrap().contains(&format!("container `{name}` runs image `{IMAGE}:elm` but is labelled release `oak`"))
+        })
+    })
+    .await;
+    let (code, body) = deploy(&c, "oak").await;
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("exists with image `canopy-test/server:elm`"), "{body:#}");
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.state("server", "oak"), "created", "a container canopy did not make for this release is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_container_killed_shows_in_status_and_metrics_within_a_second() {
     let scope = Scope::new();
     let c = Canopy::start(&scope.config("10m", 3, true, None));

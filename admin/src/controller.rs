@@ -423,12 +423,14 @@ impl Controller {
         let started = Instant::now();
         let window_ms = self.settings.validation_window.as_millis() as u64;
         let cmd = Command::Rollback { expect_generation, forced: force, window_ms, detail: String::new() };
-        let target = {
+        let (target, from) = {
             let st = self.state.lock().await;
             st.precheck(&cmd).inspect_err(|_| self.metrics.rollback("refused"))?;
-            st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked")
+            (st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked"), st.live.clone())
         };
         let release = self.release(&target)?;
+        // overlap = false services: the target's containers were stopped at the switch
+        self.start_exclusive(&target).await.inspect_err(|_| self.metrics.rollback("refused"))?;
         let report = match (force, self.fresh_watch(&target)) {
             (true, _) => None,
             (false, Some(watched)) => Some(watched),
@@ -436,6 +438,9 @@ impl Controller {
         };
         let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
         let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), Timing { started, validation }).await;
+        if let (Ok(_), Some(from)) = (&result, &from) {
+            self.stop_exclusive(from).await;
+        }
         self.metrics.rollback(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",

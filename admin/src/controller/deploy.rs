@@ -514,6 +514,63 @@ impl Controller {
         }
     }
 
+    /// The containers of `release`'s `overlap = false` services.
+    fn exclusive(&self, docker: &Docker, release: &ReleaseName) -> Vec<String> {
+        self.topology
+            .services()
+            .iter()
+            .zip(&docker.settings.services)
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.overlap))
+            .map(|(s, _)| Docker::container_name(self, &s.name, release))
+            .collect()
+    }
+
+    /// Before a rollback to `release`: starts its `overlap = false`
+    /// containers (stopped at the switch away from it) and waits until they
+    /// are healthy, so that its validation sees them. A no-op without such
+    /// services; refused (422) when one does not come up.
+    pub(crate) async fn start_exclusive(&self, release: &ReleaseName) -> Result<(), ApiError> {
+        let Some(docker) = self.docker.get() else { return Ok(()) };
+        let names = self.exclusive(docker, release);
+        if names.is_empty() {
+            return Ok(());
+        }
+        let refused = |status: u16, e: &dyn std::fmt::Display, logs: &[String]| {
+            let error = format!("rollback to {release}: {e}");
+            ApiError::Deploy(Box::new(DeployFailure { status, error, steps: Vec::new(), logs: logs.to_vec(), report: None }))
+        };
+        let engine = Engine::connect(&docker.settings.socket).await.map_err(|e| refused(502, &e, &[]))?;
+        for name in &names {
+            engine.start(name).await.map_err(|e| refused(422, &e, e.logs()))?;
+        }
+        for name in &names {
+            engine.wait_healthy(name, docker.settings.deploy_timeout).await.map_err(|e| refused(422, &e, e.logs()))?;
+            log::info!("rollback to {release}: started {name} again (overlap = false)");
+        }
+        Ok(())
+    }
+
+    /// After a rollback away from `release`: stops its `overlap = false`
+    /// containers. Failures are logged (the flip has happened).
+    pub(crate) async fn stop_exclusive(&self, release: &ReleaseName) {
+        let Some(docker) = self.docker.get() else { return };
+        let names = self.exclusive(docker, release);
+        if names.is_empty() {
+            return;
+        }
+        let engine = match Engine::connect(&docker.settings.socket).await {
+            Ok(engine) => engine,
+            Err(e) => return log::error!("overlap = false: cannot stop the containers of {release}: {e}"),
+        };
+        for name in names {
+            match engine.stop(&name, docker.settings.stop_timeout).await {
+                Ok(()) => log::info!("stopped {name} (overlap = false)"),
+                Err(DockerError::NotFound { .. }) => {}
+                Err(e) => log::error!("overlap = false: stopping {name}: {e}"),
+            }
+        }
+    }
+
     /// After a release is retired: stops its containers (kept for a fast
     /// redeploy), then removes the oldest stopped releases beyond
     /// `keep-releases`. A no-op without `[docker]`; engine errors are logged.
