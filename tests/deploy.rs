@@ -42,6 +42,8 @@ fn docker(args: &[&str]) -> String {
 struct Scope {
     prefix: String,
     network: String,
+    /// Image references this test made (removed on drop).
+    images: std::sync::Mutex<Vec<String>>,
 }
 
 impl Scope {
@@ -50,7 +52,7 @@ impl Scope {
         let random = std::collections::hash_map::RandomState::new();
         let n = std::hash::BuildHasher::hash_one(&random, std::process::id()) & 0xff_ffff;
         let prefix = format!("dpl-{n:06x}");
-        Scope { network: format!("{prefix}-net"), prefix }
+        Scope { network: format!("{prefix}-net"), prefix, images: Default::default() }
     }
 
     /// The container of `service` of `release` (the config's address template).
@@ -77,6 +79,11 @@ impl Scope {
 
     /// proxy.toml for server and worker from the test images on this scope's network.
     fn config(&self, window: &str, keep: usize, worker_overlap: bool, socket: Option<&str>) -> String {
+        self.config_with(IMAGE, window, keep, worker_overlap, socket)
+    }
+
+    /// [`Scope::config`] with the services' images from `image`.
+    fn config_with(&self, image: &str, window: &str, keep: usize, worker_overlap: bool, socket: Option<&str>) -> String {
         let socket = socket.map(|s| format!("socket = \"{s}\"\n")).unwrap_or_default();
         format!(
             r#"
@@ -104,7 +111,7 @@ stop-timeout = "1s"
 [[service]]
 name = "server"
 port = 8080
-image = "{IMAGE}"
+image = "{image}"
 routes = ["/"]
 checks = [
   {{ kind = "http", path = "/health", timeout = "1s", retries = 0 }},
@@ -117,7 +124,7 @@ env = {{ CANOPY_SERVICE = "server" }}
 [[service]]
 name = "worker"
 port = 8080
-image = "{IMAGE}"
+image = "{image}"
 overlap = {worker_overlap}
 checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 0 }}]
 
@@ -139,6 +146,44 @@ impl Drop for Scope {
             docker(&args);
         }
         docker(&["network", "rm", &self.network]);
+        for image in self.images.lock().unwrap().drain(..) {
+            docker(&["rmi", &image]);
+        }
+    }
+}
+
+/// Debian's docker-registry on 127.0.0.1, serving from a temporary directory; killed on drop.
+struct Registry {
+    host: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let binary = "/usr/bin/docker-registry";
+        assert!(std::path::Path::new(binary).exists(), "the pull test needs Debian's docker-registry (scripts/install-deps.sh --test)");
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        let data = dir.path().join("data");
+        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", data.display())).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(binary).arg("serve").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let registry = Registry { host, child, _dir: dir };
+        let url = format!("http://{}/v2/", registry.host);
+        eventually("docker-registry answers", Duration::from_secs(10), || async {
+            client().get(&url).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -299,6 +344,38 @@ async fn failed_deploys_change_nothing_live_and_leave_no_container() {
     let m = metrics(&c).await;
     assert!(m.contains("canopy_deploys_total{result=\"refused\"} 4"), "{m}");
     assert_eq!(status(&c).await["live"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_missing_locally_is_pulled_from_its_registry_with_progress() {
+    let scope = Scope::new();
+    let registry = Registry::start().await;
+    let repository = format!("{}/{}/server", registry.host, scope.prefix);
+    for release in ["juniper", "elm"] {
+        let reference = format!("{repository}:{release}");
+        scope.images.lock().unwrap().push(reference.clone());
+        assert!(Command::new("docker").args(["tag", &format!("{IMAGE}:{release}"), &reference]).status().unwrap().success());
+        let push = Command::new("docker").args(["push", &reference]).output().unwrap();
+        assert!(push.status.success(), "push {reference}: {}", String::from_utf8_lossy(&push.stderr));
+        // only the registry has this reference now (the layers stay: other tests share them)
+        assert!(Command::new("docker").args(["rmi", &reference]).status().unwrap().success());
+    }
+    let c = Canopy::start(&scope.config_with(&repository, "10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    let body = deployed(&c, "elm").await;
+    let pulls: Vec<&Value> = body["steps"].as_array().unwrap().iter().filter(|s| s["step"] == "pull").collect();
+    let detail = pulls[0]["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("{repository}:elm pulled (")), "{detail}");
+    assert!(pulls[1]["detail"].as_str().unwrap().ends_with("present"), "the second service's image was pulled once: {pulls:?}");
+    assert!(c.log().contains(&format!("deploy: pull {repository}:elm: Status: Downloaded newer image")), "progress lines are logged");
+    assert_eq!(scope.inspect("server", "elm", "{{.Config.Image}}"), format!("{repository}:elm"));
+    let (code, release, _) = get(&c, "/x").await;
+    assert_eq!((code, release.as_str()), (200, "elm"));
+    // a tag the registry lacks: the registry's reason, naming repository and tag
+    let (code, body) = deploy(&c, "oak").await;
+    assert_eq!(code, 422, "{body:#}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains(&format!("cannot pull image `{repository}` tag `oak`")) && error.contains("manifest unknown"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
