@@ -195,7 +195,7 @@ struct Stop {
     status: u16,
     error: String,
     logs: Vec<String>,
-    report: Option<Report>,
+    report: Option<Box<Report>>,
 }
 
 impl Stop {
@@ -347,7 +347,7 @@ impl Controller {
                     error: stop.error,
                     steps: steps.steps,
                     logs: stop.logs,
-                    report: stop.report,
+                    report: stop.report.map(|r| *r),
                 })))
             }
         }
@@ -448,7 +448,7 @@ impl Controller {
             let timing = Timing { started: clock, validation: clock.elapsed() };
             let _ = self.flip_commit(cmd, Some(report.clone()), "switch", actor, Some(release.clone()), timing).await;
             self.metrics.switch("refused");
-            return Err(Stop { status: 422, error: format!("validation of release `{release}` failed: {}", report.summary()), logs: Vec::new(), report: Some(report) });
+            return Err(Stop { status: 422, error: format!("validation of release `{release}` failed: {}", report.summary()), logs: Vec::new(), report: Some(Box::new(report)) });
         }
         let clock = Instant::now();
         let timing = Timing { started, validation: started.elapsed() };
