@@ -45,8 +45,6 @@ if [ "$(cat "$out/server.hash" 2> /dev/null)" != "$hash" ]; then
   rm -rf "$root" && mkdir -p "$root"
   cp "$out/server" "$root/server"
   tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$out/server.tar" server
-  echo "pull" > "$root/layer" # a file of its own, so the pull image's layer is its own too
-  tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$out/pull.tar" server layer
   echo "$hash" > "$out/server.hash"
 fi
 
@@ -65,7 +63,15 @@ for tag in "${missing[@]}"; do
     changes+=(--change 'HEALTHCHECK --interval=1s --timeout=2s CMD ["/server", "--probe"]')
   fi
   tarball="$out/server.tar"
-  [ "$tag" = pull ] && tarball="$out/pull.tar"
+  if [ "$tag" = pull ]; then
+    # a file of its own, different at every import: the pull test deletes the
+    # image and must really download its layer, which an older import of the
+    # same bytes (left dangling) would otherwise still hold
+    mkdir -p "$out/rootfs" && cp "$out/server" "$out/rootfs/server"
+    echo "pull $(date +%s%N) $$" > "$out/rootfs/layer"
+    tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$out/rootfs" -cf "$out/pull.tar" server layer
+    tarball="$out/pull.tar"
+  fi
   docker import "${changes[@]}" "$tarball" "$repo:$tag" > /dev/null
   echo "test-images: built $repo:$tag"
 done

@@ -17,14 +17,19 @@ use support::load::{assert_right_releases, count, Flip, Kind, Load};
 use support::*;
 
 const IMAGE: &str = "canopy-test/server";
+/// examples/upstream in a container (scripts/upstream-image.sh): echoes POST
+/// bodies and WebSockets, and says when each request arrived.
+const UPSTREAM_IMAGE: &str = "canopy-test/upstream";
 
 /// Builds the test images once per test process.
 fn images() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-images.sh");
-        let out = Command::new("bash").arg(script).output().expect("run scripts/test-images.sh");
-        assert!(out.status.success(), "test-images.sh: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        for script in ["scripts/test-images.sh", "scripts/upstream-image.sh"] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+            let out = Command::new("bash").arg(path).output().expect("run the image script");
+            assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
     });
 }
 
@@ -114,7 +119,7 @@ port = 8080
 image = "{image}"
 routes = ["/"]
 checks = [
-  {{ kind = "http", path = "/health", timeout = "1s", retries = 0 }},
+  {{ kind = "http", path = "/health", timeout = "1s", retries = 3, interval = "200ms" }},
   {{ kind = "command", name = "not oak", argv = ["sh", "-c", "test {{release}} != oak"], retries = 0 }},
 ]
 
@@ -126,10 +131,11 @@ name = "worker"
 port = 8080
 image = "{image}"
 overlap = {worker_overlap}
-checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 0 }}]
+checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 3, interval = "200ms" }}]
 
 [service.container]
 env = {{ CANOPY_SERVICE = "worker" }}
+command = ["worker=0.0.0.0:8080"]
 "#,
             prefix = self.prefix,
             network = self.network,
@@ -214,7 +220,7 @@ fn steps(body: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_window() {
     let scope = Scope::new();
-    let c = Canopy::start(&scope.config("3s", 3, true, None));
+    let c = Canopy::start(&scope.config_with(UPSTREAM_IMAGE, "3s", 3, true, None));
 
     // the very first deploy, nothing live: live once validated
     let first = deployed(&c, "juniper").await;
@@ -226,7 +232,7 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")));
 
     let kinds = [Kind::KEEPALIVE_GET, Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::POST, Kind::FRESH_POST];
-    let load = Load::start(c.proxy, &kinds, false);
+    let load = Load::start(c.proxy, &kinds, true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = Instant::now();
     let body = deployed(&c, "elm").await;
@@ -243,19 +249,21 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     assert!(after.iter().all(|d| d.release == "elm"), "juniper answered after the switch was acknowledged");
     let before = done.iter().filter(|d| d.end <= sent).count();
     eprintln!(
-        "deploy elm under load: {} requests ({} before the deploy, {} after its ack; post {}, fresh-post {}), deploy took {:?}",
+        "deploy elm under load: {} requests ({} before the deploy, {} after its ack; post {}, fresh-post {}, websocket {}), deploy took {:?}",
         done.len(),
         before,
         after.len(),
         count(&done, "post"),
         count(&done, "fresh-post"),
+        count(&done, "websocket"),
         acked - sent
     );
     assert!(before >= 20 && after.len() >= 20, "too little traffic around the deploy to prove anything");
+    assert!(count(&done, "websocket") >= 2 && count(&done, "post") >= 10, "too few WebSockets or POSTs");
 
     // elm runs its own image tag; juniper stays up for the window, then is stopped (kept)
     assert_eq!(scope.state("server", "elm"), "running");
-    assert_eq!(scope.inspect("server", "elm", "{{.Config.Image}}"), format!("{IMAGE}:elm"));
+    assert_eq!(scope.inspect("server", "elm", "{{.Config.Image}}"), format!("{UPSTREAM_IMAGE}:elm"));
     assert_eq!(scope.inspect("server", "elm", "{{index .Config.Labels \"canopy.release\"}}"), "elm");
     assert_eq!(scope.state("server", "juniper"), "running");
     eventually("juniper's containers stopped after the validation window", Duration::from_secs(15), || async {
@@ -275,7 +283,7 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     let juniper = containers.iter().find(|x| x["name"] == scope.name("server", "juniper")).expect("juniper listed");
     assert_eq!((&juniper["state"], &juniper["tag"]), (&json!("exited"), &json!("juniper")));
     let elm = containers.iter().find(|x| x["name"] == scope.name("server", "elm")).expect("elm listed");
-    assert_eq!((&elm["state"], &elm["health"], &elm["image"]), (&json!("running"), &json!("healthy"), &json!(format!("{IMAGE}:elm"))));
+    assert_eq!((&elm["state"], &elm["health"], &elm["image"]), (&json!("running"), &json!("none"), &json!(format!("{UPSTREAM_IMAGE}:elm"))));
     let m = metrics(&c).await;
     assert!(m.contains("canopy_deploys_total{result=\"ok\"} 2"), "{m}");
     assert!(m.contains("canopy_deploy_duration_seconds_count{phase=\"healthy\"} 2"), "{m}");
@@ -354,11 +362,11 @@ async fn a_release_missing_locally_is_pulled_from_its_registry_with_progress() {
     for release in ["juniper", "elm"] {
         let reference = format!("{repository}:{release}");
         scope.images.lock().unwrap().push(reference.clone());
-        assert!(Command::new("docker").args(["tag", &format!("{IMAGE}:{release}"), &reference]).status().unwrap().success());
+        assert!(Command::new("docker").args(["tag", &format!("{IMAGE}:{release}"), &reference]).output().unwrap().status.success());
         let push = Command::new("docker").args(["push", &reference]).output().unwrap();
         assert!(push.status.success(), "push {reference}: {}", String::from_utf8_lossy(&push.stderr));
         // only the registry has this reference now (the layers stay: other tests share them)
-        assert!(Command::new("docker").args(["rmi", &reference]).status().unwrap().success());
+        assert!(Command::new("docker").args(["rmi", &reference]).output().unwrap().status.success());
     }
     let c = Canopy::start(&scope.config_with(&repository, "10m", 3, true, None));
     deployed(&c, "juniper").await;

@@ -5,21 +5,17 @@
 //!   GET /health       200 {"status":"ok"}, or 503 when SERVER_UNHEALTHY is set
 //!   GET /env/NAME     200 {"name":…,"value":…} or 404
 //!   GET /file/PATH    200 with the file's contents (e.g. /file/data/hello) or 404
-//!   POST /echo        200 with the request body (Content-Length framed), byte for byte
 //!   GET anything else 200 {"release":$CANOPY_RELEASE,"service":$CANOPY_SERVICE,
 //!                          "path":…,"uid":…,"args":[…]}
 //! `server --probe`    GET 127.0.0.1:$PORT/health, exit 0 on 200, else 1 (the HEALTHCHECK)
 //!
 //! SERVER_CRASH=N makes it log two lines and exit with code N at start.
 //! SIGTERM ends it at once with code 0 (as PID 1 it would otherwise be ignored).
-//! Every answer carries `x-upstream-received-unix-us`: when the request head
-//! was read, in microseconds since the Unix epoch (the host's clock), so load
-//! tests know when a request reached its release.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
@@ -79,53 +75,30 @@ fn probe() -> i32 {
 }
 
 fn respond(mut stream: TcpStream, status: &str, content_type: &str, body: &[u8]) {
-    let received = RECEIVED.with(|r| r.get());
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-upstream-received-unix-us: {received}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
 }
 
-thread_local! {
-    /// When this thread's request head was read (Unix microseconds).
-    static RECEIVED: std::cell::Cell<u128> = const { std::cell::Cell::new(0) };
-}
-
 fn handle(stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(stream.take(64 * 1024));
+    let mut reader = BufReader::new(stream.take(16 * 1024));
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
-    let mut length = 0usize;
     loop {
         let mut header = String::new();
         match reader.read_line(&mut header) {
             Ok(0) | Err(_) => return,
             Ok(_) if header == "\r\n" || header == "\n" => break,
-            Ok(_) => {
-                if let Some((name, value)) = header.split_once(':') {
-                    if name.trim().eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
+            Ok(_) => {}
         }
-    }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
-    RECEIVED.with(|r| r.set(now));
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
     }
     let stream = reader.into_inner().into_inner();
     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    if request_line.starts_with("POST ") && path == "/echo" {
-        respond(stream, "200 OK", "application/octet-stream", &body);
-        return;
-    }
     if path == "/health" {
         if env("SERVER_UNHEALTHY").is_empty() {
             respond(stream, "200 OK", "application/json", br#"{"status":"ok"}"#);

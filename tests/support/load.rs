@@ -81,10 +81,10 @@ pub struct Load {
 }
 
 /// When the upstream read the request: [`upstream::RECEIVED_HEADER`] from
-/// the in-process upstreams, or the Unix-clock header of the container test
-/// server (docker/testbin/server.rs) mapped onto this process's clock.
+/// the in-process upstreams, or [`upstream::UNIX_RECEIVED_HEADER`] from an
+/// upstream in a container, mapped onto this process's clock.
 fn arrival(headers: &reqwest::header::HeaderMap) -> Instant {
-    if let Some(unix) = headers.get(UNIX_RECEIVED_HEADER) {
+    if let Some(unix) = headers.get(upstream::UNIX_RECEIVED_HEADER) {
         let us: u64 = unix.to_str().unwrap().parse().unwrap();
         let at = std::time::UNIX_EPOCH + Duration::from_micros(us);
         let ago = std::time::SystemTime::now().duration_since(at).unwrap_or_default();
@@ -94,8 +94,6 @@ fn arrival(headers: &reqwest::header::HeaderMap) -> Instant {
     upstream::epoch() + Duration::from_micros(us)
 }
 
-/// The container test server's arrival time, Unix microseconds.
-pub const UNIX_RECEIVED_HEADER: &str = "x-upstream-received-unix-us";
 
 impl Load {
     /// Starts one loop per entry of `kinds` (each at most [`MAX_REQUESTS`]
