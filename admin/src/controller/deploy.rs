@@ -184,7 +184,8 @@ impl Steps {
     /// Records `step` as failed when `result` is an error, and passes it on.
     fn check<T>(&mut self, step: &'static str, service: Option<&ServiceName>, clock: Instant, result: Result<T, DockerError>) -> Result<T, Stop> {
         result.map_err(|e| {
-            self.record(step, service, format!("FAILED: {}", first_line(&e.to_string())), clock.elapsed());
+            let reason = first_line(&e.to_string()).trim_end_matches("; its last log lines:").to_string();
+            self.record(step, service, format!("FAILED: {reason}"), clock.elapsed());
             Stop::engine(&e)
         })
     }
