@@ -27,6 +27,7 @@ $upstream elm     server=127.0.0.1:23000 worker=127.0.0.1:23020 storefront=127.0
 
 # The shipped config, copied so its state file lands in a scratch directory.
 cp proxy.toml "$work/proxy.toml"
+mkdir -p "$work/deploy" && cp deploy/vendure.env "$work/deploy/" # its [service.container] env-file
 $canopy check-config -c "$work/proxy.toml"
 # deploy/check-migrations asks the release's database; the demo has none.
 CANOPY_DEMO_MIGRATIONS=ok $canopy serve -c "$work/proxy.toml" 2> "$work/canopy.log" &

@@ -455,6 +455,28 @@ async fn rollback_starts_the_overlap_false_container_again_and_stops_the_other()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_registered_by_hand_still_switch_and_roll_back_beside_deployed_ones() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    // elm has no containers of its own: registered with juniper's addresses
+    let ip = |service| scope.inspect(service, "juniper", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", scope.network));
+    let backends = json!({"backends": {"server": [format!("{}:8080", ip("server"))], "worker": [format!("{}:8080", ip("worker"))]}});
+    let r = client().put(c.admin_url("/releases/elm")).json(&backends).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body:#}");
+    for (to, expected) in [("juniper", "juniper"), ("elm", "elm")] {
+        let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "rollback to {to}: {}", r.text().await.unwrap());
+        assert_eq!(status(&c).await["live"], expected);
+    }
+    // no alert for a live release canopy does not run
+    let st = status(&c).await;
+    assert_eq!(st["alerts"], json!([]), "{st:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_whose_tag_is_not_its_release_is_refused_and_reported() {
     let scope = Scope::new();
     let c = Canopy::start(&scope.config("10m", 3, true, None));

@@ -529,7 +529,9 @@ impl Controller {
     /// Before a rollback to `release`: starts its `overlap = false`
     /// containers (stopped at the switch away from it) and waits until they
     /// are healthy, so that its validation sees them. A no-op without such
-    /// services; refused (422) when one does not come up.
+    /// services, for containers that do not exist (a release registered by
+    /// hand) and, logged, when the engine is unreachable (the validation
+    /// then decides); refused (422) when one does not come up.
     pub(crate) async fn start_exclusive(&self, release: &ReleaseName) -> Result<(), ApiError> {
         let Some(docker) = self.docker.get() else { return Ok(()) };
         let names = self.exclusive(docker, release);
@@ -540,11 +542,22 @@ impl Controller {
             let error = format!("rollback to {release}: {e}");
             ApiError::Deploy(Box::new(DeployFailure { status, error, steps: Vec::new(), logs: logs.to_vec(), report: None }))
         };
-        let engine = Engine::connect(&docker.settings.socket).await.map_err(|e| refused(502, &e, &[]))?;
+        let engine = match Engine::connect(&docker.settings.socket).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                log::error!("rollback to {release}: cannot start its overlap = false containers: {e}");
+                return Ok(());
+            }
+        };
+        let mut started = Vec::new();
         for name in &names {
-            engine.start(name).await.map_err(|e| refused(422, &e, e.logs()))?;
+            match engine.start(name).await {
+                Ok(()) => started.push(name),
+                Err(DockerError::NotFound { .. }) => {}
+                Err(e) => return Err(refused(422, &e, e.logs())),
+            }
         }
-        for name in &names {
+        for name in started {
             engine.wait_healthy(name, docker.settings.deploy_timeout).await.map_err(|e| refused(422, &e, e.logs()))?;
             log::info!("rollback to {release}: started {name} again (overlap = false)");
         }
@@ -780,14 +793,16 @@ impl Controller {
             alerts.push(format!("Docker engine: {}", discovered.engine));
         }
         let Some(docker) = self.docker.get() else { return alerts };
-        if let Some(live) = live {
+        // a live release without any container is not run by canopy (registered by hand)
+        let runs = |release: &ReleaseName| discovered.containers.iter().any(|c| c.release == release.as_str());
+        if let Some(live) = live.filter(runs) {
             for (service, c) in self.topology.services().iter().zip(&docker.settings.services) {
                 if c.is_none() {
                     continue;
                 }
                 let name = Docker::container_name(self, &service.name, &live);
                 match discovered.containers.iter().find(|c| c.name == name) {
-                    None if discovered.engine == "ok" => alerts.push(format!("live release {live}: container {name} does not exist")),
+                    None => alerts.push(format!("live release {live}: container {name} does not exist")),
                     Some(c) if c.state != ContainerState::Running => {
                         let code = c.exit_code.map(|code| format!(" (exit code {code})")).unwrap_or_default();
                         alerts.push(format!("live release {live}: container {name} is {}{code}", c.state));
