@@ -285,7 +285,9 @@ impl Controller {
                 return Err(ApiError::Conflict(format!("release `{release}` is already live")));
             }
             if let Some(running) = &st.deploying {
-                return Err(ApiError::Conflict(format!("a deploy of release `{running}` is in progress")));
+                return Err(ApiError::Conflict(format!(
+                    "a deploy of release `{running}` is in progress, or was interrupted by a restart and is cleaned up once the Docker engine answers"
+                )));
             }
         }
         let engine = match Engine::connect(&docker.settings.socket).await {
