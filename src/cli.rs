@@ -89,6 +89,17 @@ pub enum Cmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Deploy a release from its image tags: pull, create and start its
+    /// containers, wait until healthy, validate, switch. Prints each step.
+    Deploy {
+        /// Release name = image tag, e.g. `elm`.
+        name: String,
+        /// Keep the containers of a failed deploy for inspection.
+        #[arg(long)]
+        keep_failed: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Flip back to the previous release.
     Rollback {
         #[command(flatten)]

@@ -98,6 +98,33 @@ fn print_report(r: &Value) -> String {
     out
 }
 
+fn print_steps(steps: &Value) -> String {
+    let mut out = String::new();
+    for st in steps.as_array().into_iter().flatten() {
+        let service = st["service"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
+        out += &format!("  {:<9}{service:<12} {} ({:.0} ms)\n", s(&st["step"]), s(&st["detail"]), st["ms"].as_f64().unwrap_or(0.0));
+    }
+    out
+}
+
+fn print_containers(v: &Value) -> String {
+    let mut out = String::new();
+    if let Some(d) = v["docker"].as_object() {
+        out += &format!("containers (engine: {}):\n", s(&d["engine"]));
+        for c in d["containers"].as_array().into_iter().flatten() {
+            let health = if c["health"] == "none" { String::new() } else { format!(", {}", s(&c["health"])) };
+            out += &format!("  {:<28} {:<10} {}{health}  {}\n", s(&c["name"]), s(&c["release"]), s(&c["state"]), s(&c["image"]));
+            if let Some(p) = c["problem"].as_str() {
+                out += &format!("      REFUSED: {p}\n");
+            }
+        }
+    }
+    for a in v["alerts"].as_array().into_iter().flatten() {
+        out += &format!("ALERT: {}\n", s(a));
+    }
+    out
+}
+
 fn print_releases(rels: &Value) -> String {
     let mut out = String::new();
     for r in rels.as_array().into_iter().flatten() {
@@ -140,9 +167,17 @@ fn human(cmd: &Cmd, v: &Value) -> String {
             if v["switch_in_progress"].as_bool() == Some(true) {
                 out += "a switch is in progress\n";
             }
-            out + "releases:\n" + &print_releases(&v["releases"])
+            out + "releases:\n" + &print_releases(&v["releases"]) + &print_containers(v)
         }
-        Cmd::Releases(_) => print_releases(v),
+        Cmd::Releases(_) => print_releases(&v["releases"]) + &print_containers(v),
+        Cmd::Deploy { name, .. } => {
+            let mut out = format!("deploying {name}\n{}", print_steps(&v["steps"]));
+            out += &format!("{name} is live (generation {}) after {:.1} s", s(&v["generation"]), v["duration_ms"].as_f64().unwrap_or(0.0) / 1e3);
+            if let Some(p) = v["previous"].as_str() {
+                out += &format!("; {p} stays warm for the validation window, then its containers are stopped");
+            }
+            out + "\n"
+        }
         Cmd::Register { name, .. } => format!("registered {name}\n{}", print_releases(&json!([v]))),
         Cmd::Check { .. } => print_report(v),
         Cmd::Switch { .. } | Cmd::Rollback { .. } => {
@@ -208,7 +243,8 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
     use reqwest::Method;
     let (opts, method, path, body) = match &cmd {
         Cmd::Status(o) => (o, Method::GET, "/status".to_string(), None),
-        Cmd::Releases(o) => (o, Method::GET, "/releases".into(), None),
+        // the text form also shows the containers, which /status carries
+        Cmd::Releases(o) => (o, Method::GET, if o.json { "/releases" } else { "/status" }.into(), None),
         Cmd::Events(o) => (o, Method::GET, "/events".into(), None),
         Cmd::Register { name, backends: b, opts } => (opts, Method::PUT, format!("/releases/{name}"), Some(backends(b)?)),
         Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
@@ -218,6 +254,9 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
             "/switch".into(),
             Some(json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation })),
         ),
+        Cmd::Deploy { name, keep_failed, opts } => {
+            (opts, Method::POST, "/deploy".into(), Some(json!({ "release": name, "keep_failed": keep_failed })))
+        }
         Cmd::Rollback { flip, opts } => (
             opts,
             Method::POST,
@@ -237,6 +276,10 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
     }
     if status >= 400 {
         let mut msg = format!("refused ({status}): {}", s(&v["error"]));
+        if v["steps"].is_array() {
+            msg += "\n";
+            msg += &print_steps(&v["steps"]);
+        }
         if v["report"].is_object() {
             msg += "\n";
             msg += &print_report(&v["report"]);

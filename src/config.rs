@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canopy_admin::{Check, CheckKind, ControlSettings, Seed, SmokeRequest};
+use canopy_admin::{Check, CheckKind, ControlSettings, DeploySettings, Healthcheck, Seed, ServiceContainer, SmokeRequest};
 use canopy_proxy::{
     AddressTemplate, Endpoint, ProxySettings, ReleaseName, Route, Service, ServiceName, Topology,
 };
@@ -124,6 +124,43 @@ struct FileConfig {
     service: Vec<FileService>,
     #[serde(default)]
     release: Vec<FileRelease>,
+    docker: Option<Spanned<FileDocker>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileDocker {
+    socket: Option<Spanned<String>>,
+    network: Spanned<String>,
+    keep_releases: Option<usize>,
+    deploy_timeout: Option<Dur>,
+    stop_timeout: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileContainer {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    env_file: Option<Spanned<String>>,
+    #[serde(default)]
+    volumes: Vec<Spanned<String>>,
+    command: Option<Vec<String>>,
+    user: Option<String>,
+    healthcheck: Option<FileHealthcheck>,
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileHealthcheck {
+    #[serde(default)]
+    test: Vec<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    retries: Option<u32>,
+    start_period: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +215,9 @@ struct FileService {
     routes: Vec<Spanned<String>>,
     #[serde(default)]
     checks: Vec<Spanned<FileCheck>>,
+    image: Option<Spanned<String>>,
+    container: Option<Spanned<FileContainer>>,
+    overlap: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +321,8 @@ pub struct Config {
     /// Where the serving process writes its pid (the state file's path plus
     /// `.pid`): `serve --upgrade` signals that process to hand over.
     pub pid_file: PathBuf,
+    /// `[docker]` and the services' images: `canopy deploy` is enabled when set.
+    pub deploy: Option<DeploySettings>,
 }
 
 struct Ctx<'a> {
@@ -471,6 +513,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(cx.err(upgrade_socket.1.unwrap_or(0..0), message));
     }
     let (upgrade_socket, pid_file) = (upgrade_socket.0, beside_state(".pid"));
+    let deploy = docker(&cx, &file)?;
     let control = ControlSettings {
         state_file,
         validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
@@ -503,7 +546,149 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         resolve_interval: r.resolve_interval.map_or(Duration::from_secs(30), |d| d.0),
         upgrade_socket,
         pid_file,
+        deploy,
     })
+}
+
+/// `[docker]` and each service's `image`, `[service.container]` and
+/// `overlap`, checked; `None` without `[docker]`.
+fn docker(cx: &Ctx<'_>, file: &FileConfig) -> Result<Option<DeploySettings>, ConfigError> {
+    let Some(section) = &file.docker else {
+        if let Some(s) = file.service.iter().find(|s| s.image.is_some() || s.container.is_some() || s.overlap.is_some()) {
+            let span = [s.image.as_ref().map(Spanned::span), s.container.as_ref().map(Spanned::span), s.overlap.as_ref().map(Spanned::span)]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or(0..0);
+            return Err(cx.err(span, format!("service `{}` sets how canopy runs its containers, but there is no [docker] section", s.name.get_ref())));
+        }
+        return Ok(None);
+    };
+    let d = section.get_ref();
+    let socket = match &d.socket {
+        Some(s) => {
+            let ok = ["unix://", "/", "tcp://", "http://"].iter().any(|p| s.get_ref().starts_with(p));
+            if !ok {
+                return Err(cx.err(s.span(), format!("invalid Docker socket `{}`: expected unix:///path/to/docker.sock, tcp://host:port or http://host:port", s.get_ref())));
+            }
+            s.get_ref().clone()
+        }
+        None => canopy_docker::Engine::default_socket(),
+    };
+    let network = d.network.get_ref();
+    let network_ok = network.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && network.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !network_ok {
+        return Err(cx.err(d.network.span(), format!("invalid Docker network name `{network}`: letters, digits, `_`, `.` and `-`, starting with a letter or digit")));
+    }
+    let mut services = Vec::new();
+    for s in &file.service {
+        let Some(image) = &s.image else {
+            if let Some(c) = &s.container {
+                return Err(cx.err(c.span(), format!("[service.container] of service `{}` needs `image` in its [[service]]", s.name.get_ref())));
+            }
+            if let Some(o) = &s.overlap {
+                return Err(cx.err(o.span(), format!("`overlap` of service `{}` applies only to services with `image`", s.name.get_ref())));
+            }
+            services.push(None);
+            continue;
+        };
+        services.push(Some(service_container(cx, s, image)?));
+    }
+    if services.iter().all(Option::is_none) {
+        return Err(cx.err(section.span(), "[docker] is set but no [[service]] has `image`: nothing would be deployed"));
+    }
+    Ok(Some(DeploySettings {
+        socket,
+        network: network.clone(),
+        keep_releases: d.keep_releases.unwrap_or(3),
+        deploy_timeout: d.deploy_timeout.map_or(Duration::from_secs(300), |t| t.0),
+        stop_timeout: d.stop_timeout.map_or(Duration::from_secs(10), |t| t.0),
+        services,
+    }))
+}
+
+/// One service's `image` and `[service.container]`.
+fn service_container(cx: &Ctx<'_>, s: &FileService, image: &Spanned<String>) -> Result<ServiceContainer, ConfigError> {
+    let repository = image.get_ref();
+    if repository.is_empty() || repository.contains(char::is_whitespace) || repository.contains('@') {
+        return Err(cx.err(image.span(), format!("invalid image repository `{repository}`")));
+    }
+    if let Some(tag) = canopy_docker::image_tag(repository) {
+        return Err(cx.err(
+            image.span(),
+            format!("image `{repository}` has a tag (`{tag}`): the tag is the release name, write the repository only"),
+        ));
+    }
+    let empty = FileContainer::default();
+    let c = s.container.as_ref().map_or(&empty, Spanned::get_ref);
+    let mut env = Vec::new();
+    if let Some(f) = &c.env_file {
+        let path = cx.relative(f.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|e| cx.err(f.span(), format!("cannot read env file {}: {e}", path.display())))?;
+        env = canopy_docker::parse_env_file(&path.display().to_string(), &text).map_err(|e| cx.err(f.span(), e.to_string()))?;
+    }
+    for (key, value) in &c.env {
+        if key.is_empty() || key.contains('=') || key.contains(char::is_whitespace) {
+            let span = s.container.as_ref().map_or(0..0, Spanned::span);
+            return Err(cx.err(span, format!("invalid environment variable name `{key}`")));
+        }
+        env.push(format!("{key}={value}"));
+    }
+    let mut volumes = Vec::new();
+    for v in &c.volumes {
+        let parts: Vec<&str> = v.get_ref().split(':').collect();
+        let ok = (2..=3).contains(&parts.len()) && parts[..2].iter().all(|p| !p.is_empty()) && parts[1].starts_with('/');
+        if !ok {
+            return Err(cx.err(v.span(), format!("invalid volume `{}`: expected `name:/path`, `/host/path:/path` or either with `:ro`", v.get_ref())));
+        }
+        volumes.push(v.get_ref().clone());
+    }
+    let memory_bytes = match &c.memory {
+        Some(m) => Some(memory(m.get_ref()).ok_or_else(|| cx.err(m.span(), format!("invalid memory limit `{}`: write e.g. `512m`, `2g` (at least 6m)", m.get_ref())))?),
+        None => None,
+    };
+    let cpus = match &c.cpus {
+        Some(n) if !(*n.get_ref() > 0.0 && n.get_ref().is_finite()) => return Err(cx.err(n.span(), "cpus must be a positive number such as 0.5 or 2")),
+        Some(n) => Some(*n.get_ref()),
+        None => None,
+    };
+    if c.command.as_ref().is_some_and(Vec::is_empty) {
+        let span = s.container.as_ref().map_or(0..0, Spanned::span);
+        return Err(cx.err(span, "`command` is empty: leave it out to keep the image's"));
+    }
+    let healthcheck = c.healthcheck.as_ref().map(|h| Healthcheck {
+        test: h.test.clone(),
+        interval: h.interval.map(|d| d.0),
+        timeout: h.timeout.map(|d| d.0),
+        retries: h.retries,
+        start_period: h.start_period.map(|d| d.0),
+    });
+    Ok(ServiceContainer {
+        repository: repository.clone(),
+        env,
+        volumes,
+        command: c.command.clone(),
+        user: c.user.clone(),
+        healthcheck,
+        memory_bytes,
+        cpus,
+        overlap: s.overlap.as_ref().is_none_or(|o| *o.get_ref()),
+    })
+}
+
+/// `512m`, `2g`, `1048576`, `64k` in bytes; Docker refuses less than 6 MiB.
+fn memory(s: &str) -> Option<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, 'k') => (&s[..i], 1i64 << 10),
+        (i, 'm') => (&s[..i], 1 << 20),
+        (i, 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let bytes = digits.parse::<i64>().ok()?.checked_mul(unit)?;
+    (bytes >= 6 << 20).then_some(bytes)
 }
 
 /// Whether binding both addresses would clash: the same port on the same IP,
@@ -667,6 +852,98 @@ routes = ["/"]
             let text = MINIMAL.replace("\"127.0.0.1:8080\"", &format!("[\"{a}\", \"{b}\"]"));
             assert!(parse(Path::new("proxy.toml"), &text).is_ok(), "{a} {b}");
         }
+    }
+
+    const DOCKER: &str = r#"
+[docker]
+network = "shop"
+keep-releases = 2
+deploy-timeout = "90s"
+
+[[service]]
+name = "worker"
+port = 3020
+image = "ghcr.io/acme/worker"
+overlap = false
+
+[service.container]
+env = { NODE_ENV = "production" }
+volumes = ["assets:/data", "/srv/conf:/conf:ro"]
+command = ["node", "worker.js"]
+memory = "512m"
+cpus = 1.5
+healthcheck = { test = ["/bin/probe"], interval = "2s", retries = 5 }
+"#;
+
+    #[test]
+    fn docker_section_and_service_containers() {
+        let c = parse(Path::new("proxy.toml"), &format!("{MINIMAL}{DOCKER}")).unwrap();
+        let d = c.deploy.expect("[docker] set");
+        assert_eq!((d.network.as_str(), d.keep_releases), ("shop", 2));
+        assert_eq!((d.deploy_timeout, d.stop_timeout), (Duration::from_secs(90), Duration::from_secs(10)));
+        assert!(d.services[0].is_none(), "server has no image: backends from the template");
+        let w = d.services[1].as_ref().unwrap();
+        assert_eq!(w.repository, "ghcr.io/acme/worker");
+        assert_eq!(w.env, ["NODE_ENV=production"]);
+        assert_eq!(w.volumes, ["assets:/data", "/srv/conf:/conf:ro"]);
+        assert_eq!(w.memory_bytes, Some(512 << 20));
+        assert_eq!(w.cpus, Some(1.5));
+        assert!(!w.overlap);
+        let h = w.healthcheck.as_ref().unwrap();
+        assert_eq!((h.test.clone(), h.interval, h.retries), (vec!["/bin/probe".to_string()], Some(Duration::from_secs(2)), Some(5)));
+        // without [docker] nothing is deployed
+        assert!(parse(Path::new("proxy.toml"), MINIMAL).unwrap().deploy.is_none());
+    }
+
+    #[test]
+    fn docker_errors_point_at_the_value() {
+        let full = format!("{MINIMAL}{DOCKER}");
+        let e = err(&full.replace("ghcr.io/acme/worker", "ghcr.io/acme/worker:elm"));
+        assert!(e.starts_with("proxy.toml:21:9: image `ghcr.io/acme/worker:elm` has a tag (`elm`): the tag is the release name"), "{e}");
+        let e = err(&full.replace("\"512m\"", "\"lots\""));
+        assert!(e.starts_with("proxy.toml:28:10: invalid memory limit `lots`"), "{e}");
+        let e = err(&full.replace("cpus = 1.5", "cpus = 0.0"));
+        assert!(e.starts_with("proxy.toml:29:8: cpus must be a positive number"), "{e}");
+        let e = err(&full.replace("\"/srv/conf:/conf:ro\"", "\"conf\""));
+        assert!(e.starts_with("proxy.toml:26:28: invalid volume `conf`"), "{e}");
+        let e = err(&full.replace("network = \"shop\"", "network = \"shop net\""));
+        assert!(e.starts_with("proxy.toml:14:11: invalid Docker network name `shop net`"), "{e}");
+        let e = err(&full.replace("network = \"shop\"", "network = \"shop\"\nsocket = \"docker.sock\""));
+        assert!(e.starts_with("proxy.toml:15:10: invalid Docker socket `docker.sock`"), "{e}");
+        let e = err(&full.replace("keep-releases = 2", "keep-release = 2"));
+        assert!(e.starts_with("proxy.toml:15:1: unknown field `keep-release`"), "{e}");
+        let e = err(&full.replace("cpus = 1.5", "cpu = 1.5"));
+        assert!(e.starts_with("proxy.toml:29:1: unknown field `cpu`"), "{e}");
+        let e = err(&full.replace("deploy-timeout = \"90s\"", "deploy-timeout = \"soon\""));
+        assert!(e.starts_with("proxy.toml:16:18: invalid duration `soon`"), "{e}");
+        // image without [docker]
+        let without = full.replace("[docker]\nnetwork = \"shop\"\nkeep-releases = 2\ndeploy-timeout = \"90s\"\n", "");
+        let e = err(&without);
+        assert!(e.contains("service `worker` sets how canopy runs its containers, but there is no [docker] section"), "{e}");
+        // container table without image
+        let e = err(&full.replace("image = \"ghcr.io/acme/worker\"\n", ""));
+        assert!(e.contains("[service.container] of service `worker` needs `image`"), "{e}");
+        // env file: missing, then a bad line with its line number
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let text = full.replace("env = {", "env-file = \"worker.env\"\nenv = {");
+        let e = parse(&path, &text).unwrap_err().to_string();
+        assert!(e.contains("cannot read env file") && e.contains("worker.env"), "{e}");
+        std::fs::write(dir.path().join("worker.env"), "DB=postgres\nBAD KEY=1\n").unwrap();
+        let e = parse(&path, &text).unwrap_err().to_string();
+        assert!(e.contains("line 2: variable name `BAD KEY` contains whitespace"), "{e}");
+        std::fs::write(dir.path().join("worker.env"), "DB=postgres\n").unwrap();
+        let c = parse(&path, &text).unwrap();
+        assert_eq!(c.deploy.unwrap().services[1].as_ref().unwrap().env, ["DB=postgres", "NODE_ENV=production"]);
+    }
+
+    #[test]
+    fn memory_limits() {
+        assert_eq!(memory("512m"), Some(512 << 20));
+        assert_eq!(memory("2G"), Some(2 << 30));
+        assert_eq!(memory("8388608"), Some(8 << 20));
+        assert_eq!(memory("1m"), None, "Docker refuses less than 6 MiB");
+        assert_eq!(memory("m"), None);
     }
 
     #[test]

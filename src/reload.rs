@@ -42,6 +42,7 @@ fn fixed(c: &Config) -> Vec<(&'static str, String)> {
         ("[admin] upgrade-socket", c.upgrade_socket.display().to_string()),
         ("[admin] nice / realtime", format!("{:?}", c.control.admin_priority)),
         ("[releases] resolve-interval", format!("{:?}", c.resolve_interval)),
+        ("[docker] and the services' image / container / overlap", format!("{:?}", c.deploy)),
     ]
 }
 

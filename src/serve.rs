@@ -56,14 +56,18 @@ pub enum ServeError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Runs the validation-window timer and the warm release's health watch as a
-/// pingora background service.
+/// Runs the validation-window timer, the warm release's health watch and
+/// (with `[docker]`) container discovery as a pingora background service.
 struct ControlLoops(Arc<Controller>);
 
 #[async_trait]
 impl BackgroundService for ControlLoops {
     async fn start(&self, shutdown: ShutdownWatch) {
-        tokio::join!(self.0.run_window_timer(shutdown.clone()), self.0.run_warm_watch(shutdown));
+        tokio::join!(
+            self.0.run_window_timer(shutdown.clone()),
+            self.0.run_warm_watch(shutdown.clone()),
+            self.0.run_discovery(shutdown)
+        );
     }
 }
 
@@ -248,6 +252,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     ))?);
     drop(startup);
     controller.set_config_source(Box::new(source));
+    if let Some(deploy) = config.deploy {
+        controller.enable_deploy(deploy);
+    }
     if let Some(old) = predecessor {
         // its in-flight requests finish on its release table: flips wait for them
         controller.hold_changes();

@@ -1,162 +1,576 @@
-//! The systemd deployment in deploy/: the unit passes `systemd-analyze
-//! verify`, and its main process, deploy/canopy-supervise, upgrades canopy in
-//! place on SIGUSR2 under load (no failed request), keeps the old process
-//! serving when the new one fails to start, forwards SIGHUP (reload), and
-//! stops cleanly on SIGTERM.
+//! `canopy deploy` against the real Docker engine: the real canopy binary on
+//! 127.0.0.1, real containers from the test images (scripts/test-images.sh)
+//! on each test's own network, reached by their addresses there. Every test
+//! names its network and containers `dpl-<random>…` and removes them on drop,
+//! panics included. The `docker` CLI is used only by the tests, to look
+//! behind canopy's back (inspect, kill).
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use support::load::{Kind, Load};
+use serde_json::{json, Value};
+use support::load::{assert_right_releases, count, Flip, Kind, Load};
 use support::*;
 
-fn deploy(file: &str) -> String {
-    format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"))
+const IMAGE: &str = "canopy-test/server";
+/// examples/upstream in a container (scripts/upstream-image.sh): echoes POST
+/// bodies and WebSockets, and says when each request arrived.
+const UPSTREAM_IMAGE: &str = "canopy-test/upstream";
+
+/// Builds the test images once per test process.
+fn images() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for script in ["scripts/test-images.sh", "scripts/upstream-image.sh"] {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+            let out = Command::new("bash").arg(path).output().expect("run the image script");
+            assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+    });
 }
 
-#[test]
-fn unit_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        eprintln!("systemd-analyze not installed: skipped");
-        return;
+/// Runs the docker CLI; stdout trimmed ("" when it fails, e.g. no such container).
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    if !out.status.success() {
+        return String::new();
     }
-    // verify checks that every command exists: point them at this checkout's files
-    let unit = std::fs::read_to_string(deploy("canopy.service"))
-        .unwrap()
-        .replace("/usr/local/lib/canopy/canopy-supervise", &deploy("canopy-supervise"))
-        .replace("/usr/local/bin/canopy", bin());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("canopy.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {}\n{stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// canopy-supervise running canopy, in a process group of its own (so that
-/// nothing outlives the test).
-struct Supervised {
-    c: Canopy,
+/// A test's own Docker network and container-name prefix; removes every
+/// container with the prefix and the network on drop.
+struct Scope {
+    prefix: String,
+    network: String,
+    /// Image references this test made (removed on drop).
+    images: std::sync::Mutex<Vec<String>>,
 }
 
-impl Drop for Supervised {
+impl Scope {
+    fn new() -> Scope {
+        images();
+        let random = std::collections::hash_map::RandomState::new();
+        let n = std::hash::BuildHasher::hash_one(&random, std::process::id()) & 0xff_ffff;
+        let prefix = format!("dpl-{n:06x}");
+        Scope { network: format!("{prefix}-net"), prefix, images: Default::default() }
+    }
+
+    /// The container of `service` of `release` (the config's address template).
+    fn name(&self, service: &str, release: &str) -> String {
+        format!("{}-{service}--{release}", self.prefix)
+    }
+
+    /// `running`, `exited`, ... or "" when the container does not exist.
+    fn state(&self, service: &str, release: &str) -> String {
+        docker(&["inspect", "-f", "{{.State.Status}}", &self.name(service, release)])
+    }
+
+    fn inspect(&self, service: &str, release: &str, format: &str) -> String {
+        docker(&["inspect", "-f", format, &self.name(service, release)])
+    }
+
+    /// Names of this scope's containers, running or not.
+    fn containers(&self) -> Vec<String> {
+        let names = docker(&["ps", "-a", "--filter", &format!("name=^/{}-", self.prefix), "--format", "{{.Names}}"]);
+        let mut names: Vec<String> = names.lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    /// proxy.toml for server and worker from the test images on this scope's network.
+    fn config(&self, window: &str, keep: usize, worker_overlap: bool, socket: Option<&str>) -> String {
+        self.config_with(IMAGE, window, keep, worker_overlap, socket)
+    }
+
+    /// [`Scope::config`] with the services' images from `image`.
+    fn config_with(&self, image: &str, window: &str, keep: usize, worker_overlap: bool, socket: Option<&str>) -> String {
+        let socket = socket.map(|s| format!("socket = \"{s}\"\n")).unwrap_or_default();
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{{proxy_port}}"
+threads = 2
+connect-timeout = "500ms"
+upstream-timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:{{admin_port}}"
+state-file = "state.json"
+
+[releases]
+address-template = "{prefix}-{{service}}--{{release}}"
+validation-window = "{window}"
+drain-timeout = "1s"
+
+[docker]
+{socket}network = "{network}"
+keep-releases = {keep}
+deploy-timeout = "30s"
+stop-timeout = "1s"
+
+[[service]]
+name = "server"
+port = 8080
+image = "{image}"
+routes = ["/"]
+checks = [
+  {{ kind = "http", path = "/health", timeout = "1s", retries = 3, interval = "200ms" }},
+  {{ kind = "command", name = "not oak", argv = ["sh", "-c", "test {{release}} != oak"], retries = 0 }},
+]
+
+[service.container]
+env = {{ CANOPY_SERVICE = "server" }}
+
+[[service]]
+name = "worker"
+port = 8080
+image = "{image}"
+overlap = {worker_overlap}
+checks = [{{ kind = "http", path = "/health", timeout = "1s", retries = 3, interval = "200ms" }}]
+
+[service.container]
+env = {{ CANOPY_SERVICE = "worker" }}
+command = ["worker=0.0.0.0:8080"]
+"#,
+            prefix = self.prefix,
+            network = self.network,
+        )
+    }
+}
+
+impl Drop for Scope {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.c.child.id())]).stderr(Stdio::null()).status();
+        let names = self.containers();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(names.iter().map(String::as_str));
+            docker(&args);
+        }
+        docker(&["network", "rm", &self.network]);
+        for image in self.images.lock().unwrap().drain(..) {
+            docker(&["rmi", &image]);
+        }
     }
 }
 
-impl Supervised {
-    fn start(dir: &Path) -> Supervised {
-        let (text, pp, ap) = with_ports(&config("", ""));
-        std::fs::write(dir.join("proxy.toml"), &text).unwrap();
-        let log = std::fs::File::create(dir.join("canopy.log")).unwrap();
-        let child = Command::new(deploy("canopy-supervise"))
-            .args([bin(), "serve", "-c"])
-            .arg(dir.join("proxy.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let c = Canopy {
-            child,
-            dir: dir.to_path_buf(),
-            proxy: ([127, 0, 0, 1], pp).into(),
-            admin: ([127, 0, 0, 1], ap).into(),
-            config_text: text,
-            template: String::new(),
-            tmp: None,
-        };
-        Supervised { c }
-    }
+/// Debian's docker-registry on 127.0.0.1, serving from a temporary directory; killed on drop.
+struct Registry {
+    host: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
 
-    /// The canopy named by the pid file, once it listens on both ports.
-    async fn serving(&self) -> u32 {
-        let mut pid = 0;
-        eventually("a canopy listening on both ports", Duration::from_secs(20), || {
-            pid = std::fs::read_to_string(self.c.dir.join("state.json.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            let ok = pid != 0 && listens(pid, self.c.proxy.port()) && listens(pid, self.c.admin.port());
-            async move { ok }
+impl Registry {
+    async fn start() -> Registry {
+        let binary = "/usr/bin/docker-registry";
+        assert!(std::path::Path::new(binary).exists(), "the pull test needs Debian's docker-registry (scripts/install-deps.sh --test)");
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        let data = dir.path().join("data");
+        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", data.display())).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(binary).arg("serve").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let registry = Registry { host, child, _dir: dir };
+        let url = format!("http://{}/v2/", registry.host);
+        eventually("docker-registry answers", Duration::from_secs(10), || async {
+            client().get(&url).send().await.is_ok_and(|r| r.status().is_success())
         })
         .await;
-        pid
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(Command::new("kill").args([sig, &self.c.child.id().to_string()]).status().unwrap().success());
+        registry
     }
 }
 
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn slow_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// POST /deploy; (status, body).
+async fn deploy(c: &Canopy, release: &str) -> (u16, Value) {
+    let r = slow_client().post(c.admin_url("/deploy")).json(&json!({"release": release})).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn deployed(c: &Canopy, release: &str) -> Value {
+    let (code, body) = deploy(c, release).await;
+    assert_eq!(code, 200, "deploy {release}: {body:#}\n{}", c.log());
+    body
+}
+
+async fn metrics(c: &Canopy) -> String {
+    client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+fn steps(body: &Value) -> Vec<String> {
+    body["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_window() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config_with(UPSTREAM_IMAGE, "3s", 3, true, None));
+
+    // the very first deploy, nothing live: live once validated
+    let first = deployed(&c, "juniper").await;
+    assert_eq!(first["release"], "juniper");
+    assert_eq!(first["previous"], Value::Null);
+    let st = status(&c).await;
+    assert_eq!(st["live"], "juniper");
+    let (code, release, body) = get(&c, "/shop-api/products").await;
+    assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")));
+
+    let kinds = [Kind::KEEPALIVE_GET, Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::POST, Kind::FRESH_POST];
+    let load = Load::start(c.proxy, &kinds, true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    let body = deployed(&c, "elm").await;
+    let acked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (done, failures) = load.stop().await;
+
+    assert_eq!(steps(&body), ["network", "pull", "pull", "create", "create", "start", "start", "healthy", "healthy", "register", "checks", "switch"]);
+    assert_eq!(body["previous"], "juniper");
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    let flips = [Flip { sent, acked, to: "elm".into() }];
+    assert_right_releases("juniper", &flips, &done);
+    let after: Vec<_> = done.iter().filter(|d| d.start >= acked).collect();
+    assert!(after.iter().all(|d| d.release == "elm"), "juniper answered after the switch was acknowledged");
+    let before = done.iter().filter(|d| d.end <= sent).count();
+    eprintln!(
+        "deploy elm under load: {} requests ({} before the deploy, {} after its ack; post {}, fresh-post {}, websocket {}), deploy took {:?}",
+        done.len(),
+        before,
+        after.len(),
+        count(&done, "post"),
+        count(&done, "fresh-post"),
+        count(&done, "websocket"),
+        acked - sent
+    );
+    assert!(before >= 20 && after.len() >= 20, "too little traffic around the deploy to prove anything");
+    assert!(count(&done, "websocket") >= 2 && count(&done, "post") >= 10, "too few WebSockets or POSTs");
+
+    // elm runs its own image tag; juniper stays up for the window, then is stopped (kept)
+    assert_eq!(scope.state("server", "elm"), "running");
+    assert_eq!(scope.inspect("server", "elm", "{{.Config.Image}}"), format!("{UPSTREAM_IMAGE}:elm"));
+    assert_eq!(scope.inspect("server", "elm", "{{index .Config.Labels \"canopy.release\"}}"), "elm");
+    assert_eq!(scope.state("server", "juniper"), "running");
+    eventually("juniper's containers stopped after the validation window", Duration::from_secs(15), || async {
+        scope.state("server", "juniper") == "exited" && scope.state("worker", "juniper") == "exited"
+    })
+    .await;
+    assert_eq!(scope.state("server", "elm"), "running");
+    assert_eq!(scope.state("worker", "elm"), "running");
+    eventually("discovery sees juniper stopped", Duration::from_secs(1), || async {
+        let st = status(&c).await;
+        st["docker"]["containers"].as_array().unwrap().iter().any(|x| x["name"] == scope.name("server", "juniper") && x["state"] == "exited")
+    })
+    .await;
+    let st = status(&c).await;
+    assert_eq!(st["live"], "elm");
+    let containers = st["docker"]["containers"].as_array().unwrap();
+    let juniper = containers.iter().find(|x| x["name"] == scope.name("server", "juniper")).expect("juniper listed");
+    assert_eq!((&juniper["state"], &juniper["tag"]), (&json!("exited"), &json!("juniper")));
+    let elm = containers.iter().find(|x| x["name"] == scope.name("server", "elm")).expect("elm listed");
+    assert_eq!((&elm["state"], &elm["health"], &elm["image"]), (&json!("running"), &json!("none"), &json!(format!("{UPSTREAM_IMAGE}:elm"))));
+    let m = metrics(&c).await;
+    assert!(m.contains("canopy_deploys_total{result=\"ok\"} 2"), "{m}");
+    assert!(m.contains("canopy_deploy_duration_seconds_count{phase=\"healthy\"} 2"), "{m}");
+    assert!(m.contains("canopy_release_containers{release=\"juniper\",service=\"server\",state=\"exited\"} 1"), "{m}");
+    let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
+    let actions: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for action in ["deploy-start", "register", "switch", "deploy", "retire", "stop-containers"] {
+        assert!(actions.contains(&action), "audit log lacks {action}: {actions:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supervisor_upgrades_in_place_keeps_the_old_one_on_failure_reloads_and_stops_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Supervised::start(dir.path());
-    let first = s.serving().await;
-    let (juniper, elm) = (Stack::spawn("juniper").await, Stack::spawn("elm").await);
-    juniper.register(&s.c, "juniper").await;
-    elm.register(&s.c, "elm").await;
-    assert_eq!(switch(&s.c, "juniper").await.0, 200);
-    let load = Load::start(s.c.proxy, &[Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::POST], false);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+async fn failed_deploys_change_nothing_live_and_leave_no_container() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    let live_containers = scope.containers();
 
-    // SIGUSR2: a new canopy takes over, the old one drains and exits
-    s.signal("-USR2");
-    eventually("the upgrade to complete", Duration::from_secs(20), || {
-        let done = s.c.log().contains(&format!("upgrade complete: pid {first} has drained and exited"));
-        async move { done }
-    })
-    .await;
-    let second = s.serving().await;
-    assert!(second != first && gone(first), "pid {first} -> {second}\n{}", s.c.log());
-    assert_eq!(load.failures(), 0, "{:?}\n{}", load.failure_list(), s.c.log());
+    // a check fails (the `not oak` command check)
+    let (code, body) = deploy(&c, "oak").await;
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("validation of release `oak` failed"), "{body:#}");
+    assert_eq!(body["report"]["passed"], false);
+    assert_eq!(steps(&body).last().unwrap(), "checks");
 
-    // a new process that cannot start (bad config) leaves the old one serving
-    let good = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
-    std::fs::write(dir.path().join("proxy.toml"), format!("{good}\nbogus = 1\n")).unwrap();
-    s.signal("-USR2");
-    eventually("the failed upgrade to be reported", Duration::from_secs(20), || {
-        let done = s.c.log().contains(&format!("; pid {second} keeps serving"));
-        async move { done }
-    })
-    .await;
-    std::fs::write(dir.path().join("proxy.toml"), good).unwrap();
-    assert_eq!(s.serving().await, second);
-    let (code, release, _) = get(&s.c, "/shop-api/x").await;
+    // the image does not exist (and cannot be pulled: no registry)
+    let (code, body) = deploy(&c, "nosuch").await;
+    assert_eq!(code, 422, "{body:#}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("cannot pull image `canopy-test/server` tag `nosuch`"), "{error}");
+
+    // the container crashes at start: refused with its last log lines, via the CLI
+    let out = c.cli(&["deploy", "crash"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exited with code 3 before it was ready"), "{stderr}");
+    assert!(stderr.contains("fatal: SERVER_CRASH=3 is set"), "the container's log is shown: {stderr}");
+    assert!(stderr.contains("healthy   server      FAILED: container"), "the steps are shown: {stderr}");
+
+    // nothing live changed, nothing new is left
+    let st = status(&c).await;
+    assert_eq!(st["live"], "juniper");
+    assert_eq!(st["generation"], 1);
+    let names: Vec<&str> = st["releases"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["juniper"]);
+    assert_eq!(scope.containers(), live_containers);
+    let (code, release, _) = get(&c, "/x").await;
     assert_eq!((code, release.as_str()), (200, "juniper"));
 
-    // SIGHUP (systemctl reload) reaches the serving canopy, which reloads proxy.toml
-    s.signal("-HUP");
-    eventually("the reload", Duration::from_secs(10), || {
-        let done = s.c.log().contains("config reloaded by SIGHUP");
-        async move { done }
+    // one deploy at a time: while `sick` waits for health, deploys and switches get 409
+    let admin = c.admin;
+    let slow = tokio::spawn(async move {
+        let r = slow_client().post(format!("http://{admin}/deploy")).json(&json!({"release": "sick"})).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    eventually("the sick deploy started its container", Duration::from_secs(10), || async { scope.state("server", "sick") == "running" }).await;
+    let (code, body) = deploy(&c, "elm").await;
+    assert_eq!(code, 409, "{body:#}");
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 409, "{body:#}");
+    let (code, body) = slow.await.unwrap();
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("is unhealthy"), "{body:#}");
+    eventually("no sick container left", Duration::from_secs(10), || async { scope.containers() == live_containers }).await;
+
+    let m = metrics(&c).await;
+    assert!(m.contains("canopy_deploys_total{result=\"refused\"} 4"), "{m}");
+    assert_eq!(status(&c).await["live"], "juniper");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_missing_locally_is_pulled_from_its_registry_with_progress() {
+    let scope = Scope::new();
+    let registry = Registry::start().await;
+    let repository = format!("{}/{}/server", registry.host, scope.prefix);
+    for release in ["juniper", "elm"] {
+        let reference = format!("{repository}:{release}");
+        scope.images.lock().unwrap().push(reference.clone());
+        assert!(Command::new("docker").args(["tag", &format!("{IMAGE}:{release}"), &reference]).output().unwrap().status.success());
+        let push = Command::new("docker").args(["push", &reference]).output().unwrap();
+        assert!(push.status.success(), "push {reference}: {}", String::from_utf8_lossy(&push.stderr));
+        // only the registry has this reference now (the layers stay: other tests share them)
+        assert!(Command::new("docker").args(["rmi", &reference]).output().unwrap().status.success());
+    }
+    let c = Canopy::start(&scope.config_with(&repository, "10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    let body = deployed(&c, "elm").await;
+    let pulls: Vec<&Value> = body["steps"].as_array().unwrap().iter().filter(|s| s["step"] == "pull").collect();
+    let detail = pulls[0]["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("{repository}:elm pulled (")), "{detail}");
+    assert!(pulls[1]["detail"].as_str().unwrap().ends_with("present"), "the second service's image was pulled once: {pulls:?}");
+    assert!(c.log().contains(&format!("deploy: pull {repository}:elm: Status: Downloaded newer image")), "progress lines are logged");
+    assert_eq!(scope.inspect("server", "elm", "{{.Config.Image}}"), format!("{repository}:elm"));
+    let (code, release, _) = get(&c, "/x").await;
+    assert_eq!((code, release.as_str()), (200, "elm"));
+    // a tag the registry lacks: the registry's reason, naming repository and tag
+    let (code, body) = deploy(&c, "oak").await;
+    assert_eq!(code, 422, "{body:#}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains(&format!("cannot pull image `{repository}` tag `oak`")) && error.contains("manifest unknown"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_unreachable_is_a_clear_error_and_the_proxy_keeps_serving() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, true, Some("unix:///nonexistent/docker.sock")));
+    let (code, body) = deploy(&c, "elm").await;
+    assert_eq!(code, 502, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"), "{body:#}");
+    let st = status(&c).await;
+    assert!(st["alerts"][0].as_str().unwrap().contains("Docker engine: cannot reach"), "{st:#}");
+    let r = client().get(c.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_and_keep_releases_prunes() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("1s", 1, false, None));
+    deployed(&c, "juniper").await;
+    let juniper_id = scope.inspect("server", "juniper", "{{.Id}}");
+
+    // overlap = false: juniper's worker stops at the switch, its server only after the window
+    let body = deployed(&c, "elm").await;
+    let stop = body["steps"].as_array().unwrap().iter().find(|s| s["step"] == "stop").expect("a stop step");
+    assert_eq!(stop["service"], "worker");
+    assert_eq!(scope.state("worker", "juniper"), "exited");
+    assert_eq!(scope.state("worker", "elm"), "running");
+    eventually("juniper stopped after the window", Duration::from_secs(15), || async { scope.state("server", "juniper") == "exited" }).await;
+
+    // a stopped release is started again, not recreated (through the CLI)
+    let out = c.cli(&["deploy", "juniper"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("adopted (exited)") && stdout.contains("juniper is live"), "{stdout}");
+    assert_eq!(scope.inspect("server", "juniper", "{{.Id}}"), juniper_id, "the same container was restarted");
+    assert_eq!(scope.state("server", "juniper"), "running");
+    assert_eq!(scope.state("worker", "elm"), "exited", "overlap = false: elm's worker stopped at the switch");
+    eventually("elm stopped after the window", Duration::from_secs(15), || async { scope.state("server", "elm") == "exited" }).await;
+
+    // keep-releases = 1: once oak is live and juniper stopped, elm (the oldest stopped) is removed
+    // (oak fails the `not oak` check, so deploy release `bare`: no healthcheck, running is ready)
+    deployed(&c, "bare").await;
+    eventually("elm pruned, juniper kept", Duration::from_secs(20), || async {
+        scope.state("server", "elm").is_empty() && scope.state("server", "juniper") == "exited"
     })
     .await;
+    assert!(scope.state("worker", "elm").is_empty());
+    let state = c.durable_state();
+    assert_eq!(state["stopped"], json!(["juniper"]));
+}
 
-    let (done, failures) = load.stop().await;
-    assert!(failures.is_empty(), "{} failed requests: {:?}\n{}", failures.len(), &failures[..failures.len().min(5)], s.c.log());
-    assert!(done.len() > 100, "too little traffic ({}) to show anything", done.len());
-    // the state went across the upgrade
-    assert_eq!(status(&s.c).await["live"], "juniper");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_starts_the_overlap_false_container_again_and_stops_the_other() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    deployed(&c, "elm").await;
+    assert_eq!((scope.state("worker", "juniper").as_str(), scope.state("server", "juniper").as_str()), ("exited", "running"));
 
-    // SIGTERM (systemctl stop): canopy drains and exits, then the supervisor, with 0
-    s.signal("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let st = loop {
-        if let Some(st) = s.c.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the supervisor did not exit after SIGTERM\n{}", s.c.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(st.success(), "supervisor exited with {st}\n{}", s.c.log());
-    assert!(gone(second), "canopy pid {second} outlived its supervisor");
+    let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.state("worker", "juniper"), "running", "started again for the rollback");
+    assert_eq!(scope.state("worker", "elm"), "exited", "never two workers at once");
+    assert_eq!(scope.state("server", "elm"), "running", "servers overlap: elm stays warm");
+    let (code, release, _) = get(&c, "/x").await;
+    assert_eq!((code, release.as_str()), (200, "juniper"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_registered_by_hand_still_switch_and_roll_back_beside_deployed_ones() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    // elm has no containers of its own: registered with juniper's addresses
+    let ip = |service| scope.inspect(service, "juniper", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", scope.network));
+    let backends = json!({"backends": {"server": [format!("{}:8080", ip("server"))], "worker": [format!("{}:8080", ip("worker"))]}});
+    let r = client().put(c.admin_url("/releases/elm")).json(&backends).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body:#}");
+    for (to, expected) in [("juniper", "juniper"), ("elm", "elm")] {
+        let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "rollback to {to}: {}", r.text().await.unwrap());
+        assert_eq!(status(&c).await["live"], expected);
+    }
+    // no alert for a live release canopy does not run
+    let st = status(&c).await;
+    assert_eq!(st["alerts"], json!([]), "{st:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_tag_is_not_its_release_is_refused_and_reported() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    // made behind canopy's back: labelled release oak, but running the elm image
+    let name = scope.name("server", "oak");
+    let made = docker(&[
+        "create", "--name", &name, "--network", &scope.network, "--label", "canopy.managed=true", "--label", "canopy.release=oak",
+        "--label", "canopy.service=server", &format!("{IMAGE}:elm"),
+    ]);
+    assert!(!made.is_empty());
+    eventually("the impostor reported in /status", Duration::from_secs(2), || async {
+        let st = status(&c).await;
+        st["alerts"].as_array().unwrap().iter().any(|a| {
+            a.as_str().unwrap().contains(&format!("container `{name}` runs image `{IMAGE}:elm` but is labelled release `oak`"))
+        })
+    })
+    .await;
+    let (code, body) = deploy(&c, "oak").await;
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("exists with image `canopy-test/server:elm`"), "{body:#}");
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.state("server", "oak"), "created", "a container canopy did not make for this release is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_container_killed_shows_in_status_and_metrics_within_a_second() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    let series = "canopy_release_containers{release=\"juniper\",service=\"server\",state=\"running\"} 1";
+    eventually("discovery lists juniper", Duration::from_secs(5), || async { metrics(&c).await.contains(series) }).await;
+
+    let killed = Instant::now();
+    assert!(!docker(&["kill", &scope.name("server", "juniper")]).is_empty());
+    let exited = "canopy_release_containers{release=\"juniper\",service=\"server\",state=\"exited\"} 1";
+    eventually("the kill in /metrics", Duration::from_secs(1), || async { metrics(&c).await.contains(exited) }).await;
+    eventually("the kill in /status", Duration::from_secs(1), || async {
+        let st = status(&c).await;
+        st["alerts"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().contains("is exited (exit code 137)"))
+    })
+    .await;
+    eprintln!("killed container reported after {:?}", killed.elapsed());
+    let out = c.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("ALERT: live release juniper: container {} is exited", scope.name("server", "juniper"))), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_deploy_then_restart_cleans_up_the_half_made_release() {
+    let scope = Scope::new();
+    let mut c = Canopy::start(&scope.config("10m", 3, true, None));
+    deployed(&c, "juniper").await;
+    let before = scope.containers();
+
+    // `sick` never becomes healthy: the deploy is still waiting when canopy dies
+    let admin = c.admin;
+    let pending = tokio::spawn(async move {
+        let _ = slow_client().post(format!("http://{admin}/deploy")).json(&json!({"release": "sick"})).send().await;
+    });
+    eventually("sick's containers started", Duration::from_secs(10), || async {
+        scope.state("server", "sick") == "running" && scope.state("worker", "sick") == "running"
+    })
+    .await;
+    let tmp = c.tmp.take();
+    c.kill9();
+    pending.await.unwrap();
+    assert_eq!(c.durable_state()["deploying"], "sick", "the journal says a deploy was running");
+
+    let c = Canopy::start_in(&c.dir, &c.template);
+    eventually("the half-made release's containers removed", Duration::from_secs(15), || async { scope.containers() == before }).await;
+    let st = status(&c).await;
+    assert_eq!(st["live"], "juniper");
+    let names: Vec<&str> = st["releases"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["juniper"]);
+    let (code, release, _) = get(&c, "/x").await;
+    assert_eq!((code, release.as_str()), (200, "juniper"));
+    eventually("the interrupted deploy recorded", Duration::from_secs(5), || async { c.durable_state()["deploying"].is_null() }).await;
+    let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
+    let last = events.as_array().unwrap().iter().rev().find(|e| e["action"] == "deploy").expect("a deploy event");
+    assert_eq!(last["result"], "failed");
+    assert!(last["detail"].as_str().unwrap().contains("restarted mid-deploy"), "{last}");
+    // a new deploy works again
+    deployed(&c, "elm").await;
+    drop(tmp);
+}
+
+#[test]
+fn compose_file_is_valid() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/compose.yaml");
+    let out = Command::new("docker-compose").arg("-f").arg(&file).arg("config").output().expect("docker-compose");
+    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["/var/run/docker.sock", "vendure-network", "vendure-db"] {
+        assert!(text.contains(needle), "compose.yaml lacks {needle}:\n{text}");
+    }
 }

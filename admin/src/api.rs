@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::Guard;
-use crate::controller::{Controller, SwitchRequest};
+use crate::controller::{Controller, DeployRequest, SwitchRequest};
 use crate::error::ApiError;
 
 /// Largest admin request body accepted.
@@ -43,6 +43,25 @@ struct SwitchBody {
     expect_generation: Option<u64>,
     #[serde(default)]
     force: bool,
+}
+
+/// Body of `POST /deploy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    release: ReleaseName,
+    #[serde(default)]
+    keep_failed: bool,
+}
+
+/// `DeployBody` behind an Option so `parse_body` can require it.
+#[derive(Debug, Default)]
+struct DeployBodyOpt(Option<DeployBody>);
+
+impl<'de> Deserialize<'de> for DeployBodyOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        DeployBody::deserialize(d).map(|b| DeployBodyOpt(Some(b)))
+    }
 }
 
 /// Body of `POST /rollback` (optional).
@@ -159,7 +178,7 @@ impl AdminApi {
                 let st = c.status().await;
                 Reply::json(200, json!({"status": "ok", "live": st.live, "generation": st.generation}))
             }
-            (["status"], &Method::GET) => Reply::json(200, c.status().await),
+            (["status"], &Method::GET) => Reply::json(200, status_with_containers(c).await),
             (["releases"], &Method::GET) => Reply::json(200, c.status().await.releases),
             (["events"], &Method::GET) => Reply::json(200, c.events().await),
             (["metrics"], &Method::GET) => Reply {
@@ -195,6 +214,12 @@ impl AdminApi {
                 let req = SwitchRequest { release: body.release, expect_generation: body.expect_generation, force };
                 Reply::json(200, c.switch(req, &actor).await?)
             }
+            (["deploy"], &Method::POST) => {
+                let body: DeployBodyOpt = parse_body(&read_body(s).await?, true)?;
+                let body = body.0.expect("required body");
+                let keep_failed = query_flag(query.as_deref(), "keep_failed")?.unwrap_or(false) || body.keep_failed;
+                Reply::json(200, c.deploy(DeployRequest { release: body.release, keep_failed }, &actor).await?)
+            }
             (["rollback"], &Method::POST) => {
                 let body: RollbackBody = parse_body(&read_body(s).await?, false)?;
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
@@ -205,7 +230,9 @@ impl AdminApi {
                 Reply::json(200, c.reload(&actor).await?)
             }
             ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"]
-            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"], _) => return Err(not_allowed()),
+            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"], _) => {
+                return Err(not_allowed())
+            }
             _ => return Err(ApiError::NotFound { kind: "path", name: path.clone() }),
         };
         Ok(reply)
@@ -218,7 +245,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     Some(match segments.as_slice() {
         [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] => "GET",
         ["releases", _] => "GET, PUT, DELETE",
-        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] => "POST",
+        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] => "POST",
         _ => return None,
     })
 }
@@ -227,6 +254,18 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReloadBody {}
+
+/// `GET /status`: the status view plus, with `[docker]`, what discovery
+/// knows (`docker`: engine state and this stack's containers) and `alerts`
+/// (a live container not running, a refused container).
+async fn status_with_containers(c: &Controller) -> serde_json::Value {
+    let mut status = serde_json::to_value(c.status().await).expect("serialisable");
+    if let Some(discovered) = c.discovered() {
+        status["docker"] = serde_json::to_value(discovered).expect("serialisable");
+        status["alerts"] = serde_json::to_value(c.container_alerts().await).expect("serialisable");
+    }
+    status
+}
 
 /// `SwitchBody` behind an Option so `parse_body` can require it.
 #[derive(Debug, Default)]
@@ -295,6 +334,7 @@ mod tests {
             ("/switch", "post"),
             ("/rollback", "post"),
             ("/reload", "post"),
+            ("/deploy", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),

@@ -23,6 +23,9 @@ use crate::state::{BackendMap, Command, Event, Previous, State};
 use crate::validate::{Mode, Validator};
 use crate::view::{release_view, ReleaseView, StatusView};
 
+mod deploy;
+pub use deploy::{ContainerView, DeployFailure, DeployReply, DeployRequest, DeploySettings, DeployStep, Discovered, ServiceContainer};
+
 /// Control-plane settings, from `[admin]` and `[releases]` in proxy.toml.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
@@ -178,6 +181,8 @@ pub struct Controller {
     handed_over: AtomicBool,
     /// Set by [`Controller::hold_changes`]: the predecessor still serves.
     held: AtomicBool,
+    /// Set by [`Controller::enable_deploy`] when proxy.toml has `[docker]`.
+    docker: std::sync::OnceLock<deploy::Docker>,
 }
 
 /// When a flip call started and how much of it went to checks.
@@ -269,6 +274,7 @@ impl Controller {
             metrics,
             handed_over: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            docker: std::sync::OnceLock::new(),
         })
     }
 
@@ -545,12 +551,14 @@ impl Controller {
         let started = Instant::now();
         let window_ms = self.rt().settings.validation_window.as_millis() as u64;
         let cmd = Command::Rollback { expect_generation, forced: force, window_ms, detail: String::new() };
-        let target = {
+        let (target, from) = {
             let st = self.state.lock().await;
             st.precheck(&cmd).inspect_err(|_| self.metrics.rollback("refused"))?;
-            st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked")
+            (st.previous.as_ref().map(|p| p.release.clone()).expect("prechecked"), st.live.clone())
         };
         let release = self.release(&target)?;
+        // overlap = false services: the target's containers were stopped at the switch
+        self.start_exclusive(&target).await.inspect_err(|_| self.metrics.rollback("refused"))?;
         let report = match (force, self.fresh_watch(&target)) {
             (true, _) => None,
             (false, Some(watched)) => Some(watched),
@@ -558,6 +566,9 @@ impl Controller {
         };
         let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
         let result = self.flip_commit(cmd, report, "rollback", actor, Some(target), Timing { started, validation }).await;
+        if let (Ok(_), Some(from)) = (&result, &from) {
+            self.stop_exclusive(from).await;
+        }
         self.metrics.rollback(match &result {
             Ok(_) => "ok",
             Err(ApiError::Persist(_)) => "failed",
@@ -656,6 +667,7 @@ impl Controller {
         }
         self.table.stats().forget(name);
         self.metrics.forget(name);
+        self.containers_retired(name, actor).await;
         if !hooks.is_empty() {
             let failed = hooks.iter().filter(|h| !h.passed).count();
             let mut st = self.state.lock().await;

@@ -58,6 +58,11 @@ pub enum ApiError {
     /// The state could not be written; nothing changed (500).
     #[error("{0}; nothing changed")]
     Persist(#[from] PersistError),
+    /// A deploy was refused (422: image, container health, checks) or the
+    /// engine failed (502); nothing live changed. The body carries the steps
+    /// that ran and the failing container's last log lines.
+    #[error("deploy refused: {}", .0.error)]
+    Deploy(Box<crate::controller::DeployFailure>),
 }
 
 impl From<StateError> for ApiError {
@@ -84,6 +89,7 @@ impl ApiError {
             ApiError::Config(_) => 422,
             ApiError::Persist(_) => 500,
             ApiError::Upgrading => 503,
+            ApiError::Deploy(f) => f.status,
         }
     }
 
@@ -91,6 +97,7 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         match self {
             ApiError::Validation(r) => json!({ "error": self.to_string(), "report": r }),
+            ApiError::Deploy(f) => json!({ "error": self.to_string(), "steps": f.steps, "logs": f.logs, "report": f.report }),
             _ => json!({ "error": self.to_string() }),
         }
     }

@@ -11,7 +11,8 @@
 //! - `POST /releases/{name}/check` — run validation, return the report
 //! - `POST /switch` — `{"release": "elm", "expect_generation": 3, "force": false}`; `?force=true`
 //! - `POST /rollback` — `{"expect_generation": 4, "force": false}` (optional); `?force=true`
-//! - `DELETE /releases/{name}` — retire (drain, hooks); refused for the live release
+//! - `DELETE /releases/{name}` — retire (drain, hooks, stop its containers); refused for the live release
+//! - `POST /deploy` — `{"release": "elm", "keep_failed": false}`: pull, create, start, healthy, checks, switch
 //! - `POST /reload` — read proxy.toml again and apply it in place (422 with file:line:column if refused)
 //! - `GET /events` — audit log
 //! - `GET /metrics` — Prometheus text
@@ -35,14 +36,16 @@ mod view;
 pub use api::{AdminApi, MAX_BODY, OPENAPI};
 pub use auth::Guard;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
+pub use canopy_docker::Healthcheck;
 pub use controller::{
-    now_ms, ConfigSource, ControlSettings, Controller, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed,
-    SwitchRequest,
+    now_ms, ConfigSource, ContainerView, ControlSettings, Controller, DeployFailure, DeployReply, DeployRequest,
+    DeploySettings, DeployStep, Discovered, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed,
+    ServiceContainer, SwitchRequest,
 };
 pub use error::ApiError;
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use persist::{journal_path, load as load_state, PersistError};
 pub use report::{CheckResult, Report};
-pub use state::{BackendMap, Command, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
+pub use state::{BackendMap, Command, ContainerChange, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
 pub use validate::{Mode, Validator};
 pub use view::{PreviousView, ReleaseView, ServiceView, StatusView};

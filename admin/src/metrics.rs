@@ -118,6 +118,14 @@ impl ControlMetrics {
         }
     }
 
+    /// Adds `collector` to the registry behind `GET /metrics` (the deploy
+    /// metrics, registered only when deploys are enabled).
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            log::error!("registering a metric: {e}");
+        }
+    }
+
     /// Counts a switch outcome (`ok`, `refused`, `failed`).
     pub fn switch(&self, result: &str) {
         self.switches.with_label_values(&[result]).inc();

@@ -93,6 +93,14 @@ pub struct State {
     /// Audit log, newest last.
     #[serde(default)]
     pub events: VecDeque<Event>,
+    /// A `canopy deploy` of this release began and has not ended: after a
+    /// crash, its containers are cleaned up at start (never left serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploying: Option<ReleaseName>,
+    /// Releases whose containers are stopped (kept for a fast redeploy),
+    /// oldest first; pruning removes from the front.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<ReleaseName>,
 }
 
 /// A change to the control state (also the journal's record of it).
@@ -145,6 +153,51 @@ pub enum Command {
         /// The entry.
         event: Event,
     },
+    /// A deploy of `release` began (its containers may exist from now on).
+    /// Refused while another deploy is recorded as running.
+    DeployStarted {
+        /// The release being deployed.
+        release: ReleaseName,
+    },
+    /// The running deploy ended; audited with its result.
+    DeployEnded {
+        /// The release that was deployed.
+        release: ReleaseName,
+        /// `ok`, `refused` or `failed`.
+        result: String,
+        /// Why, or the step summary.
+        detail: String,
+    },
+    /// The containers of `release` were stopped (kept) or started again
+    /// (`stopped = false`), or removed (`removed = true`).
+    Containers {
+        /// The release.
+        release: ReleaseName,
+        /// What happened: `stopped`, `started` or `removed`.
+        change: ContainerChange,
+    },
+}
+
+/// What happened to a release's containers, for [`Command::Containers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerChange {
+    /// Stopped and kept (a redeploy starts them again).
+    Stopped,
+    /// Started again.
+    Started,
+    /// Removed for good (pruned, or a failed deploy cleaned up).
+    Removed,
+}
+
+impl ContainerChange {
+    fn action(self) -> &'static str {
+        match self {
+            ContainerChange::Stopped => "stop-containers",
+            ContainerChange::Started => "start-containers",
+            ContainerChange::Removed => "remove-containers",
+        }
+    }
 }
 
 /// Why a command was refused; the state is unchanged.
@@ -179,6 +232,12 @@ pub enum StateError {
         /// The live release.
         name: ReleaseName,
     },
+    /// A deploy is already running (or was, when canopy stopped).
+    #[error("a deploy of release `{name}` is in progress")]
+    DeployRunning {
+        /// The release being deployed.
+        name: ReleaseName,
+    },
 }
 
 impl State {
@@ -192,6 +251,8 @@ impl State {
             previous: None,
             releases: BTreeMap::new(),
             events: VecDeque::new(),
+            deploying: None,
+            stopped: Vec::new(),
         }
     }
 
@@ -239,6 +300,11 @@ impl State {
                 Ok(())
             }
             Command::RecordCheck { report } => self.require(&report.release),
+            Command::DeployStarted { .. } => match &self.deploying {
+                Some(name) => Err(StateError::DeployRunning { name: name.clone() }),
+                None => Ok(()),
+            },
+            Command::DeployEnded { .. } | Command::Containers { .. } => Ok(()),
         }
     }
 
@@ -281,6 +347,34 @@ impl State {
                 rec.last_check = Some(report);
             }
             Command::Audit { event } => next.push_event(event),
+            Command::DeployStarted { release } => {
+                next.deploying = Some(release.clone());
+                let live = next.live.clone();
+                next.push(now, "deploy-start", actor, live, Some(release), false, String::new());
+            }
+            Command::DeployEnded { release, result, detail } => {
+                next.deploying = None;
+                let event = Event {
+                    at: now,
+                    action: "deploy".into(),
+                    actor: actor.into(),
+                    from: next.live.clone(),
+                    to: Some(release),
+                    result,
+                    forced: false,
+                    generation: next.generation,
+                    detail,
+                };
+                next.push_event(event);
+            }
+            Command::Containers { release, change } => {
+                next.stopped.retain(|r| r != &release);
+                if change == ContainerChange::Stopped {
+                    next.stopped.push(release.clone());
+                }
+                let live = next.live.clone();
+                next.push(now, change.action(), actor, live, Some(release), false, String::new());
+            }
         }
         Ok(next)
     }
@@ -402,6 +496,44 @@ mod tests {
             s = reg(s, if i % 2 == 0 { "elm" } else { "oak" });
         }
         assert_eq!(s.events.len(), MAX_EVENTS);
+    }
+
+    #[test]
+    fn one_deploy_at_a_time_and_its_end_is_audited() {
+        let s = two();
+        let s = s.apply(Command::DeployStarted { release: n("oak") }, 20, "ops").unwrap();
+        assert_eq!(s.deploying, Some(n("oak")));
+        assert_eq!(
+            s.apply(Command::DeployStarted { release: n("elm") }, 21, "ops"),
+            Err(StateError::DeployRunning { name: n("oak") })
+        );
+        let end = Command::DeployEnded { release: n("oak"), result: "failed".into(), detail: "crashed".into() };
+        let s = s.apply(end, 22, "ops").unwrap();
+        assert_eq!(s.deploying, None);
+        let e = s.events.back().unwrap();
+        assert_eq!((e.action.as_str(), e.result.as_str(), e.detail.as_str()), ("deploy", "failed", "crashed"));
+    }
+
+    #[test]
+    fn stopped_releases_are_kept_oldest_first() {
+        let stop = |r: &str| Command::Containers { release: n(r), change: ContainerChange::Stopped };
+        let s = two().apply(stop("juniper"), 1, "t").unwrap().apply(stop("elm"), 2, "t").unwrap();
+        assert_eq!(s.stopped, vec![n("juniper"), n("elm")]);
+        let s = s.apply(stop("juniper"), 3, "t").unwrap();
+        assert_eq!(s.stopped, vec![n("elm"), n("juniper")]);
+        let s = s.apply(Command::Containers { release: n("elm"), change: ContainerChange::Started }, 4, "t").unwrap();
+        assert_eq!(s.stopped, vec![n("juniper")]);
+        let s = s.apply(Command::Containers { release: n("juniper"), change: ContainerChange::Removed }, 5, "t").unwrap();
+        assert!(s.stopped.is_empty());
+        assert_eq!(s.events.back().unwrap().action, "remove-containers");
+    }
+
+    #[test]
+    fn state_files_without_deploy_fields_still_load() {
+        let mut json = serde_json::to_value(two()).unwrap();
+        json.as_object_mut().unwrap().remove("deploying");
+        json.as_object_mut().unwrap().remove("stopped");
+        assert_eq!(serde_json::from_value::<State>(json).unwrap(), two());
     }
 
     #[test]

@@ -80,10 +80,20 @@ pub struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// When the upstream read the request: [`upstream::RECEIVED_HEADER`] from
+/// the in-process upstreams, or [`upstream::UNIX_RECEIVED_HEADER`] from an
+/// upstream in a container, mapped onto this process's clock.
 fn arrival(headers: &reqwest::header::HeaderMap) -> Instant {
+    if let Some(unix) = headers.get(upstream::UNIX_RECEIVED_HEADER) {
+        let us: u64 = unix.to_str().unwrap().parse().unwrap();
+        let at = std::time::UNIX_EPOCH + Duration::from_micros(us);
+        let ago = std::time::SystemTime::now().duration_since(at).unwrap_or_default();
+        return Instant::now() - ago;
+    }
     let us: u64 = headers[upstream::RECEIVED_HEADER].to_str().unwrap().parse().unwrap();
     upstream::epoch() + Duration::from_micros(us)
 }
+
 
 impl Load {
     /// Starts one loop per entry of `kinds` (each at most [`MAX_REQUESTS`]

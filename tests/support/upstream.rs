@@ -27,6 +27,12 @@ use tokio_tungstenite::WebSocketStream;
 /// microseconds since [`epoch`] (comparable with the test's own `Instant`s).
 pub const RECEIVED_HEADER: &str = "x-upstream-received-us";
 
+/// Header added when the environment has `UPSTREAM_UNIX_RECEIVED=1` (the
+/// container image of tests/deploy.rs): when the request arrived, in
+/// microseconds since the Unix epoch, for a test in another process (the
+/// host's clock is the container's).
+pub const UNIX_RECEIVED_HEADER: &str = "x-upstream-received-unix-us";
+
 /// The shared time origin for [`RECEIVED_HEADER`].
 pub fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -76,9 +82,14 @@ fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    static UNIX: OnceLock<bool> = OnceLock::new();
     let received = epoch().elapsed().as_micros().to_string();
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros().to_string();
     let mut resp = respond(ctx, req).await?;
     resp.headers_mut().insert(RECEIVED_HEADER, received.parse().unwrap());
+    if *UNIX.get_or_init(|| std::env::var_os("UPSTREAM_UNIX_RECEIVED").is_some()) {
+        resp.headers_mut().insert(UNIX_RECEIVED_HEADER, unix.parse().unwrap());
+    }
     Ok(resp)
 }
 
