@@ -3,7 +3,8 @@
 #   always:   cmake and a C toolchain (pingora's dependencies build C code), curl
 #   --test:   the real programs the tests drive, all from Debian's packages:
 #             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
-#             docker-registry (deploy pulls), and a Docker Engine where none
+#             docker-registry (deploy pulls), docker-compose (compose file check),
+#             systemd-analyze (unit check), and a Docker Engine where none
 #             answers (docker.io, dockerd started in the background)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ if [ "${1:-}" = --test ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v docker-compose > /dev/null || need+=(docker-compose)
+  command -v systemd-analyze > /dev/null || need+=(systemd)
   docker_up() { command -v docker > /dev/null && docker version --format '{{.Server.Version}}' > /dev/null 2>&1; }
   if ! docker_up && ! command -v dockerd > /dev/null; then need+=(docker.io); fi
 fi
