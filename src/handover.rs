@@ -61,6 +61,23 @@ pub fn wait_exited(pid: Pid) {
     }
 }
 
+/// Waits (at most `limit`, polling every 2 ms) until `pid_file` names a
+/// process other than `me`: the successor writes it once it serves. Returns
+/// whether it did.
+pub fn wait_successor(pid_file: &Path, me: u32, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let named = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        if named.is_some_and(|pid| pid != me) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Writes this process's pid to `path` (temp file and rename, so an upgrade
 /// never reads half a pid).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {

@@ -105,6 +105,16 @@ impl Signals {
         let sent = tokio::task::spawn_blocking(move || handover::send(&handover::listening_fds(&listen)?, &path)).await;
         match sent {
             Ok(Ok(())) => {
+                // go on accepting until the new process serves too (it writes the
+                // pid file once its listeners run), so no connection waits for it;
+                // no flip can happen meanwhile: this process takes no changes and
+                // the new one holds them until this one has exited
+                let (pid_file, me) = (self.pid_file.clone(), std::process::id());
+                let limit = Duration::from_secs(5);
+                let ready = tokio::task::spawn_blocking(move || handover::wait_successor(&pid_file, me, limit)).await;
+                if !ready.unwrap_or(false) {
+                    log::warn!("the new process did not report ready within {limit:?}; draining anyway");
+                }
                 log::info!("listening sockets handed over; draining in-flight requests (grace {:?})", self.grace);
                 self.table.drain().start();
                 let (table, grace) = (self.table.clone(), self.grace);
