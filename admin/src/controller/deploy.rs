@@ -644,13 +644,14 @@ impl Controller {
     /// Cleans up after a deploy that canopy did not finish (killed mid-way):
     /// the release is unregistered unless live, its containers removed (or
     /// stopped, when it was a kept release), and the deploy recorded as
-    /// failed. Called by discovery once the engine answers.
-    async fn recover(&self, engine: &Engine) {
-        let Some(docker) = self.docker.get() else { return };
-        let Ok(_flip) = self.flip_lock() else { return };
+    /// failed. Returns false when it could not start (a flip runs, or an
+    /// upgrade holds changes): [`Self::run_discovery`] tries again.
+    async fn recover(&self, engine: &Engine) -> bool {
+        let Some(docker) = self.docker.get() else { return true };
+        let Ok(_flip) = self.flip_lock() else { return false };
         let (release, live, kept) = {
             let st = self.state.lock().await;
-            let Some(release) = st.deploying.clone() else { return };
+            let Some(release) = st.deploying.clone() else { return true };
             let live = st.live.as_ref() == Some(&release) || st.previous.as_ref().is_some_and(|p| p.release == release);
             let kept = st.stopped.contains(&release);
             (release, live, kept)
@@ -676,6 +677,25 @@ impl Controller {
         let cmd = Command::DeployEnded { release, result: result.into(), detail };
         if let Err(e) = self.commit(&mut st, vec![cmd], actor, None, None) {
             log::error!("recording the interrupted deploy: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// Finishes an interrupted deploy ([`Self::recover`]) once the engine
+    /// answers and changes are allowed (after `serve --upgrade` they wait for
+    /// the previous process to exit), trying again every second.
+    async fn recover_when_possible(&self, docker: &Docker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Ok(engine) = Engine::connect(&docker.settings.socket).await {
+                if self.recover(&engine).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 
@@ -684,9 +704,13 @@ impl Controller {
     /// its events stream (a killed container shows within milliseconds);
     /// reconnects every second while the engine is away. Also finishes an
     /// interrupted deploy first ([`Self::recover`]). Runs until `shutdown`.
-    pub async fn run_discovery(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_discovery(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let Some(docker) = self.docker.get() else { return };
-        let mut recovered = false;
+        tokio::join!(self.recover_when_possible(docker, shutdown.clone()), self.follow_containers(docker, shutdown));
+    }
+
+    /// The discovery half of [`Self::run_discovery`].
+    async fn follow_containers(&self, docker: &Docker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             let engine = match Engine::connect(&docker.settings.socket).await {
                 Ok(engine) => engine,
@@ -698,10 +722,6 @@ impl Controller {
                     }
                 }
             };
-            if !recovered {
-                self.recover(&engine).await;
-                recovered = true;
-            }
             let since = std::time::SystemTime::now();
             match engine.list_managed(&docker.settings.network).await {
                 Ok(list) => self.publish(docker, Ok(list)),
