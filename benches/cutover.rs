@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{canopy_toml, cpu_busy_1s, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, spawn, wait_ready, Proc};
+use common::{canopy_toml, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, spawn, wait_ready, Machine, Proc};
 use serde_json::Value;
 
 /// Client tasks hammering the proxy.
@@ -568,13 +568,12 @@ fn main() {
     let pairs_override: Option<usize> = std::env::var("CUTOVER_FLIPS").ok().and_then(|v| v.parse().ok());
     let only_canopy = std::env::var("CUTOVER_ONLY").is_ok_and(|v| v == "canopy");
     let plan = |pairs: usize, pause_ms: u64| Plan { pairs: pairs_override.unwrap_or(pairs), pause: Duration::from_millis(pause_ms) };
-    let busy = cpu_busy_1s();
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = Machine::now();
+    let Machine { busy, loadavg, cpus } = &machine;
+    let cpus = *cpus;
 
     // Clients and upstreams share one runtime with a worker per CPU.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cpus.max(1)).enable_all().build().unwrap();
+    let rt = machine.runtime();
     let outcomes = rt.block_on(async {
         let blue = upstream::spawn("blue", "storefront").await;
         let green = upstream::spawn("green", "storefront").await;
@@ -625,7 +624,7 @@ fn main() {
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     let (outcomes, probe) = outcomes;
-    report(&outcomes, &probe, cpus, &busy, &loadavg);
+    report(&outcomes, &probe, cpus, busy, loadavg);
 }
 
 fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &str, loadavg: &str) {

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{canopy_toml, cpu_busy_1s, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, signal, spawn, wait_ready, Proc};
+use common::{canopy_toml, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, signal, spawn, wait_ready, Machine, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Client tasks on keep-alive connections.
@@ -608,13 +608,12 @@ fn two(v: &[Duration], a: f64, b: f64) -> String {
 fn main() {
     let count: usize = std::env::var("UPGRADES").ok().and_then(|v| v.parse().ok()).unwrap_or(UPGRADES);
     let only_canopy = std::env::var("UPGRADE_ONLY").is_ok_and(|v| v == "canopy");
-    let busy = cpu_busy_1s();
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let machine = Machine::now();
+    let Machine { busy, loadavg, cpus } = &machine;
+    let cpus = *cpus;
 
     // clients and the upstream share one runtime with a worker per CPU
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cpus.max(1)).enable_all().build().unwrap();
+    let rt = machine.runtime();
     let outcomes = rt.block_on(async {
         let blue = upstream::spawn("blue", "storefront").await;
         let green = upstream::spawn("green", "storefront").await;
@@ -644,7 +643,7 @@ fn main() {
         outcomes
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    report(&outcomes, count, cpus, &busy, &loadavg);
+    report(&outcomes, count, cpus, busy, loadavg);
 }
 
 fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: &str) {

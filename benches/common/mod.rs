@@ -178,6 +178,33 @@ pub fn ms(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
 }
 
+/// The machine as a bench starts: how busy its CPUs were over the last
+/// second, its load average and its CPU count (printed beside the figures).
+pub struct Machine {
+    /// e.g. "3%", from [`cpu_busy_1s`].
+    pub busy: String,
+    /// The three load averages.
+    pub loadavg: String,
+    /// CPUs available to this process.
+    pub cpus: usize,
+}
+
+impl Machine {
+    /// Samples the machine now (takes one second).
+    pub fn now() -> Machine {
+        let busy = cpu_busy_1s();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        Machine { busy, loadavg, cpus }
+    }
+
+    /// The runtime the clients and upstreams share: a worker per CPU.
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(self.cpus.max(1)).enable_all().build().unwrap()
+    }
+}
+
 /// How busy the CPUs were over the last second, e.g. "3%" (from /proc/stat).
 pub fn cpu_busy_1s() -> String {
     let sample = || -> Option<(u64, u64)> {
