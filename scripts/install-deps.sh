@@ -4,8 +4,9 @@
 #   --test:   the real programs the tests drive, all from Debian's packages:
 #             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
 #             docker-registry (deploy pulls), docker-compose (compose file check),
-#             systemd-analyze (unit check), and a Docker Engine where none
-#             answers (docker.io, dockerd started in the background)
+#             systemd-analyze (unit check), pebble (the ACME test CA), h2load
+#             (nghttp2-client, an HTTP/2 load client), and a Docker Engine where
+#             none answers (docker.io, dockerd started in the background)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -19,6 +20,8 @@ if [ "${1:-}" = --test ]; then
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v docker-compose > /dev/null || need+=(docker-compose)
   command -v systemd-analyze > /dev/null || need+=(systemd)
+  command -v pebble > /dev/null || need+=(pebble)
+  command -v h2load > /dev/null || need+=(nghttp2-client)
   docker_up() { command -v docker > /dev/null && docker version --format '{{.Server.Version}}' > /dev/null 2>&1; }
   if ! docker_up && ! command -v dockerd > /dev/null; then need+=(docker.io); fi
 fi

@@ -120,4 +120,24 @@ pub enum Cmd {
     /// timeouts, ...); refused with file:line:column if invalid, or naming the
     /// settings that need `serve --upgrade`. Same as SIGHUP.
     Reload(#[command(flatten)] ClientOpts),
+    /// HTTPS certificates: `show` (default) lists the served certificates
+    /// with their expiry and ACME's state; `reload` reads the certificate
+    /// files again and swaps them in without dropping a connection (refused,
+    /// naming the file, if one is bad: the old certificates stay).
+    Tls {
+        /// `show` or `reload`.
+        #[arg(value_enum, default_value_t = TlsAction::Show)]
+        action: TlsAction,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// What `canopy tls` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsAction {
+    /// List the served certificates.
+    Show,
+    /// Re-read the certificate files.
+    Reload,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::cli::{ClientOpts, Cmd};
+use crate::cli::{ClientOpts, Cmd, TlsAction};
 
 /// A refusal or transport failure, printed by main.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +223,26 @@ fn human(cmd: &Cmd, v: &Value) -> String {
             }
             None => "reloaded: nothing changed\n".into(),
         },
+        Cmd::Tls { action, .. } => {
+            let mut out = if *action == TlsAction::Reload { "certificates reloaded\n".to_string() } else { String::new() };
+            for c in v["certificates"].as_array().into_iter().flatten() {
+                let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(s).collect();
+                let days = c["expires_in_secs"].as_f64().unwrap_or(0.0) / 86400.0;
+                out += &format!("{:<40} expires {} ({days:.1} days)  {}\n", names.join(", "), s(&c["not_after"]), s(&c["source"]));
+            }
+            if let Some(e) = v["last_reload_error"].as_str() {
+                out += &format!("last reload refused: {e}\n");
+            }
+            for a in v["acme"].as_array().into_iter().flatten() {
+                let names: Vec<String> = a["names"].as_array().into_iter().flatten().map(s).collect();
+                out += &format!("acme {}: renews {}", names.join(", "), s(&a["renew_at"]));
+                if let Some(e) = a["last_error"].as_str() {
+                    out += &format!("; LAST RENEWAL FAILED: {e} (next try {})", s(&a["next_attempt"]));
+                }
+                out += "\n";
+            }
+            out
+        }
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     }
 }
@@ -265,6 +285,8 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         ),
         Cmd::Retire { name, opts } => (opts, Method::DELETE, format!("/releases/{name}"), None),
         Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
+        Cmd::Tls { action: TlsAction::Show, opts } => (opts, Method::GET, "/tls".into(), None),
+        Cmd::Tls { action: TlsAction::Reload, opts } => (opts, Method::POST, "/tls/reload".into(), None),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
     };
     let client = Client::new(opts)?;

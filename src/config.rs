@@ -16,6 +16,9 @@ use canopy_proxy::{
 use serde::Deserialize;
 use toml::Spanned;
 
+mod tls;
+pub use tls::{load_all as load_certificates, AcmeConfig, CertFile, TlsConfig};
+
 /// A config that cannot be used; says where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -125,6 +128,7 @@ struct FileConfig {
     #[serde(default)]
     release: Vec<FileRelease>,
     docker: Option<Spanned<FileDocker>>,
+    tls: Option<Spanned<tls::FileTls>>,
 }
 
 #[derive(Deserialize)]
@@ -166,7 +170,9 @@ struct FileHealthcheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileProxy {
-    listen: Spanned<OneOrMany<String>>,
+    listen: Option<Spanned<OneOrMany<String>>>,
+    listen_tls: Option<Spanned<OneOrMany<String>>>,
+    h2c: Option<bool>,
     threads: Option<Spanned<usize>>,
     work_stealing: Option<bool>,
     connect_timeout: Option<Dur>,
@@ -285,8 +291,14 @@ pub enum AccessLogTarget {
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
-    /// Proxy listen addresses.
+    /// Plaintext proxy listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// TLS proxy listen addresses (`[tls]` is set when there are any).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Plaintext listeners also take HTTP/2 with prior knowledge (h2c).
+    pub h2c: bool,
+    /// Certificates, handshake settings and ACME, with `listen-tls`.
+    pub tls: Option<TlsConfig>,
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// Whether the proxy's worker threads share one work-stealing runtime
@@ -412,18 +424,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     // [proxy]
     let p = &file.proxy;
-    let listen_strs: Vec<&String> = match p.listen.get_ref() {
-        OneOrMany::One(a) => vec![a],
-        OneOrMany::Many(v) => v.iter().collect(),
+    let addresses = |field: &Option<Spanned<OneOrMany<String>>>| -> Result<Vec<SocketAddr>, ConfigError> {
+        let Some(field) = field else { return Ok(Vec::new()) };
+        let strs: Vec<&String> = match field.get_ref() {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(v) => v.iter().collect(),
+        };
+        strs.into_iter()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    cx.err(field.span(), format!("invalid listen address `{a}`: expected ip:port such as `0.0.0.0:8080` or `[::]:8080`"))
+                })
+            })
+            .collect()
     };
-    let mut listen = Vec::new();
-    for a in listen_strs {
-        listen.push(a.parse::<SocketAddr>().map_err(|_| {
-            cx.err(p.listen.span(), format!("invalid listen address `{a}`: expected ip:port such as `0.0.0.0:8080` or `[::]:8080`"))
-        })?);
-    }
-    if listen.is_empty() {
-        return Err(cx.err(p.listen.span(), "`listen` needs at least one address"));
+    let listen = addresses(&p.listen)?;
+    let listen_tls = addresses(&p.listen_tls)?;
+    let listen_span = p.listen.as_ref().or(p.listen_tls.as_ref()).map_or(0..0, Spanned::span);
+    if listen.is_empty() && listen_tls.is_empty() {
+        return Err(cx.err(listen_span, "[proxy] needs at least one address in `listen` or `listen-tls`"));
     }
     let threads = match &p.threads {
         Some(t) if *t.get_ref() == 0 || *t.get_ref() > 1024 => return Err(cx.err(t.span(), "threads must be between 1 and 1024")),
@@ -431,12 +450,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let defaults = ProxySettings::default();
-    let proxy = ProxySettings {
+    let mut proxy = ProxySettings {
         connect_timeout: p.connect_timeout.map_or(defaults.connect_timeout, |d| d.0),
         upstream_timeout: p.upstream_timeout.map_or(defaults.upstream_timeout, |d| d.0),
         upstream_idle_timeout: p.upstream_idle_timeout.map_or(defaults.upstream_idle_timeout, |d| d.0),
         max_retries: p.max_retries.unwrap_or(defaults.max_retries),
         metrics: p.metrics.unwrap_or(defaults.metrics),
+        https_redirect: None,
+        hsts: None,
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,
@@ -459,14 +480,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => None,
     };
     let admin_span = file.admin.listen.as_ref().map_or(0..0, |a| a.span());
-    for (i, a) in listen.iter().enumerate() {
-        if let Some(b) = listen[..i].iter().find(|b| overlaps(a, b)) {
-            return Err(cx.err(p.listen.span(), format!("listen addresses {b} and {a} overlap: each address may be listed once")));
+    let all: Vec<(SocketAddr, Range<usize>)> = listen
+        .iter()
+        .map(|a| (*a, p.listen.as_ref().map_or(0..0, Spanned::span)))
+        .chain(listen_tls.iter().map(|a| (*a, p.listen_tls.as_ref().map_or(0..0, Spanned::span))))
+        .collect();
+    for (i, (a, span)) in all.iter().enumerate() {
+        if let Some((b, _)) = all[..i].iter().find(|(b, _)| overlaps(a, b)) {
+            return Err(cx.err(span.clone(), format!("listen addresses {b} and {a} overlap: each address may be listed once")));
         }
         if overlaps(a, &admin_listen) {
             // pingora would share one socket between both services: half the
             // proxy's connections would reach the admin API and vice versa
-            let (span, which) = if admin_span.is_empty() { (p.listen.span(), "the default admin listen address") } else { (admin_span, "admin listen") };
+            let (span, which) = if admin_span.is_empty() { (span.clone(), "the default admin listen address") } else { (admin_span.clone(), "admin listen") };
             return Err(cx.err(span, format!("{which} {admin_listen} overlaps proxy listen {a}: the admin API needs a port of its own")));
         }
     }
@@ -514,6 +540,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let (upgrade_socket, pid_file) = (upgrade_socket.0, beside_state(".pid"));
     let deploy = docker(&cx, &file)?;
+    let tls = match (&file.tls, listen_tls.first()) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            let span = p.listen_tls.as_ref().map_or(0..0, Spanned::span);
+            return Err(cx.err(span, "`listen-tls` needs a [tls] section with [[tls.certificate]] files or [tls.acme]"));
+        }
+        (Some(t), None) => return Err(cx.err(t.span(), "[tls] is set but [proxy] has no `listen-tls`: nothing would serve HTTPS")),
+        (Some(t), Some(first_tls)) => {
+            let parsed = tls::parse(&cx, t.get_ref(), beside_state(".acme"))?;
+            if parsed.tls.certificates.is_empty() && parsed.tls.acme.is_none() {
+                return Err(cx.err(t.span(), "[tls] has no [[tls.certificate]] and no [tls.acme]: no handshake could succeed"));
+            }
+            if listen.is_empty() && (parsed.redirect_http || parsed.tls.acme.is_some()) {
+                let what = if parsed.redirect_http { "redirect-http" } else { "[tls.acme] (its HTTP-01 challenges come over plain HTTP)" };
+                return Err(cx.err(t.span(), format!("{what} needs a plaintext `listen` address (port 80 in production)")));
+            }
+            proxy.https_redirect = parsed.redirect_http.then_some(first_tls.port());
+            proxy.hsts = parsed.hsts;
+            Some(parsed.tls)
+        }
+    };
     let control = ControlSettings {
         state_file,
         validation_window: r.validation_window.map_or(Duration::from_secs(600), |d| d.0),
@@ -531,6 +578,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         path: path.to_path_buf(),
         listen,
+        listen_tls,
+        h2c: p.h2c.unwrap_or(false),
+        tls,
         threads,
         work_stealing: p.work_stealing.unwrap_or(true),
         proxy,

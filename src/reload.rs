@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use canopy_admin::{ConfigSource, Guard, Reload, Validator};
-use canopy_proxy::{AccessLog, Tunables};
+use canopy_proxy::{AccessLog, FrontDoor, Tunables};
+
+use crate::certfiles::CertFiles;
 
 use crate::config::{self, AccessLogTarget, Config};
 
@@ -27,12 +29,18 @@ pub struct FileSource {
     path: PathBuf,
     running: Arc<Mutex<Running>>,
     guard: Guard,
+    certs: Option<(CertFiles, Arc<FrontDoor>)>,
 }
 
 /// The settings only a new process can change (sockets, threads, files it holds).
 fn fixed(c: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("[proxy] listen", format!("{:?}", c.listen)),
+        ("[proxy] listen-tls", format!("{:?}", c.listen_tls)),
+        ("[proxy] h2c", c.h2c.to_string()),
+        ("[tls] h2 / handshake-timeout", format!("{:?}", c.tls.as_ref().map(|t| &t.options))),
+        ("[tls] watch-interval", format!("{:?}", c.tls.as_ref().map(|t| t.watch_interval))),
+        ("[tls.acme]", format!("{:?}", c.tls.as_ref().map(|t| &t.acme))),
         ("[proxy] threads", c.threads.to_string()),
         ("[proxy] work-stealing", c.work_stealing.to_string()),
         ("[proxy] shutdown-grace", format!("{:?}", c.shutdown_grace)),
@@ -52,7 +60,8 @@ fn areas(c: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("services, routes and address template", format!("{:?}", c.topology)),
         ("checks", format!("{:?}", c.checks)),
-        ("proxy timeouts and retries", format!("{:?}", c.proxy)),
+        ("proxy timeouts, retries, HTTPS redirect and HSTS", format!("{:?}", c.proxy)),
+        ("TLS certificates", format!("{:?}", c.tls.as_ref().map(|t| (&t.files, t.certificates.iter().map(|c| c.fingerprint()).collect::<Vec<_>>())))),
         ("preview", s.preview.to_string()),
         ("validation window", format!("{:?}", s.validation_window)),
         ("drain timeout", format!("{:?}", s.drain_timeout)),
@@ -74,7 +83,15 @@ impl FileSource {
             access_log: (config.access_log.clone(), access_log),
             token: config.token.clone(),
         };
-        Self { path: config.path.clone(), running: Arc::new(Mutex::new(running)), guard }
+        Self { path: config.path.clone(), running: Arc::new(Mutex::new(running)), guard, certs: None }
+    }
+
+    /// A reload also replaces the certificates from files: the files the new
+    /// config names (loaded and checked while it was read) go into `front`'s
+    /// SNI table, and `files` follows them for `canopy tls reload` and the watch.
+    pub fn with_certificates(mut self, files: CertFiles, front: Arc<FrontDoor>) -> Self {
+        self.certs = Some((files, front));
+        self
     }
 }
 
@@ -108,9 +125,18 @@ impl ConfigSource for FileSource {
         let (token, guard, state) = (new.token.clone(), self.guard.clone(), self.running.clone());
         let token_changed = token != running.token;
         let (fixed_now, target) = (fixed(&new), new.access_log.clone());
+        let certs = match (&self.certs, &new.tls) {
+            (Some((files, front)), Some(tls)) => Some((files.clone(), front.clone(), tls.files.clone(), tls.certificates.clone())),
+            _ => None,
+        };
         let on_applied = Box::new(move || {
             if token_changed {
                 guard.set_token(token.clone());
+            }
+            if let Some((files, front, paths, loaded)) = &certs {
+                let default = paths.iter().position(|f| f.default);
+                files.set_files(paths.clone());
+                front.certs.set_files(loaded.clone(), default);
             }
             let mut r = state.lock().unwrap_or_else(|e| e.into_inner());
             *r = Running { fixed: fixed_now, areas: new_areas, access_log: (target, access_log), token };

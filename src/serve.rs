@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
-use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, ReleaseTable, Resolver, Tunables};
+use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
+
+use crate::certfiles::CertFiles;
 use pingora::server::configuration::{Opt, ServerConf};
 use rustix::process::{kill_process, Signal};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -226,7 +228,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         kill_process(old, Signal::QUIT).map_err(|e| ServeError::Upgrade(format!("signalling pid {}: {e}", old.as_raw_nonzero())))?;
         Some(old)
     } else {
-        for addr in config.listen.iter().chain(std::iter::once(&config.admin_listen)) {
+        for addr in config.listen.iter().chain(&config.listen_tls).chain(std::iter::once(&config.admin_listen)) {
             probe(*addr)?;
         }
         None
@@ -249,7 +251,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     // the old process, if any, has stopped changing the state: load it now
     let access_log = access_log(&config.access_log)?;
     let guard = Guard::new(config.token.clone());
-    let source = FileSource::new(&config, access_log.clone(), guard.clone());
+    let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
     let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
     let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
     let validator = Validator::new(config.checks);
@@ -261,7 +263,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         config.seed,
     ))?);
     drop(startup);
-    controller.set_config_source(Box::new(source));
     if let Some(deploy) = config.deploy {
         controller.enable_deploy(deploy);
     }
@@ -275,29 +276,66 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         });
     }
 
-    let app = pingora::proxy::http_proxy(&conf, CanopyProxy::new(table.clone()));
-    let mut proxy = Service::new("canopy proxy".into(), ClientTimeouts::new(app, config.client_timeout, table.clone()));
-    for addr in &config.listen {
-        proxy.add_tcp(&addr.to_string());
+    // the front door: certificates, ACME answers, handshake and protocol counters
+    let front = FrontDoor::new();
+    controller.register_front_door(front.clone());
+    let cert_files = config.tls.as_ref().map(|tls| {
+        let default = tls.files.iter().position(|f| f.default);
+        front.certs.set_files(tls.certificates.clone(), default);
+        CertFiles::new(tls.files.clone())
+    });
+    if let Some(files) = &cert_files {
+        source = source.with_certificates(files.clone(), front.clone());
+    }
+    controller.set_config_source(Box::new(source));
+    if let (Some(tls), Some(files)) = (&config.tls, &cert_files) {
+        controller.enable_tls(front.clone(), Box::new(files.clone()));
+        if let (Some(every), false) = (tls.watch_interval, tls.files.is_empty()) {
+            files.clone().watch(controller.clone(), every);
+        }
+    }
+    let proxy_app = || pingora::proxy::http_proxy(&conf, CanopyProxy::with_front_door(table.clone(), front.clone()));
+    if !config.listen.is_empty() {
+        let app = ClientTimeouts::new(proxy_app(), config.client_timeout, table.clone()).with_h2c(config.h2c);
+        let mut proxy = Service::new("canopy proxy".into(), app);
+        for addr in &config.listen {
+            proxy.add_tcp(&addr.to_string());
+        }
+        server.add_service(proxy);
+    }
+    if let Some(tls) = &config.tls {
+        let terminator = Arc::new(TlsTerminator::new(&front.certs, &tls.options, front.handshakes.clone()));
+        let app = ClientTimeouts::new(proxy_app(), config.client_timeout, table.clone()).with_tls(terminator);
+        // plain TCP to pingora: the handshake is canopy's (deadline, counters)
+        let mut proxy = Service::new("canopy proxy (TLS)".into(), app);
+        for addr in &config.listen_tls {
+            proxy.add_tcp(&addr.to_string());
+        }
+        server.add_service(proxy);
     }
     let mut admin = Service::new("canopy admin".into(), AdminApi::new(controller.clone(), guard));
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
 
-    server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("resolver", Resolver::new(table.clone(), config.resolve_interval)));
     server.add_service(background_service("validation window and warm watch", ControlLoops(controller.clone())));
     log::info!(
         "canopy serving on {} (admin on {})",
-        config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+        config
+            .listen
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .chain(config.listen_tls.iter().map(|a| format!("https://{a}")))
+            .collect::<Vec<_>>()
+            .join(", "),
         config.admin_listen
     );
     let signals = Signals {
         table,
         controller,
         grace,
-        listen: config.listen.iter().copied().chain(std::iter::once(config.admin_listen)).collect(),
+        listen: config.listen.iter().chain(&config.listen_tls).copied().chain(std::iter::once(config.admin_listen)).collect(),
         upgrade_socket: config.upgrade_socket.to_string_lossy().into_owned(),
         pid_file: config.pid_file,
     };

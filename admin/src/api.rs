@@ -229,8 +229,13 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload(&actor).await?)
             }
-            ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"]
-            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"], _) => {
+            (["tls"], &Method::GET) => Reply::json(200, c.tls_view().ok_or_else(|| ApiError::NotFound { kind: "path", name: path.clone() })?),
+            (["tls", "reload"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.reload_certificates(&actor)?)
+            }
+            ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] | ["tls"]
+            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] | ["tls", "reload"], _) => {
                 return Err(not_allowed())
             }
             _ => return Err(ApiError::NotFound { kind: "path", name: path.clone() }),
@@ -243,9 +248,9 @@ impl AdminApi {
 fn allowed_methods(path: &str) -> Option<&'static str> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     Some(match segments.as_slice() {
-        [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] => "GET",
+        [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] | ["tls"] => "GET",
         ["releases", _] => "GET, PUT, DELETE",
-        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] => "POST",
+        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] | ["tls", "reload"] => "POST",
         _ => return None,
     })
 }
@@ -257,12 +262,16 @@ struct ReloadBody {}
 
 /// `GET /status`: the status view plus, with `[docker]`, what discovery
 /// knows (`docker`: engine state and this stack's containers) and `alerts`
-/// (a live container not running, a refused container).
+/// (a live container not running, a refused container), and with TLS the
+/// served certificates and ACME's state (`tls`).
 async fn status_with_containers(c: &Controller) -> serde_json::Value {
     let mut status = serde_json::to_value(c.status().await).expect("serialisable");
     if let Some(discovered) = c.discovered() {
         status["docker"] = serde_json::to_value(discovered).expect("serialisable");
         status["alerts"] = serde_json::to_value(c.container_alerts().await).expect("serialisable");
+    }
+    if let Some(tls) = c.tls_view() {
+        status["tls"] = serde_json::to_value(tls).expect("serialisable");
     }
     status
 }
@@ -335,6 +344,8 @@ mod tests {
             ("/rollback", "post"),
             ("/reload", "post"),
             ("/deploy", "post"),
+            ("/tls", "get"),
+            ("/tls/reload", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
@@ -348,6 +359,8 @@ mod tests {
         assert_eq!(allowed_methods("/releases/elm"), Some("GET, PUT, DELETE"));
         assert_eq!(allowed_methods("/switch"), Some("POST"));
         assert_eq!(allowed_methods("/reload"), Some("POST"));
+        assert_eq!(allowed_methods("/tls/reload"), Some("POST"));
+        assert_eq!(allowed_methods("/tls"), Some("GET"));
         assert_eq!(allowed_methods("/status"), Some("GET"));
         assert_eq!(allowed_methods("/nowhere"), None);
     }

@@ -24,7 +24,9 @@ use crate::validate::{Mode, Validator};
 use crate::view::{release_view, ReleaseView, StatusView};
 
 mod deploy;
+mod tls;
 pub use deploy::{ContainerView, DeployFailure, DeployReply, DeployRequest, DeploySettings, DeployStep, Discovered, ServiceContainer};
+pub use tls::{CertSource, CertView, TlsView};
 
 /// Control-plane settings, from `[admin]` and `[releases]` in proxy.toml.
 #[derive(Debug, Clone)]
@@ -183,6 +185,8 @@ pub struct Controller {
     held: AtomicBool,
     /// Set by [`Controller::enable_deploy`] when proxy.toml has `[docker]`.
     docker: std::sync::OnceLock<deploy::Docker>,
+    /// Set by [`Controller::enable_tls`] when proxy.toml has TLS listeners.
+    tls: std::sync::OnceLock<tls::Tls>,
 }
 
 /// When a flip call started and how much of it went to checks.
@@ -275,6 +279,7 @@ impl Controller {
             handed_over: AtomicBool::new(false),
             held: AtomicBool::new(false),
             docker: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
         })
     }
 

@@ -14,6 +14,8 @@
 //! - `DELETE /releases/{name}` — retire (drain, hooks, stop its containers); refused for the live release
 //! - `POST /deploy` — `{"release": "elm", "keep_failed": false}`: pull, create, start, healthy, checks, switch
 //! - `POST /reload` — read proxy.toml again and apply it in place (422 with file:line:column if refused)
+//! - `GET /tls` — served certificates (names, file, expiry) and ACME's state
+//! - `POST /tls/reload` — read the certificate files again and swap them in (422 naming the file if refused)
 //! - `GET /events` — audit log
 //! - `GET /metrics` — Prometheus text
 //! - `GET /openapi.json` — this API as OpenAPI 3
@@ -38,9 +40,9 @@ pub use auth::Guard;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use canopy_docker::Healthcheck;
 pub use controller::{
-    now_ms, ConfigSource, ContainerView, ControlSettings, Controller, DeployFailure, DeployReply, DeployRequest,
+    now_ms, CertSource, CertView, ConfigSource, ContainerView, ControlSettings, Controller, DeployFailure, DeployReply, DeployRequest,
     DeploySettings, DeployStep, Discovered, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed,
-    ServiceContainer, SwitchRequest,
+    ServiceContainer, SwitchRequest, TlsView,
 };
 pub use error::ApiError;
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};

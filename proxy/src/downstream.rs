@@ -22,6 +22,11 @@
 //! like every request while draining, with `Connection: close`) before it
 //! closes. pingora's own shutdown, which drops a connection waiting for its
 //! next request at once (while its client may be sending one), is not used.
+//!
+//! On a TLS listener the wrapper completes the handshake first (under its
+//! own deadline, see [`TlsTerminator`]); then HTTP/1.1 takes the same loop
+//! as plaintext and h2 (by ALPN, or h2c with prior knowledge where enabled)
+//! takes [`crate::h2`]'s loop, with the same head deadline and drain.
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -33,12 +38,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::time::{Instant, Sleep};
 
 use crate::drain::SHUTDOWN_LINGER;
 use crate::table::ReleaseTable;
+use crate::tls::TlsTerminator;
 
 tokio::task_local! {
     /// Set by the proxy once a request head has been read on this connection task.
@@ -56,6 +62,8 @@ pub struct ClientTimeouts<A> {
     inner: Arc<A>,
     head_deadline: Duration,
     table: Arc<ReleaseTable>,
+    tls: Option<Arc<TlsTerminator>>,
+    h2c: bool,
 }
 
 impl<A> ClientTimeouts<A> {
@@ -64,14 +72,26 @@ impl<A> ClientTimeouts<A> {
     /// response) is ready for the next request. Connections are counted in
     /// `table`'s [`Drain`](crate::Drain).
     pub fn new(inner: A, head_deadline: Duration, table: Arc<ReleaseTable>) -> Self {
-        Self { inner: Arc::new(inner), head_deadline, table }
+        Self { inner: Arc::new(inner), head_deadline, table, tls: None, h2c: false }
+    }
+
+    /// Connections are TLS: each is handshaken by `tls` before HTTP.
+    pub fn with_tls(mut self, tls: Arc<TlsTerminator>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Plaintext connections that open with the HTTP/2 preface speak h2c
+    /// (prior knowledge, RFC 9113 §3.3); others HTTP/1.
+    pub fn with_h2c(mut self, h2c: bool) -> Self {
+        self.h2c = h2c;
+        self
     }
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     /// pingora's HTTP/1 keep-alive loop, each request raced against the deadline.
     async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let _open = self.table.drain().enter();
         let mut session = ServerSession::new_http1(stream);
         // requests a client pipelines are answered in order (RFC 9112 §9.3.2)
         // instead of closing after the first; the persistent settings carry
@@ -152,6 +172,33 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     }
 }
 
+impl<A> ClientTimeouts<A> {
+    /// Whether the connection speaks HTTP/2: h2 chosen by ALPN, or (with
+    /// h2c) a plaintext connection whose first bytes are the preface.
+    /// `None` when the client sends nothing in time or goes away.
+    async fn speaks_h2(&self, stream: &mut Stream) -> Option<bool> {
+        if self.tls.is_some() {
+            return Some(matches!(stream.selected_alpn_proto(), Some(ALPN::H2)));
+        }
+        if !self.h2c {
+            return Some(false);
+        }
+        // peeked in steps (the bytes stay unread), so a short HTTP/1 request
+        // is told apart at its first byte instead of waiting for 24 bytes:
+        // `P` then `PRI` (no HTTP/1 method) then the whole preface
+        let preface = crate::h2::PREFACE;
+        let mut buf = [0u8; crate::h2::PREFACE.len()];
+        for len in [1, 3, preface.len()] {
+            let peek = stream.try_peek(&mut buf[..len]);
+            let peeked = tokio::time::timeout(self.head_deadline, peek).await.ok()?.ok()?;
+            if !peeked || buf[..len] != preface[..len] {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+}
+
 /// Whether the server has begun to shut down, as one connection learns it.
 struct Stopping<'a> {
     seen: bool,
@@ -162,12 +209,16 @@ struct Stopping<'a> {
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientTimeouts<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let options = self.inner.server_options();
-        if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
-            // not HTTP/1 over plain TCP (canopy enables none of these): pingora's own loop
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        let _open = self.table.drain().enter();
+        let mut stream = match &self.tls {
+            Some(tls) => tls.handshake(stream).await?,
+            None => stream,
+        };
+        if self.speaks_h2(&mut stream).await? {
+            crate::h2::serve(&self.inner, stream, shutdown, self.table.drain(), self.head_deadline).await;
+        } else {
+            HEAD_SEEN.scope(Cell::new(false), self.serve_http1(stream, shutdown)).await;
         }
-        HEAD_SEEN.scope(Cell::new(false), self.serve_http1(stream, shutdown)).await;
         None
     }
 

@@ -12,6 +12,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessRecord;
+use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
 use crate::routing::request_host;
 use crate::snapshot::{Miss, Snapshot, Target};
 use crate::stats::UpstreamErrorKind;
@@ -46,6 +47,11 @@ pub struct ProxySettings {
     /// Record per-request status and duration metrics (in-flight counts, which
     /// draining relies on, are always kept). Off only to measure their cost.
     pub metrics: bool,
+    /// Answer plaintext requests with a 308 to `https://` on this port
+    /// (ACME challenges excepted); `None`: serve them.
+    pub https_redirect: Option<u16>,
+    /// `Strict-Transport-Security` value added to responses over TLS.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Default for ProxySettings {
@@ -56,6 +62,8 @@ impl Default for ProxySettings {
             max_retries: 2,
             upstream_idle_timeout: Duration::from_secs(60),
             metrics: true,
+            https_redirect: None,
+            hsts: None,
         }
     }
 }
@@ -65,6 +73,7 @@ impl Default for ProxySettings {
 /// ([`crate::Tunables`]), so a config reload applies from the next request.
 pub struct CanopyProxy {
     table: Arc<ReleaseTable>,
+    front: Arc<FrontDoor>,
 }
 
 /// Per-request state: the snapshot loaded on arrival (kept through retries),
@@ -78,6 +87,7 @@ pub struct RequestCtx {
     started: Option<Instant>,
     failure: Option<UpstreamErrorKind>,
     upstream: Option<std::net::SocketAddr>,
+    tls: bool,
 }
 
 impl RequestCtx {
@@ -87,9 +97,16 @@ impl RequestCtx {
 }
 
 impl CanopyProxy {
-    /// Builds the proxy over a shared release table.
+    /// Builds the proxy over a shared release table (no certificates, no
+    /// ACME answers: plaintext only).
     pub fn new(table: Arc<ReleaseTable>) -> Self {
-        Self { table }
+        Self::with_front_door(table, FrontDoor::new())
+    }
+
+    /// Builds the proxy over a shared release table and front door (ACME
+    /// answers, protocol counters).
+    pub fn with_front_door(table: Arc<ReleaseTable>, front: Arc<FrontDoor>) -> Self {
+        Self { table, front }
     }
 
     fn peer(settings: &ProxySettings, addr: std::net::SocketAddr) -> Box<HttpPeer> {
@@ -110,7 +127,7 @@ async fn respond_json(
     release: Option<&http::HeaderValue>,
     body: String,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
@@ -120,6 +137,38 @@ async fn respond_json(
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Writes a small response with `location` (a redirect) or a plain-text body.
+async fn respond_plain(session: &mut Session, status: u16, location: Option<String>, body: Vec<u8>) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "text/plain")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    if let Some(l) = location {
+        resp.insert_header("location", l)?;
+    }
+    session.write_response_header(Box::new(resp), body.is_empty()).await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    }
+    Ok(())
+}
+
+/// Answers a plaintext request with `308 Permanent Redirect` to the same
+/// host (its port replaced by `port`, left out when 443), path and query
+/// over `https://`. 308 keeps the method and body.
+async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
+    let req = session.req_header();
+    let host = request_host(req).unwrap_or_default();
+    // `request_host` drops the port; a bracketed IPv6 literal keeps its brackets
+    let host = std::str::from_utf8(host).unwrap_or_default().to_string();
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
+    if host.is_empty() {
+        return respond_json(session, 400, None, r#"{"error":"HTTPS required and the request names no host"}"#.into()).await;
+    }
+    respond_plain(session, 308, Some(location), Vec::new()).await
 }
 
 /// A request canopy refuses before routing even though pingora parsed it:
@@ -134,7 +183,15 @@ async fn respond_json(
 ///
 /// An HTTP/1.1 request without `Host` is refused too (RFC 9112 3.2: a server
 /// MUST answer it with 400); pingora already refuses two `Host` lines.
+///
+/// HTTP/2 requests are not checked here: the h2 codec limits their header
+/// lists (64 KiB, the same limit) and refuses `Transfer-Encoding` and
+/// contradicting lengths itself, and rebuilding their head as HTTP/1 bytes
+/// would cost an allocation per request.
 fn refuse(session: &Session) -> Option<(u16, String)> {
+    if session.as_downstream().is_http2() {
+        return None;
+    }
     let raw = session.as_downstream().to_h1_raw();
     if raw.len() > MAX_REQUEST_HEADER_BYTES {
         return Some((
@@ -165,7 +222,7 @@ fn refuse(session: &Session) -> Option<(u16, String)> {
 /// `upstream_request_filter`: pingora copies the head for each upstream
 /// attempt, and the parsed head has room for these headers while the
 /// exactly-sized copy would be regrown (both its maps) on every request.
-fn rewrite_for_upstream(session: &mut Session) -> Result<()> {
+fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
     let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
     let req = session.req_header_mut();
     req.remove_header(&RELEASE_NAME);
@@ -186,7 +243,8 @@ fn rewrite_for_upstream(session: &mut Session) -> Result<()> {
         };
         req.insert_header("x-forwarded-for", xff.map_err(|_| Error::new(ErrorType::InternalError))?)?;
     }
-    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+    let proto = if tls { "https" } else { "http" };
+    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
         req.insert_header("x-forwarded-host", host)?;
     }
@@ -228,7 +286,21 @@ impl ProxyHttp for CanopyProxy {
             respond_json(session, status, None, body).await?;
             return Ok(true);
         }
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        self.front.count_request(session.req_header().version, ctx.tls);
         let snapshot = self.table.load();
+        if !ctx.tls {
+            let path = session.req_header().uri.path();
+            if path.starts_with(ACME_CHALLENGE_PREFIX) {
+                if let Some(answer) = self.front.challenge(path) {
+                    respond_plain(session, 200, None, answer.as_bytes().to_vec()).await?;
+                    return Ok(true);
+                }
+            } else if let Some(port) = snapshot.tunables().proxy.https_redirect {
+                redirect_to_https(session, port).await?;
+                return Ok(true);
+            }
+        }
         let req = session.req_header();
         let preview = req.headers.get(&RELEASE_NAME).map(|v| v.as_bytes());
         let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
@@ -239,7 +311,7 @@ impl ProxyHttp for CanopyProxy {
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
                 ctx.snapshot = Some(snapshot);
-                rewrite_for_upstream(session)?;
+                rewrite_for_upstream(session, ctx.tls)?;
                 Ok(false)
             }
             Err(Miss::NoRoute) => {
@@ -293,6 +365,9 @@ impl ProxyHttp for CanopyProxy {
     ) -> Result<()> {
         if let Some((snapshot, t)) = ctx.release() {
             resp.insert_header(RELEASE_HEADER, snapshot.release(t.release).header().clone())?;
+            if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
+                resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+            }
         }
         // pingora passes chunked upstream bodies on as chunked (and turns
         // close-delimited ones into chunked) whatever the client speaks; an

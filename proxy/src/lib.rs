@@ -5,11 +5,14 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod certs;
 mod downstream;
 mod drain;
 mod endpoint;
 mod exposition;
 mod forwarded;
+mod front;
+mod h2;
 mod handler;
 mod names;
 mod release;
@@ -18,13 +21,16 @@ mod routing;
 mod snapshot;
 mod stats;
 mod table;
+mod tls;
 mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use certs::{CertError, CertStore, Certificate, SniTable};
 pub use downstream::ClientTimeouts;
 pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
 pub use exposition::RequestCollector;
+pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
 pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
 pub use release::{Backends, Release};
@@ -35,4 +41,5 @@ pub use stats::{ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;
 pub use table::ReleaseTable;
+pub use tls::{HandshakeCounts, TlsOptions, TlsTerminator};
 pub use topology::{AddressTemplate, Service, TemplateError, Topology, TopologyError};

@@ -260,7 +260,7 @@ pub(crate) const FAMILIES: [(&str, &str, &[&str]); 4] = [
     ("canopy_inflight_requests", "Requests being served, by release.", &["release"]),
 ];
 
-fn sample(labels: &[(&str, &str)]) -> proto::Metric {
+pub(crate) fn sample(labels: &[(&str, &str)]) -> proto::Metric {
     let pairs = labels
         .iter()
         .map(|(k, v)| {
@@ -275,13 +275,13 @@ fn sample(labels: &[(&str, &str)]) -> proto::Metric {
     m
 }
 
-fn counter(n: u64) -> proto::Counter {
+pub(crate) fn counter(n: u64) -> proto::Counter {
     let mut c = proto::Counter::default();
     c.set_value(n as f64);
     c
 }
 
-fn family((name, help, _): &(&str, &str, &[&str]), kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+pub(crate) fn family((name, help, _): &(&str, &str, &[&str]), kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
     f.set_help(help.to_string());

@@ -1,0 +1,228 @@
+//! `[tls]` of proxy.toml: certificate files (loaded and checked here, so a
+//! bad file stops `check-config` and start-up with its path and reason),
+//! handshake settings, the HTTPS redirect, HSTS and `[tls.acme]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use canopy_proxy::{Certificate, TlsOptions};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Ctx, Dur, OneOrMany};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileTls {
+    h2: Option<bool>,
+    handshake_timeout: Option<Spanned<Dur>>,
+    redirect_http: Option<Spanned<bool>>,
+    hsts: Option<Spanned<String>>,
+    watch_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    certificate: Vec<Spanned<FileCertificate>>,
+    acme: Option<Spanned<FileAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default)]
+    default: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileAcme {
+    directory: Spanned<String>,
+    #[serde(default)]
+    contact: Vec<Spanned<String>>,
+    names: Spanned<Vec<Spanned<OneOrMany<String>>>>,
+    cache_dir: Option<String>,
+    ca_root: Option<Spanned<String>>,
+    retry_interval: Option<Dur>,
+}
+
+/// A `[[tls.certificate]]` entry: where its files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFile {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Served to clients whose SNI no certificate has (or who send none).
+    pub default: bool,
+}
+
+impl CertFile {
+    /// Loads and checks the pair (see [`Certificate::from_files`]).
+    pub fn load(&self) -> Result<Certificate, canopy_proxy::CertError> {
+        Certificate::from_files(&self.cert, &self.key)
+    }
+}
+
+/// Loads every file of `files`: the certificates and the default's index.
+pub fn load_all(files: &[CertFile]) -> Result<(Vec<Certificate>, Option<usize>), canopy_proxy::CertError> {
+    let certs = files.iter().map(CertFile::load).collect::<Result<Vec<_>, _>>()?;
+    Ok((certs, files.iter().position(|f| f.default)))
+}
+
+/// `[tls.acme]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The ACME directory URL.
+    pub directory: String,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// One certificate per list, first name primary.
+    pub names: Vec<Vec<String>>,
+    /// Account key and certificates.
+    pub cache_dir: PathBuf,
+    /// Extra root certificate for the ACME server's own HTTPS (a test CA).
+    pub ca_root: Option<PathBuf>,
+    /// After a failed order, the next attempt this much later.
+    pub retry_interval: Duration,
+}
+
+/// `[tls]`, checked, with its certificates loaded.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// ALPN and handshake deadline.
+    pub options: TlsOptions,
+    /// The `[[tls.certificate]]` files.
+    pub files: Vec<CertFile>,
+    /// Those files' certificates, loaded and checked.
+    pub certificates: Vec<Certificate>,
+    /// How often the files are checked for changes (`None`: never).
+    pub watch_interval: Option<Duration>,
+    /// `[tls.acme]`.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// What `[tls]` adds to `[proxy]`'s settings.
+pub(super) struct Parsed {
+    pub tls: TlsConfig,
+    pub redirect_http: bool,
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// Checks `[tls]`; `cache_default` is where ACME caches without `cache-dir`.
+pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result<Parsed, ConfigError> {
+    let handshake_timeout = match &t.handshake_timeout {
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+            return Err(cx.err(d.span(), "handshake-timeout must be at least 100ms"));
+        }
+        Some(d) => d.get_ref().0,
+        None => TlsOptions::default().handshake_timeout,
+    };
+    let watch_interval = match &t.watch_interval {
+        Some(d) if d.get_ref().0.is_zero() => None,
+        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+            return Err(cx.err(d.span(), "watch-interval must be at least 100ms (or 0s for off)"));
+        }
+        Some(d) => Some(d.get_ref().0),
+        None => Some(Duration::from_secs(5)),
+    };
+    let hsts = match &t.hsts {
+        Some(h) => {
+            let v = h.get_ref();
+            if !v.trim_start().to_ascii_lowercase().starts_with("max-age=") {
+                return Err(cx.err(h.span(), format!("hsts `{v}` must start with `max-age=` (e.g. `max-age=31536000; includeSubDomains`)")));
+            }
+            Some(http::HeaderValue::from_str(v).map_err(|_| cx.err(h.span(), "hsts holds characters a header value cannot"))?)
+        }
+        None => None,
+    };
+    let mut files = Vec::new();
+    let mut certificates = Vec::new();
+    for c in &t.certificate {
+        let f = c.get_ref();
+        if f.default && files.iter().any(|x: &CertFile| x.default) {
+            return Err(cx.err(c.span(), "only one [[tls.certificate]] may be the `default`"));
+        }
+        let file = CertFile { cert: cx.relative(f.cert.get_ref()), key: cx.relative(f.key.get_ref()), default: f.default };
+        let cert = file.load().map_err(|e| {
+            // point at the key for key problems, else at the certificate
+            let span = match e {
+                canopy_proxy::CertError::BadKey { .. } | canopy_proxy::CertError::Mismatch { .. } => f.key.span(),
+                canopy_proxy::CertError::Read { ref path, .. } if *path == file.key => f.key.span(),
+                _ => f.cert.span(),
+            };
+            cx.err(span, e.to_string())
+        })?;
+        if cert.names().is_empty() {
+            return Err(cx.err(f.cert.span(), format!("{}: the certificate names no host (no DNS subject alternative name or common name)", file.cert.display())));
+        }
+        files.push(file);
+        certificates.push(cert);
+    }
+    let acme = match &t.acme {
+        Some(a) => Some(acme(cx, a.get_ref(), cache_default)?),
+        None => None,
+    };
+    let redirect_http = t.redirect_http.as_ref().is_some_and(|r| *r.get_ref());
+    let options = TlsOptions { h2: t.h2.unwrap_or(true), handshake_timeout };
+    Ok(Parsed { tls: TlsConfig { options, files, certificates, watch_interval, acme }, redirect_http, hsts })
+}
+
+fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeConfig, ConfigError> {
+    let directory = a.directory.get_ref();
+    if !directory.starts_with("https://") {
+        return Err(cx.err(a.directory.span(), format!("ACME directory `{directory}` must be an https:// URL")));
+    }
+    let mut names = Vec::new();
+    for entry in a.names.get_ref() {
+        let list = match entry.get_ref() {
+            OneOrMany::One(n) => vec![n.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if list.is_empty() {
+            return Err(cx.err(entry.span(), "an empty list of names"));
+        }
+        let mut lower = Vec::new();
+        for n in list {
+            if !dns_name(&n) {
+                let why = if n.starts_with("*.") { " (HTTP-01 cannot prove a wildcard: use a [[tls.certificate]] file for it)" } else { "" };
+                return Err(cx.err(entry.span(), format!("`{n}` is not a DNS host name{why}")));
+            }
+            lower.push(n.to_ascii_lowercase());
+        }
+        names.push(lower);
+    }
+    if names.is_empty() {
+        return Err(cx.err(a.names.span(), "[tls.acme] needs at least one name"));
+    }
+    let ca_root = match &a.ca_root {
+        Some(p) => {
+            let path = cx.relative(p.get_ref());
+            std::fs::metadata(&path).map_err(|e| cx.err(p.span(), format!("cannot read ca-root {}: {e}", path.display())))?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(AcmeConfig {
+        directory: directory.clone(),
+        contact: a.contact.iter().map(|c| c.get_ref().clone()).collect(),
+        names,
+        cache_dir: a.cache_dir.as_deref().map_or(cache_default, |d| cx.relative(d)),
+        ca_root,
+        retry_interval: a.retry_interval.map_or(Duration::from_secs(3600), |d| d.0),
+    })
+}
+
+/// A host name as a certificate may name it: dot-separated labels of
+/// letters, digits and inner hyphens, at least two labels.
+fn dns_name(n: &str) -> bool {
+    let labels: Vec<&str> = n.split('.').collect();
+    labels.len() >= 2
+        && n.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
