@@ -68,6 +68,7 @@ impl Supervised {
             dir: dir.to_path_buf(),
             proxy: ([127, 0, 0, 1], pp).into(),
             admin: ([127, 0, 0, 1], ap).into(),
+            tls: None,
             config_text: text,
             template: String::new(),
             tmp: None,

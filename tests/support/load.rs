@@ -72,6 +72,22 @@ pub struct Flip {
     pub to: String,
 }
 
+/// Where client loops send their requests and how their clients are made.
+#[derive(Clone)]
+pub struct Target {
+    /// `http://127.0.0.1:port` or `https://name:port`.
+    pub base: String,
+    /// A client builder for each loop (TLS roots, name resolution, HTTP/2).
+    pub builder: Arc<dyn Fn() -> reqwest::ClientBuilder + Send + Sync>,
+}
+
+impl Target {
+    /// Plain HTTP/1.1 to `proxy`.
+    pub fn plain(proxy: SocketAddr) -> Target {
+        Target { base: format!("http://{proxy}"), builder: Arc::new(reqwest::Client::builder) }
+    }
+}
+
 /// Running client loops; [`Load::stop`] ends them and returns what happened.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -101,16 +117,23 @@ impl Load {
     /// with `websockets`, one loop opening WebSockets one after another (10
     /// echoed messages 40 ms apart each) against the proxy at `proxy`.
     pub fn start(proxy: SocketAddr, kinds: &[Kind], websockets: bool) -> Load {
+        let load = Load::start_on(&Target::plain(proxy), kinds);
+        if websockets {
+            let ws = tokio::spawn(websocket_loop(proxy, load.stop.clone(), load.log.clone(), load.failures.clone()));
+            return Load { tasks: load.tasks.into_iter().chain([ws]).collect(), ..load };
+        }
+        load
+    }
+
+    /// One loop per entry of `kinds` against `target` (no WebSockets).
+    pub fn start_on(target: &Target, kinds: &[Kind]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks: Vec<_> = kinds
+        let tasks = kinds
             .iter()
-            .map(|kind| tokio::spawn(client_loop(proxy, *kind, stop.clone(), log.clone(), failures.clone())))
+            .map(|kind| tokio::spawn(client_loop(target.clone(), *kind, stop.clone(), log.clone(), failures.clone())))
             .collect();
-        if websockets {
-            tasks.push(tokio::spawn(websocket_loop(proxy, stop.clone(), log.clone(), failures.clone())));
-        }
         Load { stop, log, failures, tasks }
     }
 
@@ -137,8 +160,9 @@ impl Load {
     }
 }
 
-async fn client_loop(proxy: SocketAddr, kind: Kind, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Done>>>, failures: Arc<Mutex<Vec<String>>>) {
-    let mut b = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10));
+async fn client_loop(target: Target, kind: Kind, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Done>>>, failures: Arc<Mutex<Vec<String>>>) {
+    let base = &target.base;
+    let mut b = (target.builder)().no_proxy().timeout(Duration::from_secs(10));
     if kind.fresh {
         b = b.pool_max_idle_per_host(0);
     }
@@ -150,11 +174,11 @@ async fn client_loop(proxy: SocketAddr, kind: Kind, stop: Arc<AtomicBool>, log: 
         let body: Vec<u8> = (0..(1000 + i % 7000)).map(|x| (x * 31 + i) as u8).collect();
         let start = Instant::now();
         let req = if kind.post {
-            http.post(format!("http://{proxy}/echo")).body(body.clone())
+            http.post(format!("{base}/echo")).body(body.clone())
         } else if kind.slow_ms > 0 {
-            http.get(format!("http://{proxy}/products?ms={}", kind.slow_ms))
+            http.get(format!("{base}/products?ms={}", kind.slow_ms))
         } else {
-            http.get(format!("http://{proxy}/shop-api/q{i}"))
+            http.get(format!("{base}/shop-api/q{i}"))
         };
         match req.send().await {
             Ok(r) if r.status() == 200 => {

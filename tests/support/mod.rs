@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -30,8 +31,16 @@ pub fn free_port() -> u16 {
 /// `template` with `{proxy_port}` and `{admin_port}` set to two distinct free
 /// ports, and those ports.
 pub fn with_ports(template: &str) -> (String, u16, u16) {
-    let [pp, ap] = free_ports();
-    (template.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string()), pp, ap)
+    let (text, pp, ap, _) = with_all_ports(template);
+    (text, pp, ap)
+}
+
+/// [`with_ports`], and `{tls_port}` set to a third port when the template has it.
+pub fn with_all_ports(template: &str) -> (String, u16, u16, Option<u16>) {
+    let [pp, ap, tp] = free_ports();
+    let text = template.replace("{proxy_port}", &pp.to_string()).replace("{admin_port}", &ap.to_string());
+    let tls = text.contains("{tls_port}").then_some(tp);
+    (text.replace("{tls_port}", &tp.to_string()), pp, ap, tls)
 }
 
 /// The states (kernel hex codes, `0A` = LISTEN) of the TCP sockets process
@@ -138,6 +147,8 @@ pub struct Canopy {
     pub dir: PathBuf,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when the config has `{tls_port}`.
+    pub tls: Option<SocketAddr>,
     pub config_text: String,
     /// The config with `{proxy_port}`/`{admin_port}` placeholders, for restarts.
     pub template: String,
@@ -161,8 +172,8 @@ impl Canopy {
     /// Starts canopy in `dir` (keeps an existing state file there).
     pub fn start_in(dir: &Path, config: &str) -> Canopy {
         for _ in 0..5 {
-            let (text, pp, ap) = with_ports(config);
-            if let Some(mut c) = Self::try_start(dir, text, pp, ap) {
+            let (text, pp, ap, tp) = with_all_ports(config);
+            if let Some(mut c) = Self::try_start(dir, text, pp, ap, tp) {
                 c.template = config.to_string();
                 return c;
             }
@@ -170,7 +181,7 @@ impl Canopy {
         panic!("canopy did not start");
     }
 
-    fn try_start(dir: &Path, text: String, pp: u16, ap: u16) -> Option<Canopy> {
+    fn try_start(dir: &Path, text: String, pp: u16, ap: u16, tp: Option<u16>) -> Option<Canopy> {
         std::fs::write(dir.join("proxy.toml"), &text).unwrap();
         let log = std::fs::File::create(dir.join("canopy.log")).unwrap();
         let child = Command::new(bin())
@@ -186,6 +197,7 @@ impl Canopy {
             dir: dir.to_path_buf(),
             proxy: SocketAddr::from(([127, 0, 0, 1], pp)),
             admin: SocketAddr::from(([127, 0, 0, 1], ap)),
+            tls: tp.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             config_text: text,
             template: String::new(),
             tmp: None,
@@ -201,7 +213,7 @@ impl Canopy {
             }
             // ours, not another test's server that took a port first
             let pid = c.child.id();
-            if listens(pid, pp) && listens(pid, ap) {
+            if listens(pid, pp) && listens(pid, ap) && tp.is_none_or(|tp| listens(pid, tp)) {
                 return Some(c);
             }
             // pingora waits for a port taken after canopy's own probe; pick new ones
@@ -318,7 +330,12 @@ pub async fn two_releases(extra_top: &str, server_checks: &str) -> (Canopy, Stac
 
 /// [`two_releases`] on a config text of the caller's (placeholders as in [`config`]).
 pub async fn two_releases_with(config_text: &str) -> (Canopy, Stack, Stack) {
-    let c = Canopy::start(config_text);
+    two_releases_on(Canopy::start(config_text)).await
+}
+
+/// [`two_releases`] on a canopy the caller started (e.g. in a directory
+/// holding files its config names).
+pub async fn two_releases_on(c: Canopy) -> (Canopy, Stack, Stack) {
     let juniper = Stack::spawn("juniper").await;
     let elm = Stack::spawn("elm").await;
     juniper.register(&c, "juniper").await;
