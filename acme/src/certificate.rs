@@ -52,11 +52,7 @@ impl CertInfo {
                 UNIX_EPOCH
             }
         };
-        Ok(Self {
-            not_before: time(&cert.validity().not_before),
-            not_after: time(&cert.validity().not_after),
-            names,
-        })
+        Ok(Self { not_before: time(&cert.validity().not_before), not_after: time(&cert.validity().not_after), names })
     }
 
     /// Whether every one of `names` is among the certificate's names.
@@ -77,7 +73,8 @@ mod tests {
 
     fn make(names: &[&str], days: u64) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let start = rcgen::date_time_ymd(2030, 1, 1);
         params.not_before = start;
         params.not_after = start + Duration::from_secs(days * 86400);

@@ -163,11 +163,17 @@ impl AcmeManager {
             }
         };
         if !info.covers(names) {
-            log::info!("ACME: the cached certificate for {primary} covers {:?}, not {names:?}; ordering a new one", info.names);
+            log::info!(
+                "ACME: the cached certificate for {primary} covers {:?}, not {names:?}; ordering a new one",
+                info.names
+            );
             return;
         }
         if info.not_after <= now {
-            log::info!("ACME: the cached certificate for {primary} expired at {}; ordering a new one", rfc3339(info.not_after));
+            log::info!(
+                "ACME: the cached certificate for {primary} expired at {}; ordering a new one",
+                rfc3339(info.not_after)
+            );
             return;
         }
         if let Err(reason) = self.sink.install(names, &cached.chain_pem, &cached.key_pem) {
@@ -187,7 +193,14 @@ impl AcmeManager {
     async fn renew(&self, index: usize, account: &mut AccountSlot) {
         let names = &self.settings.names[index];
         let retry = self.settings.retry_interval;
-        match self.obtain(names, account).await {
+        let mut result = self.obtain(names, account).await;
+        if result.as_ref().is_err_and(AcmeError::account_gone) {
+            // The server forgot the account (a test CA that restarted):
+            // register a new one and order again at once.
+            *account = AccountSlot { account: None, ignore_file: true };
+            result = self.obtain(names, account).await;
+        }
+        match result {
             Ok((info, cache_error)) => {
                 self.renewals_ok.fetch_add(1, Ordering::Relaxed);
                 let now = SystemTime::now();
@@ -199,18 +212,20 @@ impl AcmeManager {
                     rfc3339(info.renew_at())
                 );
                 if let Some(e) = cache_error {
-                    log::warn!("{e}; the certificate is installed but a restart will order a new one");
-                    certs[index].last_error = Some(e.to_string());
+                    let reason = describe(&e);
+                    log::warn!("{reason}; the certificate is installed but a restart will order a new one");
+                    certs[index].last_error = Some(reason);
                 }
             }
             Err(e) => {
-                if e.account_gone() {
-                    *account = AccountSlot { account: None, ignore_file: true };
-                }
                 self.renewals_failed.fetch_add(1, Ordering::Relaxed);
                 let now = SystemTime::now();
-                log::warn!("{e}; the installed certificate (if any) stays, next attempt at {}", rfc3339(now + retry));
-                self.certs()[index].failed(e.to_string(), now, retry);
+                let reason = describe(&e);
+                log::warn!(
+                    "{reason}; the installed certificate (if any) stays, next attempt at {}",
+                    rfc3339(now + retry)
+                );
+                self.certs()[index].failed(reason, now, retry);
             }
         }
     }
@@ -218,7 +233,11 @@ impl AcmeManager {
     /// Orders, checks and installs a certificate for `names`, then caches it.
     /// A failure to cache is returned beside the success, not as an error:
     /// the certificate is served, and ordering again would not fix the disk.
-    async fn obtain(&self, names: &[String], slot: &mut AccountSlot) -> Result<(CertInfo, Option<AcmeError>), AcmeError> {
+    async fn obtain(
+        &self,
+        names: &[String],
+        slot: &mut AccountSlot,
+    ) -> Result<(CertInfo, Option<AcmeError>), AcmeError> {
         if slot.account.is_none() {
             slot.account = Some(self.account(slot.ignore_file).await?);
             slot.ignore_file = false;
@@ -236,7 +255,8 @@ impl AcmeManager {
             .install(names, &issued.chain_pem, &issued.key_pem)
             .map_err(|reason| AcmeError::Refused { primary: primary.clone(), reason })?;
         let (cache, primary) = (self.cache.clone(), primary.clone());
-        let saved = tokio::task::spawn_blocking(move || cache.save_cert(&primary, &issued.chain_pem, &issued.key_pem)).await;
+        let saved =
+            tokio::task::spawn_blocking(move || cache.save_cert(&primary, &issued.chain_pem, &issued.key_pem)).await;
         Ok((info, saved.expect("writing the cache does not panic").err()))
     }
 
@@ -276,6 +296,22 @@ impl AcmeManager {
         };
         built.map_err(|source| AcmeError::Account { directory: self.settings.directory.clone(), source })
     }
+}
+
+/// The error's message followed by those of its sources that it does not
+/// already include ("client error (Connect): tcp connect error: Connection refused").
+fn describe(error: &AcmeError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `ca_root` must be readable and start with a PEM certificate.

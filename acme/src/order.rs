@@ -33,7 +33,12 @@ pub(crate) async fn issue(account: &Account, names: &[String], sink: &dyn AcmeSi
     result
 }
 
-async fn run(account: &Account, names: &[String], sink: &dyn AcmeSink, tokens: &mut Vec<String>) -> Result<Issued, AcmeError> {
+async fn run(
+    account: &Account,
+    names: &[String],
+    sink: &dyn AcmeSink,
+    tokens: &mut Vec<String>,
+) -> Result<Issued, AcmeError> {
     let primary = &names[0];
     let step = |step| move |source| AcmeError::Order { primary: primary.clone(), step, source };
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -47,7 +52,10 @@ async fn run(account: &Account, names: &[String], sink: &dyn AcmeSink, tokens: &
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => continue,
             other => {
-                return Err(AcmeError::Invalid { name, reason: format!("the authorization is {other:?} before any attempt") })
+                return Err(AcmeError::Invalid {
+                    name,
+                    reason: format!("the authorization is {other:?} before any attempt"),
+                })
             }
         }
         let mut challenge =

@@ -134,10 +134,7 @@ mod tests {
             message(&[&["a.example"], &[]]),
             "ACME: name set 1 is empty: each certificate needs at least one name"
         );
-        assert_eq!(
-            message(&[&["a.example", "A.example"]]),
-            "ACME: certificate name `a.example` is listed twice"
-        );
+        assert_eq!(message(&[&["a.example", "A.example"]]), "ACME: certificate name `a.example` is listed twice");
         assert_eq!(
             message(&[&["a.example"], &["a.example", "b.example"]]),
             "ACME: certificate name `a.example` is listed twice"
@@ -148,6 +145,9 @@ mod tests {
     fn rejects_plain_http_directory() {
         let mut s = settings(&[&["a.example"]]);
         s.directory = "http://acme.test/dir".into();
-        assert_eq!(s.validate().unwrap_err().to_string(), "ACME: directory `http://acme.test/dir` is not an https:// URL");
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "ACME: directory `http://acme.test/dir` is not an https:// URL"
+        );
     }
 }
