@@ -4,7 +4,8 @@
 #   --test:   the real programs the tests drive, all from Debian's packages:
 #             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
 #             docker-registry (deploy pulls), docker-compose (compose file check),
-#             systemd-analyze (unit check), and a Docker Engine where none
+#             systemd-analyze (unit check), pebble and pebble-challtestsrv
+#             (the ACME test CA), and a Docker Engine where none
 #             answers (docker.io, dockerd started in the background)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ if [ "${1:-}" = --test ]; then
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v docker-compose > /dev/null || need+=(docker-compose)
   command -v systemd-analyze > /dev/null || need+=(systemd)
+  { [ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ]; } || need+=(pebble)
   docker_up() { command -v docker > /dev/null && docker version --format '{{.Server.Version}}' > /dev/null 2>&1; }
   if ! docker_up && ! command -v dockerd > /dev/null; then need+=(docker.io); fi
 fi
