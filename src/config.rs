@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod tls;
-pub use tls::{load_all as load_certificates, AcmeConfig, CertFile, TlsConfig};
+pub use tls::{load_all as load_certificates, CertFile, TlsConfig};
 
 /// A config that cannot be used; says where and why.
 #[derive(Debug, thiserror::Error)]

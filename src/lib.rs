@@ -2,6 +2,7 @@
 //! client and server assembly (kept here so tests and benches can use them).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod certfiles;
 pub mod cli;
 pub mod client;

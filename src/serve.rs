@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Validator};
 use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
 
+use crate::acme::Acme;
 use crate::certfiles::CertFiles;
 use pingora::server::configuration::{Opt, ServerConf};
 use rustix::process::{kill_process, Signal};
@@ -56,6 +57,9 @@ pub enum ServeError {
     /// Runtime setup failed.
     #[error("{0}")]
     Runtime(#[from] std::io::Error),
+    /// `[tls.acme]` could not be set up (its cache directory, its CA root).
+    #[error("{0}")]
+    Acme(String),
 }
 
 /// Runs the validation-window timer, the warm release's health watch and
@@ -279,11 +283,22 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     // the front door: certificates, ACME answers, handshake and protocol counters
     let front = FrontDoor::new();
     controller.register_front_door(front.clone());
-    let cert_files = config.tls.as_ref().map(|tls| {
-        let default = tls.files.iter().position(|f| f.default);
-        front.certs.set_files(tls.certificates.clone(), default);
-        CertFiles::new(tls.files.clone())
-    });
+    let mut acme = None;
+    let cert_files = match &config.tls {
+        Some(tls) => {
+            let default = tls.files.iter().position(|f| f.default);
+            front.certs.set_files(tls.certificates.clone(), default);
+            let mut files = CertFiles::new(tls.files.clone());
+            if let Some(settings) = &tls.acme {
+                let a = Acme::new(settings.clone(), front.clone()).map_err(|e| ServeError::Acme(e.to_string()))?;
+                controller.register_metrics(a.collector());
+                files = files.with_acme_status(a.status_fn());
+                acme = Some(a);
+            }
+            Some(files)
+        }
+        None => None,
+    };
     if let Some(files) = &cert_files {
         source = source.with_certificates(files.clone(), front.clone());
     }
@@ -319,6 +334,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
 
     server.add_service(admin);
     server.add_service(background_service("resolver", Resolver::new(table.clone(), config.resolve_interval)));
+    if let Some(acme) = acme {
+        server.add_service(background_service("ACME certificates", acme));
+    }
     server.add_service(background_service("validation window and warm watch", ControlLoops(controller.clone())));
     log::info!(
         "canopy serving on {} (admin on {})",

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use canopy_acme::AcmeSettings;
 use canopy_proxy::{Certificate, TlsOptions};
 use serde::Deserialize;
 use toml::Spanned;
@@ -69,23 +70,6 @@ pub fn load_all(files: &[CertFile]) -> Result<(Vec<Certificate>, Option<usize>),
     Ok((certs, files.iter().position(|f| f.default)))
 }
 
-/// `[tls.acme]`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeConfig {
-    /// The ACME directory URL.
-    pub directory: String,
-    /// Account contacts (`mailto:` URLs).
-    pub contact: Vec<String>,
-    /// One certificate per list, first name primary.
-    pub names: Vec<Vec<String>>,
-    /// Account key and certificates.
-    pub cache_dir: PathBuf,
-    /// Extra root certificate for the ACME server's own HTTPS (a test CA).
-    pub ca_root: Option<PathBuf>,
-    /// After a failed order, the next attempt this much later.
-    pub retry_interval: Duration,
-}
-
 /// `[tls]`, checked, with its certificates loaded.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -98,7 +82,7 @@ pub struct TlsConfig {
     /// How often the files are checked for changes (`None`: never).
     pub watch_interval: Option<Duration>,
     /// `[tls.acme]`.
-    pub acme: Option<AcmeConfig>,
+    pub acme: Option<AcmeSettings>,
 }
 
 /// What `[tls]` adds to `[proxy]`'s settings.
@@ -167,33 +151,7 @@ pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result
     Ok(Parsed { tls: TlsConfig { options, files, certificates, watch_interval, acme }, redirect_http, hsts })
 }
 
-fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeConfig, ConfigError> {
-    let directory = a.directory.get_ref();
-    if !directory.starts_with("https://") {
-        return Err(cx.err(a.directory.span(), format!("ACME directory `{directory}` must be an https:// URL")));
-    }
-    let mut names = Vec::new();
-    for entry in a.names.get_ref() {
-        let list = match entry.get_ref() {
-            OneOrMany::One(n) => vec![n.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        if list.is_empty() {
-            return Err(cx.err(entry.span(), "an empty list of names"));
-        }
-        let mut lower = Vec::new();
-        for n in list {
-            if !dns_name(&n) {
-                let why = if n.starts_with("*.") { " (HTTP-01 cannot prove a wildcard: use a [[tls.certificate]] file for it)" } else { "" };
-                return Err(cx.err(entry.span(), format!("`{n}` is not a DNS host name{why}")));
-            }
-            lower.push(n.to_ascii_lowercase());
-        }
-        names.push(lower);
-    }
-    if names.is_empty() {
-        return Err(cx.err(a.names.span(), "[tls.acme] needs at least one name"));
-    }
+fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeSettings, ConfigError> {
     let ca_root = match &a.ca_root {
         Some(p) => {
             let path = cx.relative(p.get_ref());
@@ -202,27 +160,26 @@ fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeConfig
         }
         None => None,
     };
-    Ok(AcmeConfig {
-        directory: directory.clone(),
+    let names = a
+        .names
+        .get_ref()
+        .iter()
+        .map(|entry| match entry.get_ref() {
+            OneOrMany::One(n) => vec![n.to_ascii_lowercase()],
+            OneOrMany::Many(v) => v.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        })
+        .collect();
+    let settings = AcmeSettings {
+        directory: a.directory.get_ref().clone(),
         contact: a.contact.iter().map(|c| c.get_ref().clone()).collect(),
         names,
         cache_dir: a.cache_dir.as_deref().map_or(cache_default, |d| cx.relative(d)),
         ca_root,
-        retry_interval: a.retry_interval.map_or(Duration::from_secs(3600), |d| d.0),
-    })
-}
-
-/// A host name as a certificate may name it: dot-separated labels of
-/// letters, digits and inner hyphens, at least two labels.
-fn dns_name(n: &str) -> bool {
-    let labels: Vec<&str> = n.split('.').collect();
-    labels.len() >= 2
-        && n.len() <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+        retry_interval: a.retry_interval.map_or(canopy_acme::DEFAULT_RETRY_INTERVAL, |d| d.0),
+    };
+    settings.validate().map_err(|e| {
+        let span = if matches!(e, canopy_acme::AcmeError::BadDirectory { .. }) { a.directory.span() } else { a.names.span() };
+        cx.err(span, e.to_string())
+    })?;
+    Ok(settings)
 }

@@ -181,6 +181,15 @@ impl Canopy {
         panic!("canopy did not start");
     }
 
+    /// Starts canopy in `dir` with the proxy on `proxy_port` (which the
+    /// caller chose, e.g. because another server must know it first).
+    pub fn start_in_on(dir: &Path, config: &str, proxy_port: u16) -> Canopy {
+        let (text, _, ap, tp) = with_all_ports(&config.replace("{proxy_port}", &proxy_port.to_string()));
+        let mut c = Self::try_start(dir, text, proxy_port, ap, tp).unwrap_or_else(|| panic!("canopy did not start on port {proxy_port}"));
+        c.template = config.to_string();
+        c
+    }
+
     fn try_start(dir: &Path, text: String, pp: u16, ap: u16, tp: Option<u16>) -> Option<Canopy> {
         std::fs::write(dir.join("proxy.toml"), &text).unwrap();
         let log = std::fs::File::create(dir.join("canopy.log")).unwrap();

@@ -64,6 +64,11 @@ impl Controller {
         self.metrics.register(Box::new(FrontCollector::new(front)));
     }
 
+    /// Registers more metrics on `/metrics` (e.g. ACME's); called at start.
+    pub fn register_metrics(&self, collector: Box<dyn canopy_proxy::prometheus::core::Collector>) {
+        self.metrics.register(collector);
+    }
+
     /// Turns on certificate reloads and the TLS view; called once at start
     /// when proxy.toml has TLS listeners.
     pub fn enable_tls(&self, front: Arc<FrontDoor>, source: Box<dyn CertSource>) {
