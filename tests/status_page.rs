@@ -571,3 +571,31 @@ async fn status_page_is_self_contained_html() {
     let r = client().get(c.admin_url("/")).header("origin", "http://evil.example").send().await.unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
+    use support::tls::{cert, tls_config};
+    let (shop, wildcard) = (cert(&["shop.test", "www.shop.test"]), cert(&["*.cdn.test"]));
+    let tmp = tempfile::tempdir().unwrap();
+    shop.write(tmp.path(), "shop");
+    wildcard.write(tmp.path(), "cdn");
+    let tls = "[tls]\n[[tls.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[tls.certificate]]\ncert = \"cdn.pem\"\nkey = \"cdn.key\"\n";
+    let mut c = Canopy::start_in(tmp.path(), &tls_config(tls));
+    c.tmp = Some(tmp);
+    let driver = ChromeDriver::start().await;
+    let origin = format!("http://{}", c.admin);
+    let mut b = Browser::open(&driver, &origin).await;
+    b.wd.goto(&format!("{origin}/")).await.expect("open the status page");
+    b.wait_shown("#certs-card", true).await;
+    let rows = b.wait_text("#certs", |t| t.contains("*.cdn.test"), "both certificates listed", Duration::from_secs(20)).await;
+    // rcgen's certificates are valid until 4096: thousands of days left
+    assert!(rows.contains("shop.test, www.shop.test") && rows.contains("days") && rows.contains("shop.pem"), "{rows}");
+    // a broken key: `canopy tls reload` is refused and the page says so
+    std::fs::write(c.dir.join("cdn.key"), "garbage\n").unwrap();
+    assert!(!c.cli(&["tls", "reload"]).status.success());
+    let rows = b.wait_text("#certs", |t| t.contains("reload refused"), "the refused reload shown", Duration::from_secs(20)).await;
+    assert!(rows.contains("cdn.key"), "{rows}");
+    b.read_logs().await;
+    let _ = b.wd.clone().close().await;
+    assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
+}
