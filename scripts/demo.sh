@@ -93,8 +93,14 @@ trap cleanup EXIT INT TERM
 $upstream juniper server=127.0.0.1:13000 worker=127.0.0.1:13020 storefront=127.0.0.1:14000 &
 $upstream elm     server=127.0.0.1:23000 worker=127.0.0.1:23020 storefront=127.0.0.1:24000 &
 
-# The shipped config, copied so its state file lands in a scratch directory.
+# The shipped config, copied so its state file lands in a scratch directory,
+# with HTTPS on 127.0.0.1:8443 turned on (a self-signed certificate for
+# localhost; production uses real files or [tls.acme]).
 cp proxy.toml "$work/proxy.toml"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/demo.key" -out "$work/demo.pem" 2> /dev/null
+sed -i 's|^# listen-tls = "0.0.0.0:8443"|listen-tls = "0.0.0.0:8443"|' "$work/proxy.toml"
+printf '\n[tls]\n[[tls.certificate]]\ncert = "demo.pem"\nkey = "demo.key"\n' >> "$work/proxy.toml"
 mkdir -p "$work/deploy" && cp deploy/vendure.env "$work/deploy/" # its [service.container] env-file
 $canopy check-config -c "$work/proxy.toml"
 # deploy/check-migrations asks the release's database; the demo has none.
@@ -119,8 +125,11 @@ step $canopy switch elm
 step served_by /products/42
 step $canopy rollback
 step served_by /products/42
+step curl -s --http2 --cacert "$work/demo.pem" -o /dev/null -w '%{http_version} %{http_code} over TLS\n' https://localhost:8443/products/42
+step $canopy tls
 step $canopy status
-printf '\ncanopy is serving on http://127.0.0.1:8080 (admin: %s). Ctrl-C stops everything.\n' "$CANOPY_ADMIN"
+printf '\ncanopy is serving on http://127.0.0.1:8080 and https://localhost:8443 (admin: %s). Ctrl-C stops everything.\n' "$CANOPY_ADMIN"
 printf 'Try: curl -i http://127.0.0.1:8080/ -H "x-canopy-release: elm"   (preview)\n'
+printf '     curl -i --http2 --cacert %s https://localhost:8443/\n' "$work/demo.pem"
 printf '     %s switch elm; %s rollback; %s events\n' "$canopy" "$canopy" "$canopy"
 wait

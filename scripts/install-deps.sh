@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what canopy needs on Debian, skipping what is already there:
-#   always:   cmake and a C toolchain (pingora's dependencies build C code), curl
+#   always:   cmake and a C toolchain (pingora's dependencies build C code), curl, openssl
 #   --test:   the real programs the tests drive, all from Debian's packages:
 #             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
 #             docker-registry (deploy pulls), docker-compose (compose file check),
@@ -13,6 +13,7 @@ need=()
 command -v cmake > /dev/null || need+=(cmake)
 command -v cc > /dev/null || need+=(build-essential)
 command -v curl > /dev/null || need+=(curl)
+command -v openssl > /dev/null || need+=(openssl) # scripts/demo.sh: a self-signed certificate
 if [ "${1:-}" = --test ]; then
   command -v prometheus > /dev/null || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
