@@ -7,10 +7,9 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
-use support::load::{assert_right_releases, count, Flip, Kind, Load};
+use support::load::{assert_right_releases, count, flip_many, Kind, Load};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -26,17 +25,7 @@ async fn hundred_flips_under_load_lose_nothing() {
 
     // 100+ flips through the admin API, validation included
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let admin = client();
-    let mut flips = Vec::new();
-    for k in 0..110 {
-        let to = if k % 2 == 0 { "elm" } else { "juniper" };
-        let sent = Instant::now();
-        let r = admin.post(c.admin_url("/switch")).json(&json!({"release": to})).send().await.unwrap();
-        let acked = Instant::now();
-        assert_eq!(r.status(), 200, "flip {k}: {}", r.text().await.unwrap());
-        flips.push(Flip { sent, acked, to: to.to_string() });
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    let flips = flip_many(&c.admin_url("/switch"), 110, ["elm", "juniper"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (done, failures) = load.stop().await;
 

@@ -13,8 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::load::{assert_right_releases, count, Flip, Kind, Load};
+use support::load::{assert_right_releases, count, flip_many, Kind, Load};
 use support::tls::{cert, h1_tls_target, h2_target, https, metric, served, tls_config, TestCert};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -220,17 +219,7 @@ async fn hundred_flips_on_long_lived_h2_connections_lose_nothing() {
     let h2 = h2load(&format!("https://127.0.0.1:{}/shop-api/h2load", tls.port()), 6);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let admin = client();
-    let mut flips = Vec::new();
-    for k in 0..110 {
-        let to = if k % 2 == 0 { "elm" } else { "juniper" };
-        let sent = Instant::now();
-        let r = admin.post(c.admin_url("/switch")).json(&json!({"release": to})).send().await.unwrap();
-        let acked = Instant::now();
-        assert_eq!(r.status(), 200, "flip {k}: {}", r.text().await.unwrap());
-        flips.push(Flip { sent, acked, to: to.to_string() });
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    let flips = flip_many(&c.admin_url("/switch"), 110, ["elm", "juniper"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (done, failures) = load.stop().await;
     let (h2_ok, h2_failed, h2_non2xx, h2_text) = tokio::task::spawn_blocking(move || h2load_result(h2)).await.unwrap();
@@ -525,4 +514,42 @@ fn bad_certificate_files_are_refused_with_file_line_and_reason() {
     assert!(err.contains("certificate expired"), "{err}");
     assert!(std::net::TcpListener::bind(("127.0.0.1", pp)).is_ok(), "serve bound its port before refusing");
     let _ = std::io::stderr().flush();
+}
+
+/// Sends `request` on a fresh TLS connection (no ALPN: HTTP/1.1) and reads
+/// the answer until the server closes or 2 s pass.
+async fn raw_https(tls: std::net::SocketAddr, root: &TestCert, request: &[u8]) -> String {
+    let mut s = tls_h2_free_h1(tls, root).await;
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_and_header_limits_hold_over_tls_and_h2() {
+    let shop = cert(&["shop.test"]);
+    let tls_part = "[tls]\n[[tls.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n";
+    let (c, juniper, _elm) = tls_canopy(|d| shop.write(d, "shop"), tls_part).await;
+    let tls = c.tls.unwrap();
+    let hits = || juniper.server.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = hits();
+    // Content-Length with Transfer-Encoding: refused before anything is forwarded
+    let smuggle = b"POST /shop-api/x HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let answer = raw_https(tls, &shop, smuggle).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("both Content-Length and Transfer-Encoding"), "{answer}");
+    // a 70 KB header section: 431 over HTTP/1.1 on TLS
+    let big = "a".repeat(70_000);
+    let answer = raw_https(tls, &shop, format!("GET /shop-api/x HTTP/1.1\r\nHost: shop.test\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+    // and refused by the h2 codec (64 KiB header lists) on h2
+    let h2 = https("shop.test", tls, &[&shop]).build().unwrap();
+    let url = format!("https://shop.test:{}/shop-api/x", tls.port());
+    let refused = h2.get(&url).header("x-big", &big).send().await;
+    assert!(refused.as_ref().map_or(true, |r| r.status() == 431), "a 70 KB h2 header list was accepted: {refused:?}");
+    assert_eq!(hits(), before, "a refused request reached the upstream");
+    // the next request is served
+    let r = https("shop.test", tls, &[&shop]).build().unwrap().get(&url).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
 }

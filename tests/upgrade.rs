@@ -41,19 +41,19 @@ fn logs(c: &Canopy, upgrades: usize) -> String {
     out
 }
 
-/// Upgrades `c` in place: returns once the new process owns both listening
-/// sockets and the old one has let go of them. `c.child` becomes the new
+/// Upgrades `c` in place: returns once the new process owns every listening
+/// socket (proxy, admin and TLS) and the old one has let go of them. `c.child` becomes the new
 /// process; the old one (still finishing its requests) is returned.
 async fn upgrade(c: &mut Canopy, n: usize) -> Child {
     let mut new = spawn_upgrade(c, n);
-    let (pp, ap) = (c.proxy.port(), c.admin.port());
+    let ports: Vec<u16> = [c.proxy.port(), c.admin.port()].into_iter().chain(c.tls.map(|t| t.port())).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(st)) = new.try_wait() {
             panic!("upgrade {n}: new process exited with {st}\n{}", logs(c, n));
         }
         let (new_pid, old_pid) = (new.id(), c.child.id());
-        if listens(new_pid, pp) && listens(new_pid, ap) && !listens(old_pid, pp) && !listens(old_pid, ap) {
+        if ports.iter().all(|&p| listens(new_pid, p) && !listens(old_pid, p)) {
             break;
         }
         assert!(Instant::now() < deadline, "upgrade {n} did not complete in 20 s\n{}", logs(c, n));
@@ -265,4 +265,40 @@ async fn new_process_killed_after_the_handover_is_recovered_by_a_restart() {
     let st = status(&restarted).await;
     assert_eq!(st["live"], "elm", "{st}");
     assert_eq!(get(&restarted, "/shop-api/x").await.1, "elm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_hand_over_the_tls_listener_under_h2_and_https_load() {
+    use support::tls::{cert, h1_tls_target, h2_target, https, served, tls_config};
+    let shop = cert(&["shop.test"]);
+    let tmp = tempfile::tempdir().unwrap();
+    shop.write(tmp.path(), "shop");
+    let tls_part = "[tls]\n[[tls.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n";
+    let mut c = Canopy::start_in(tmp.path(), &tls_config(tls_part));
+    c.tmp = Some(tmp);
+    let (mut c, _juniper, _elm) = two_releases_on(c).await;
+    let tls = c.tls.unwrap();
+    // long-lived h2 connections (each is told GOAWAY by the old process and
+    // reconnects to the new one) and a new TLS connection per request
+    let h2 = Load::start_on(&h2_target("shop.test", tls, vec![shop.clone()]), &[Kind::KEEPALIVE_GET, Kind::POST]);
+    let h1 = Load::start_on(&h1_tls_target("shop.test", tls, vec![shop.clone()]), &[Kind::FRESH_GET, Kind::KEEPALIVE_GET]);
+    let mut old = Vec::new();
+    for n in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        old.push(upgrade(&mut c, n).await);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (done_h2, failed_h2) = h2.stop().await;
+    let (done_h1, failed_h1) = h1.stop().await;
+    for mut o in old {
+        let st = tokio::task::spawn_blocking(move || o.wait()).await.unwrap().unwrap();
+        assert!(st.success(), "an old process exited with {st}\n{}", logs(&c, 3));
+    }
+    assert!(failed_h2.is_empty() && failed_h1.is_empty(), "h2: {failed_h2:?}\nhttps: {failed_h1:?}\n{}", logs(&c, 3));
+    eprintln!("3 upgrades: {} h2 streams, {} HTTPS requests ({} on new connections), 0 failed", done_h2.len(), done_h1.len(), count(&done_h1, "fresh-get"));
+    assert!(done_h2.len() >= 20 && count(&done_h1, "fresh-get") >= 20);
+    // the last process serves HTTPS with the same certificate
+    let r = https("shop.test", tls, &[&shop]).build().unwrap().get(format!("https://shop.test:{}/shop-api/after", tls.port())).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
+    assert!(served(&r) == shop.der);
 }

@@ -22,15 +22,19 @@ pub struct RequestCollector {
 impl RequestCollector {
     /// A collector over `table`'s counters.
     pub fn new(table: Arc<ReleaseTable>) -> Self {
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help, labels)| {
-                let labels = labels.iter().map(|l| l.to_string()).collect();
-                Desc::new(name.to_string(), help.to_string(), labels, Default::default()).expect("valid metric desc")
-            })
-            .collect();
-        Self { table, descs }
+        Self { table, descs: descs(&FAMILIES) }
     }
+}
+
+/// The descriptions of metric families given as (name, help, labels).
+pub(crate) fn descs(families: &[(&str, &str, &[&str])]) -> Vec<Desc> {
+    families
+        .iter()
+        .map(|(name, help, labels)| {
+            let labels = labels.iter().map(|l| l.to_string()).collect();
+            Desc::new(name.to_string(), help.to_string(), labels, Default::default()).expect("valid metric desc")
+        })
+        .collect()
 }
 
 impl Collector for RequestCollector {

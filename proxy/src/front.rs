@@ -12,6 +12,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::certs::CertStore;
+use crate::exposition::descs;
 use crate::stats::{counter, family, sample};
 use crate::tls::HandshakeCounts;
 
@@ -93,14 +94,7 @@ pub struct FrontCollector {
 impl FrontCollector {
     /// A collector over `front`.
     pub fn new(front: Arc<FrontDoor>) -> Self {
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help, labels)| {
-                let labels = labels.iter().map(|l| l.to_string()).collect();
-                Desc::new(name.to_string(), help.to_string(), labels, Default::default()).expect("valid metric desc")
-            })
-            .collect();
-        Self { front, descs }
+        Self { front, descs: descs(&FAMILIES) }
     }
 }
 

@@ -236,6 +236,24 @@ async fn websocket_loop(proxy: SocketAddr, stop: Arc<AtomicBool>, log: Arc<Mutex
     }
 }
 
+/// Flips `n` times through the admin API at `switch_url` (`POST /switch`),
+/// to `to[0]`, `to[1]`, `to[0]`, ... 15 ms apart; each must be acknowledged
+/// with 200. Returns when each was sent and acknowledged.
+pub async fn flip_many(switch_url: &str, n: usize, to: [&str; 2]) -> Vec<Flip> {
+    let admin = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut flips = Vec::new();
+    for k in 0..n {
+        let to = to[k % 2];
+        let sent = Instant::now();
+        let r = admin.post(switch_url).json(&serde_json::json!({"release": to})).send().await.unwrap();
+        let acked = Instant::now();
+        assert_eq!(r.status(), 200, "flip {k}: {}", r.text().await.unwrap());
+        flips.push(Flip { sent, acked, to: to.to_string() });
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    flips
+}
+
 /// The releases that may serve a request that canopy received somewhere in
 /// [start, arrived]: the one live when it started (per acknowledged flips,
 /// `initial` before any), plus the target of any flip in progress or begun
