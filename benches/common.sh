@@ -1,5 +1,5 @@
 # Shared helpers for the shell benchmarks (sourced by callgrind.sh,
-# syscalls.sh, latency_ab.sh and load.sh). Loopback only.
+# syscalls.sh, latency_ab.sh, load.sh and tls.sh). Loopback only.
 
 # REL: where cargo put the release binaries (honours CARGO_TARGET_DIR)
 REL=${CARGO_TARGET_DIR:-target}/release
@@ -59,8 +59,10 @@ CFG
   echo "$1"
 }
 
-# nginx_conf DIR PORT UPSTREAM WORKERS: nginx as a keep-alive reverse proxy
-# to UPSTREAM (host:port), everything under DIR. Prints the config path.
+# nginx_conf DIR PORT UPSTREAM WORKERS [SERVER_LINES]: nginx as a keep-alive
+# reverse proxy to UPSTREAM (host:port), everything under DIR; SERVER_LINES
+# (e.g. a TLS listener and its certificate) go into the server block.
+# Prints the config path.
 nginx_conf() {
   mkdir -p "$1"
   cat > "$1/nginx.conf" <<CFG
@@ -76,6 +78,7 @@ http {
   upstream u { server $3; keepalive 64; }
   server {
     listen 127.0.0.1:$2;
+${5:-}
     location / {
       proxy_pass http://u;
       proxy_http_version 1.1;
@@ -86,3 +89,145 @@ http {
 CFG
   echo "$1/nginx.conf"
 }
+
+# haproxy_cfg FILE PORT UPSTREAM THREADS [BIND_LINES]: HAProxy in HTTP mode
+# with THREADS threads, one frontend on 127.0.0.1:PORT and a keep-alive
+# backend to UPSTREAM (host:port); BIND_LINES (e.g. a TLS `bind`) go into
+# the frontend. Prints FILE.
+haproxy_cfg() {
+  cat >"$1" <<CFG
+global
+  nbthread $4
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$2
+${5:-}
+  default_backend b
+backend b
+  server s1 $3
+CFG
+  echo "$1"
+}
+
+# ---------------------------------------------------------------- processes
+# For scripts that keep the pids they start in the array PIDS, their files
+# in $TMP and their proxies' logs in $TMP/NAME.log (load.sh, tls.sh).
+
+die() { echo "${0##*/}: $*" >&2; exit 1; }
+
+# stop_pid PID: TERM, then KILL (with its children) after 5s
+stop_pid() {
+  local pid=$1 i k
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    # still there: kill it and its children (nginx workers) for good
+    for k in $(pgrep -P "$pid" || true); do kill -KILL "$k" 2>/dev/null || true; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# forget PID: drop a reaped pid from PIDS so the cleanup never signals a
+# recycled pid that is no longer ours.
+forget() {
+  local keep=() p
+  for p in "${PIDS[@]+"${PIDS[@]}"}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# exit_cleanup: the EXIT trap: stop every pid in PIDS, remove $TMP, keep the
+# exit status.
+exit_cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+
+# run CMD...: run a (bounded) command in the background and wait for it, so a
+# signal to the script is handled at once instead of after CMD finishes, and
+# CMD itself is stopped by the cleanup.
+run() {
+  "$@" &
+  local pid=$! rc=0
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget "$pid"
+  return "$rc"
+}
+
+# free_ports N: N free loopback ports, all held open at once so they are distinct.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# wait_http NAME PID URL [CURL_ARGS...]: poll until URL answers 200, the
+# process dies, or READY_TIMEOUT seconds (default 15) pass.
+wait_http() {
+  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + ${READY_TIMEOUT:-15}))
+  shift 3
+  while ((SECONDS < deadline)); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/$name.log" >&2 || true; die "$name exited during start-up"; }
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true) == 200 ]] && return 0
+    sleep 0.05
+  done
+  tail -n 20 "$TMP/$name.log" >&2 || true
+  die "$name did not answer 200 on $url within ${READY_TIMEOUT:-15}s"
+}
+
+# ---------------------------------------------------------------- CPU time
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks PID: CPU ticks (utime+stime, all threads) of PID and its direct
+# children (nginx workers).
+cpu_ticks() {
+  local total=0 p stat
+  for p in "$1" $(pgrep -P "$1" || true); do
+    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    stat=${stat##*) }            # drop "pid (comm) " - comm may contain spaces
+    set -- $stat                  # $1 = state (field 3), so utime = $12, stime = $13
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+# busy_before: sets BUSY_BEFORE to how busy the CPUs were over one second
+# (share of non-idle time), before anything of ours runs; warns above 20%.
+busy_before() {
+  local total0 idle0 total1 idle1
+  read -r total0 idle0 <<<"$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)"
+  sleep 1
+  read -r total1 idle1 <<<"$(awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)"
+  BUSY_BEFORE=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN {printf "%.0f%%", (t > 0 ? 100 * (t - i) / t : 0)}')
+  ((${BUSY_BEFORE%\%} < 20)) || echo "warning: the CPUs are already $BUSY_BEFORE busy; expect skewed numbers" >&2
+}
+
+# ---------------------------------------------------------------- report
+# median "V1 V2 ..." PRINTF-FORMAT
+median() {
+  tr ' ' '\n' <<<"$1" | grep . | sort -g |
+    awk -v f="$2" '{v[NR] = $1} END {if (NR) printf f, (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+}
+
+# ratio A B: A/B as "1.23x" ("-" without B)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }

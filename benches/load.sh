@@ -38,99 +38,14 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 . benches/common.sh
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-load.XXXXXX")
-CLK_TCK=$(getconf CLK_TCK)
 
-# ---------------------------------------------------------------- cleanup
-# Every process we start is recorded here and killed (by pid) on exit.
+# Every process we start is recorded in PIDS and stopped (by pid) on exit.
 PIDS=()
-
-stop_pid() { # stop_pid PID: TERM, then KILL (with its children) after 5s
-  local pid=$1 i k
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    # still there: kill it and its children (nginx workers) for good
-    for k in $(pgrep -P "$pid" || true); do kill -KILL "$k" 2>/dev/null || true; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-# forget PID: drop a reaped pid from PIDS so the cleanup never signals a
-# recycled pid that is no longer ours.
-forget() {
-  local keep=() p
-  for p in "${PIDS[@]+"${PIDS[@]}"}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
+trap exit_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-die() { echo "load.sh: $*" >&2; exit 1; }
-
-# run CMD...: run a (bounded) command in the background and wait for it, so a
-# signal to this script is handled at once instead of after CMD finishes, and
-# CMD itself is stopped by the cleanup.
-run() {
-  "$@" &
-  local pid=$! rc=0
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  forget "$pid"
-  return "$rc"
-}
-
 # ---------------------------------------------------------------- helpers
-# Free loopback ports, all held open at once so they are distinct.
-free_ports() { # free_ports N
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# wait_http NAME PID URL: poll until URL answers 200, the process dies, or the deadline.
-wait_http() {
-  local name=$1 pid=$2 url=$3 deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/$name.log" >&2 || true; die "$name exited during start-up"; }
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
-    sleep 0.05
-  done
-  tail -n 20 "$TMP/$name.log" >&2 || true
-  die "$name did not answer 200 on $url within ${READY_TIMEOUT}s"
-}
-
-# CPU ticks (utime+stime) of PID and its direct children (nginx workers).
-cpu_ticks() {
-  local total=0 p stat
-  for p in "$1" $(pgrep -P "$1" || true); do
-    stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-    stat=${stat##*) }            # drop "pid (comm) " - comm may contain spaces
-    set -- $stat                  # $1 = state (field 3), so utime = $12, stime = $13
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
-
 # wrk latency like 812.00us / 1.23ms / 1.01s -> milliseconds
 to_ms() {
   awk -v v="$1" 'BEGIN {
@@ -147,13 +62,8 @@ run cargo build --release --bin canopy --example upstream --example bare_pingora
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # Other work on the machine skews everything; show how busy the CPUs were
-# (share of non-idle time over one second, before anything of ours runs).
-cpu_sample() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
-read -r total0 idle0 <<<"$(cpu_sample)"
-sleep 1
-read -r total1 idle1 <<<"$(cpu_sample)"
-BUSY_BEFORE=$(awk -v t=$((total1 - total0)) -v i=$((idle1 - idle0)) 'BEGIN {printf "%.0f%%", (t > 0 ? 100 * (t - i) / t : 0)}')
-((${BUSY_BEFORE%\%} < 20)) || echo "warning: the CPUs are already $BUSY_BEFORE busy; expect skewed numbers" >&2
+# (before anything of ours runs).
+busy_before
 
 # ---------------------------------------------------------------- upstream
 read -r UP_PORT CANOPY_PORT ADMIN_PORT BARE_PORT NGINX_PORT HAPROXY_PORT <<<"$(free_ports 6)"
@@ -199,22 +109,7 @@ start_nginx() {
 }
 
 start_haproxy() {
-  cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread $THREADS
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend b
-backend b
-  server s1 $UPSTREAM
-EOF
+  haproxy_cfg "$TMP/haproxy.cfg" "$HAPROXY_PORT" "$UPSTREAM" "$THREADS" >/dev/null
   /usr/sbin/haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
   PROXY_PID=$!
   PROXY_URL=http://127.0.0.1:$HAPROXY_PORT
@@ -289,11 +184,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # ---------------------------------------------------------------- report
-median() { # median "V1 V2 ..." PRINTF-FORMAT
-  tr ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk -v f="$2" '{v[NR] = $1} END {if (NR) printf f, (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 declare -A M_RPS M_P99 M_CPU
 for name in "${PROXIES[@]}"; do
   M_RPS[$name]=$(median "${RPS[$name]}" %.0f)
