@@ -6,6 +6,7 @@
 #
 #   bash benches/callgrind.sh            # N1=500 N2=2500 requests
 #   KEEP=1 bash benches/callgrind.sh     # keep callgrind.out files for callgrind_annotate
+#   FRESH=1 bash benches/callgrind.sh    # a new TCP connection per request (Connection: close)
 #   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics
 #   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
 #                                        # before/after: another canopy build on the same config, same run

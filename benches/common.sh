@@ -21,15 +21,21 @@ start_upstream() {
 }
 
 # drive PORT N: N keep-alive GET /products from one client, each must be 200
+# (FRESH=1: a new connection for each)
 drive() {
   python3 - "$1" "$2" <<'PY'
-import http.client, sys
+import http.client, os, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+fresh = os.environ.get("FRESH") == "1"  # a new connection per request
+c = None
 for i in range(n):
-    c.request("GET", "/products")
+    if c is None or fresh:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/products", headers={"Connection": "close"} if fresh else {})
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    if fresh:
+        c.close()
 PY
 }
 
