@@ -125,7 +125,8 @@ async fn issues_installs_and_caches_then_restarts_from_the_cache_without_the_ca(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_by_itself_at_two_thirds_of_the_lifetime() {
     let sink = TestSink::start().await;
-    let pebble = Pebble::start(sink.port, Duration::from_secs(6)).await;
+    // 12 s: renewal due 8 s in, 4 s to spare before expiry on a busy machine
+    let pebble = Pebble::start(sink.port, Duration::from_secs(12)).await;
     let root = tempfile::tempdir().unwrap();
     let cache = root.path().join("acme");
     let (manager, task) = spawn(settings(&pebble.directory, &cache, &pebble), &sink);
@@ -137,10 +138,9 @@ async fn renews_by_itself_at_two_thirds_of_the_lifetime() {
     let renew_at = not_before as f64 + (not_after - not_before) as f64 * 2.0 / 3.0;
     let renewed = unix(second.at);
     assert!(
-        renewed >= renew_at && renewed < renew_at + 3.0,
+        renewed >= renew_at && renewed < not_after as f64,
         "renewed at {renewed}, due at {renew_at} (not before {not_before}, not after {not_after})"
     );
-    assert!(renewed < not_after as f64, "renewed before the old one expired");
     assert_eq!(manager.renewals_failed(), 0);
     let cached = || std::fs::read_to_string(cache.join("shop.test.crt")).unwrap();
     // The cache is written right after the install.

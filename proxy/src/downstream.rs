@@ -210,12 +210,16 @@ struct Stopping<'a> {
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ClientTimeouts<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _open = self.table.drain().enter();
+        // the TLS handshake's and the h2 loop's state are boxed, so that the
+        // future of every connection (plaintext HTTP/1 included) stays small;
+        // pingora's own listener future had the same problem, see
+        // vendor/pingora-core/README.canopy.md
         let mut stream = match &self.tls {
-            Some(tls) => tls.handshake(stream).await?,
+            Some(tls) => Box::pin(tls.handshake(stream)).await?,
             None => stream,
         };
         if self.speaks_h2(&mut stream).await? {
-            crate::h2::serve(&self.inner, stream, shutdown, self.table.drain(), self.head_deadline).await;
+            Box::pin(crate::h2::serve(&self.inner, stream, shutdown, self.table.drain(), self.head_deadline)).await;
         } else {
             HEAD_SEEN.scope(Cell::new(false), self.serve_http1(stream, shutdown)).await;
         }
