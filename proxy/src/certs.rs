@@ -270,12 +270,13 @@ impl CertStore {
         self.publish(&s);
     }
 
-    /// Serves `cert` for its names from now on, replacing an earlier ACME
-    /// certificate with the same first name.
+    /// Serves `cert` for its names from now on, replacing every earlier ACME
+    /// certificate that shares a name with it.
     pub fn set_acme(&self, cert: Certificate) {
         let mut s = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let first = cert.names.first().cloned();
-        s.acme.retain(|c| c.names.first() != first.as_ref());
+        // replaces any earlier one sharing a name (a CA may list the SANs of
+        // a renewal in another order)
+        s.acme.retain(|c| !c.names.iter().any(|n| cert.names.contains(n)));
         s.acme.push(cert);
         self.publish(&s);
     }
