@@ -41,9 +41,9 @@
 //!
 //! Everything binds loopback only; every child process is stopped on drop.
 
+mod common;
 #[path = "../tests/support/upstream.rs"]
 mod upstream;
-mod common;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -245,11 +245,7 @@ async fn flip(control: &Control, admin_http: &reqwest::Client, kind: Kind, to: u
             let next = dir.join("nginx.conf.next");
             tokio::fs::write(&next, nginx_conf(dir, *port, addrs[to as usize])).await.map_err(|e| e.to_string())?;
             tokio::fs::rename(&next, &conf).await.map_err(|e| e.to_string())?;
-            let out = tokio::process::Command::from(nginx_cmd(dir))
-                .args(["-s", "reload"])
-                .output()
-                .await
-                .map_err(|e| e.to_string())?;
+            let out = tokio::process::Command::from(nginx_cmd(dir)).args(["-s", "reload"]).output().await.map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("nginx -s reload: {}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
             }
@@ -368,9 +364,7 @@ fn run_flips(control: &Control, pairs: usize, pause: Duration, settle: Duration)
 async fn measure(mut p: Running, plan: &Plan) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(client_task(p.url.clone(), stop.clone(), p.name == "canopy")))
-        .collect();
+    let clients: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(client_task(p.url.clone(), stop.clone(), p.name == "canopy"))).collect();
 
     let control = std::mem::replace(&mut p.control, Control::Haproxy { sock: PathBuf::new() });
     let (pairs, pause) = (plan.pairs, plan.pause);
@@ -637,9 +631,7 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
         }
         out.push('\n');
     };
-    let col = |f: &dyn Fn(&Outcome, &Stats) -> String| -> Vec<String> {
-        outcomes.iter().zip(&stats).map(|(o, s)| f(o, s)).collect()
-    };
+    let col = |f: &dyn Fn(&Outcome, &Stats) -> String| -> Vec<String> { outcomes.iter().zip(&stats).map(|(o, s)| f(o, s)).collect() };
     let _ = writeln!(
         out,
         "\ncutover: {CLIENTS} keep-alive HTTP/1.1 clients, GET /products, releases blue/green on loopback, {cpus} CPUs \
@@ -694,14 +686,24 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     // failures and refused flips, briefly
     for (o, s) in outcomes.iter().zip(&stats) {
         if !s.examples.is_empty() {
-            let _ = writeln!(out, "\n{}: {} requests sent after a flip returned were answered by the old release, e.g.:", o.name, s.old_after_return);
+            let _ = writeln!(
+                out,
+                "\n{}: {} requests sent after a flip returned were answered by the old release, e.g.:",
+                o.name, s.old_after_return
+            );
             for e in &s.examples {
                 let _ = writeln!(out, "  {e}");
             }
         }
         let flips_failed: Vec<&Flip> = o.flips.iter().filter(|f| !f.ok).collect();
         if !flips_failed.is_empty() {
-            let _ = writeln!(out, "\n{}: {} flip calls failed, first: {}", o.name, flips_failed.len(), flips_failed[0].error.as_deref().unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "\n{}: {} flip calls failed, first: {}",
+                o.name,
+                flips_failed.len(),
+                flips_failed[0].error.as_deref().unwrap_or("?")
+            );
         }
         if o.failures.is_empty() {
             continue;

@@ -7,9 +7,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use canopy_proxy::{
-    AddressTemplate, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology, Tunables,
-};
+use canopy_proxy::{AddressTemplate, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology, Tunables};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn table() -> ReleaseTable {
@@ -32,9 +30,7 @@ fn table() -> ReleaseTable {
     let addr = |p: u16| vec![std::net::SocketAddr::from(([10, 0, 0, 1], p))];
     let releases = ["juniper", "elm", "oak"]
         .iter()
-        .map(|n| {
-            Arc::new(Release::from_addrs(ReleaseName::parse(n).unwrap(), vec![addr(3000), addr(3020), addr(4000)], table.stats()))
-        })
+        .map(|n| Arc::new(Release::from_addrs(ReleaseName::parse(n).unwrap(), vec![addr(3000), addr(3020), addr(4000)], table.stats())))
         .collect();
     table.store(Snapshot::new(1, topology, releases, Some(&ReleaseName::parse("juniper").unwrap()), tunables));
     table

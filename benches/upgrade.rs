@@ -51,9 +51,9 @@
 //! (so failure counts scale with it; the accept gap does not). Everything
 //! binds loopback only; every child process is stopped on drop.
 
+mod common;
 #[path = "../tests/support/upstream.rs"]
 mod upstream;
-mod common;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -454,9 +454,8 @@ async fn measure(mut r: Running, count: usize) -> Outcome {
     let inode = listening_inode(r.port).expect("the proxy's listening socket in /proc/net/tcp");
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
-    let clients: Vec<_> = (0..KEEPALIVE_CLIENTS + FRESH_CLIENTS)
-        .map(|i| tokio::spawn(client_task(addr, i >= KEEPALIVE_CLIENTS, stop.clone())))
-        .collect();
+    let clients: Vec<_> =
+        (0..KEEPALIVE_CLIENTS + FRESH_CLIENTS).map(|i| tokio::spawn(client_task(addr, i >= KEEPALIVE_CLIENTS, stop.clone()))).collect();
     // the control thread has its own runtime: a busy client runtime must not delay it
     let control = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -671,10 +670,22 @@ fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: 
     w(&mut out, "upgrades ok / failed", col(&|_, s| format!("{} / {}", s.upgrades_ok, s.upgrades_failed)));
     w(&mut out, "requests (req/s)", col(&|_, s| format!("{} ({:.0})", s.requests, s.rps)));
     w(&mut out, "failed requests", col(&|_, s| s.failed.iter().flatten().sum::<usize>().to_string()));
-    w(&mut out, "  keep-alive: refused / other transport / non-200", col(&|_, s| format!("{} / {} / {}", s.failed[0][0], s.failed[0][1], s.failed[0][2])));
-    w(&mut out, "  new conn.: refused / other transport / non-200", col(&|_, s| format!("{} / {} / {}", s.failed[1][0], s.failed[1][1], s.failed[1][2])));
+    w(
+        &mut out,
+        "  keep-alive: refused / other transport / non-200",
+        col(&|_, s| format!("{} / {} / {}", s.failed[0][0], s.failed[0][1], s.failed[0][2])),
+    );
+    w(
+        &mut out,
+        "  new conn.: refused / other transport / non-200",
+        col(&|_, s| format!("{} / {} / {}", s.failed[1][0], s.failed[1][1], s.failed[1][2])),
+    );
     w(&mut out, "connection refused (all clients)", col(&|_, s| (s.failed[0][0] + s.failed[1][0]).to_string()));
-    w(&mut out, "`canopy serve` starts that exited (address in use)", col(&|o, s| if o.name == "canopy restart" { s.failed_starts.to_string() } else { "-".into() }));
+    w(
+        &mut out,
+        "`canopy serve` starts that exited (address in use)",
+        col(&|o, s| if o.name == "canopy restart" { s.failed_starts.to_string() } else { "-".into() }),
+    );
     w(&mut out, "new conn. connect->first byte, outside p50/p99, ms", col(&|_, s| two(&s.ttfb_outside, 0.5, 0.99)));
     w(&mut out, "new conn. connect->first byte, during p99/max, ms", col(&|_, s| two(&s.ttfb_during, 0.99, 1.0)));
     w(&mut out, "accept gap per upgrade p50/max, ms", col(&|_, s| two(&s.gap, 0.5, 1.0)));

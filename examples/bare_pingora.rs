@@ -50,12 +50,7 @@ impl ProxyHttp for Bare {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        _ctx: &mut (),
-    ) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut ()) -> Result<()> {
         if !self.forward {
             return Ok(());
         }

@@ -30,7 +30,11 @@ impl AcmeSink for FrontSink {
     fn install(&self, names: &[String], chain_pem: &str, key_pem: &str) -> Result<(), String> {
         let source = format!("acme:{}", names.first().map_or("?", String::as_str));
         let cert = Certificate::from_pem(&source, &source, chain_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
-        log::info!("ACME certificate for {} installed (valid until {})", names.join(", "), humantime::format_rfc3339_seconds(cert.not_after()));
+        log::info!(
+            "ACME certificate for {} installed (valid until {})",
+            names.join(", "),
+            humantime::format_rfc3339_seconds(cert.not_after())
+        );
         self.0.certs.set_acme(cert);
         Ok(())
     }
@@ -79,10 +83,14 @@ struct AcmeCollector {
 
 impl AcmeCollector {
     fn new(manager: Arc<AcmeManager>) -> Self {
-        let renewals = IntCounterVec::new(Opts::new("canopy_acme_renewals_total", "ACME orders (first issue or renewal), by result."), &["result"])
-            .expect("valid metric");
+        let renewals =
+            IntCounterVec::new(Opts::new("canopy_acme_renewals_total", "ACME orders (first issue or renewal), by result."), &["result"])
+                .expect("valid metric");
         let failing = IntGaugeVec::new(
-            Opts::new("canopy_acme_renewal_failing", "1 while the last ACME order for a certificate (by first name) failed: the old certificate is still served."),
+            Opts::new(
+                "canopy_acme_renewal_failing",
+                "1 while the last ACME order for a certificate (by first name) failed: the old certificate is still served.",
+            ),
             &["name"],
         )
         .expect("valid metric");

@@ -43,10 +43,7 @@ impl Client {
             ),
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let http = reqwest::Client::builder().no_proxy().build().map_err(|e| ClientError::Usage(e.to_string()))?;
         Ok(Self { http, base: o.admin.trim_end_matches('/').to_string(), token })
     }
 
@@ -88,7 +85,14 @@ fn print_report(r: &Value) -> String {
     for c in r["checks"].as_array().into_iter().flatten() {
         let mark = if c["passed"].as_bool() == Some(true) { "ok  " } else { "FAIL" };
         let target = c["target"].as_str().map(|t| format!(" @{t}")).unwrap_or_default();
-        out += &format!("  {mark} {}/{}{target}: {} ({} ms, {} attempt(s))\n", s(&c["service"]), s(&c["check"]), s(&c["reason"]), s(&c["duration_ms"]), s(&c["attempts"]));
+        out += &format!(
+            "  {mark} {}/{}{target}: {} ({} ms, {} attempt(s))\n",
+            s(&c["service"]),
+            s(&c["check"]),
+            s(&c["reason"]),
+            s(&c["duration_ms"]),
+            s(&c["attempts"])
+        );
         if let Some(o) = c["output"].as_str().filter(|o| !o.trim().is_empty() && c["passed"].as_bool() != Some(true)) {
             for line in o.lines().take(10) {
                 out += &format!("         | {line}\n");
@@ -172,7 +176,11 @@ fn human(cmd: &Cmd, v: &Value) -> String {
         Cmd::Releases(_) => print_releases(&v["releases"]) + &print_containers(v),
         Cmd::Deploy { name, .. } => {
             let mut out = format!("deploying {name}\n{}", print_steps(&v["steps"]));
-            out += &format!("{name} is live (generation {}) after {:.1} s", s(&v["generation"]), v["duration_ms"].as_f64().unwrap_or(0.0) / 1e3);
+            out += &format!(
+                "{name} is live (generation {}) after {:.1} s",
+                s(&v["generation"]),
+                v["duration_ms"].as_f64().unwrap_or(0.0) / 1e3
+            );
             if let Some(p) = v["previous"].as_str() {
                 out += &format!("; {p} stays warm for the validation window, then its containers are stopped");
             }
@@ -182,7 +190,12 @@ fn human(cmd: &Cmd, v: &Value) -> String {
         Cmd::Check { .. } => print_report(v),
         Cmd::Switch { .. } | Cmd::Rollback { .. } => {
             let verb = if matches!(cmd, Cmd::Switch { .. }) { "switched" } else { "rolled back" };
-            let mut out = format!("{verb} to {} (generation {}) in {:.1} ms", s(&v["live"]), s(&v["generation"]), v["duration_ms"].as_f64().unwrap_or(0.0));
+            let mut out = format!(
+                "{verb} to {} (generation {}) in {:.1} ms",
+                s(&v["live"]),
+                s(&v["generation"]),
+                v["duration_ms"].as_f64().unwrap_or(0.0)
+            );
             if v["forced"].as_bool() == Some(true) {
                 out += " — FORCED, validation skipped";
             }
@@ -250,9 +263,7 @@ fn human(cmd: &Cmd, v: &Value) -> String {
 fn backends(list: &[String]) -> Result<Value, ClientError> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for b in list {
-        let (svc, addr) = b
-            .split_once('=')
-            .ok_or_else(|| ClientError::Usage(format!("--backend `{b}`: expected SERVICE=HOST:PORT")))?;
+        let (svc, addr) = b.split_once('=').ok_or_else(|| ClientError::Usage(format!("--backend `{b}`: expected SERVICE=HOST:PORT")))?;
         map.entry(svc.to_string()).or_default().push(addr.to_string());
     }
     Ok(json!({ "backends": map }))
@@ -277,12 +288,9 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         Cmd::Deploy { name, keep_failed, opts } => {
             (opts, Method::POST, "/deploy".into(), Some(json!({ "release": name, "keep_failed": keep_failed })))
         }
-        Cmd::Rollback { flip, opts } => (
-            opts,
-            Method::POST,
-            "/rollback".into(),
-            Some(json!({ "force": flip.force, "expect_generation": flip.expect_generation })),
-        ),
+        Cmd::Rollback { flip, opts } => {
+            (opts, Method::POST, "/rollback".into(), Some(json!({ "force": flip.force, "expect_generation": flip.expect_generation })))
+        }
         Cmd::Retire { name, opts } => (opts, Method::DELETE, format!("/releases/{name}"), None),
         Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
         Cmd::Tls { action: TlsAction::Show, opts } => (opts, Method::GET, "/tls".into(), None),

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use canopy_admin::{Check, CheckKind, ControlSettings, DeploySettings, Healthcheck, Seed, ServiceContainer, SmokeRequest};
-use canopy_proxy::{
-    AddressTemplate, Endpoint, ProxySettings, ReleaseName, Route, Service, ServiceName, Topology,
-};
+use canopy_proxy::{AddressTemplate, Endpoint, ProxySettings, ReleaseName, Route, Service, ServiceName, Topology};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -114,7 +112,6 @@ enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
 }
-
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -469,8 +466,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let token = match &file.admin.token_file {
         Some(t) => {
             let p = cx.relative(t.get_ref());
-            let raw = std::fs::read_to_string(&p)
-                .map_err(|e| cx.err(t.span(), format!("cannot read token file {}: {e}", p.display())))?;
+            let raw = std::fs::read_to_string(&p).map_err(|e| cx.err(t.span(), format!("cannot read token file {}: {e}", p.display())))?;
             let token = raw.trim().to_string();
             if token.len() < 16 {
                 return Err(cx.err(t.span(), format!("token file {} holds fewer than 16 characters", p.display())));
@@ -492,13 +488,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if overlaps(a, &admin_listen) {
             // pingora would share one socket between both services: half the
             // proxy's connections would reach the admin API and vice versa
-            let (span, which) = if admin_span.is_empty() { (span.clone(), "the default admin listen address") } else { (admin_span.clone(), "admin listen") };
+            let (span, which) = if admin_span.is_empty() {
+                (span.clone(), "the default admin listen address")
+            } else {
+                (admin_span.clone(), "admin listen")
+            };
             return Err(cx.err(span, format!("{which} {admin_listen} overlaps proxy listen {a}: the admin API needs a port of its own")));
         }
     }
     if !admin_listen.ip().is_loopback() && token.is_none() {
         let span = admin_span;
-        return Err(cx.err(span, format!("admin listens on non-loopback {admin_listen}: set `token-file` so the admin API requires a bearer token")));
+        return Err(cx.err(
+            span,
+            format!("admin listens on non-loopback {admin_listen}: set `token-file` so the admin API requires a bearer token"),
+        ));
     }
 
     // [releases]
@@ -569,10 +572,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         hook_timeout: r.hook_timeout.map_or(Duration::from_secs(60), |d| d.0),
         preview: r.preview,
         warm_check_interval,
-        admin_priority: canopy_admin::AdminPriority {
-            realtime: file.admin.realtime.unwrap_or(true),
-            nice: admin_nice,
-        },
+        admin_priority: canopy_admin::AdminPriority { realtime: file.admin.realtime.unwrap_or(true), nice: admin_nice },
     };
 
     Ok(Config {
@@ -605,12 +605,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 fn docker(cx: &Ctx<'_>, file: &FileConfig) -> Result<Option<DeploySettings>, ConfigError> {
     let Some(section) = &file.docker else {
         if let Some(s) = file.service.iter().find(|s| s.image.is_some() || s.container.is_some() || s.overlap.is_some()) {
-            let span = [s.image.as_ref().map(Spanned::span), s.container.as_ref().map(Spanned::span), s.overlap.as_ref().map(Spanned::span)]
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or(0..0);
-            return Err(cx.err(span, format!("service `{}` sets how canopy runs its containers, but there is no [docker] section", s.name.get_ref())));
+            let span =
+                [s.image.as_ref().map(Spanned::span), s.container.as_ref().map(Spanned::span), s.overlap.as_ref().map(Spanned::span)]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .unwrap_or(0..0);
+            return Err(cx.err(
+                span,
+                format!("service `{}` sets how canopy runs its containers, but there is no [docker] section", s.name.get_ref()),
+            ));
         }
         return Ok(None);
     };
@@ -619,7 +623,13 @@ fn docker(cx: &Ctx<'_>, file: &FileConfig) -> Result<Option<DeploySettings>, Con
         Some(s) => {
             let ok = ["unix://", "/", "tcp://", "http://"].iter().any(|p| s.get_ref().starts_with(p));
             if !ok {
-                return Err(cx.err(s.span(), format!("invalid Docker socket `{}`: expected unix:///path/to/docker.sock, tcp://host:port or http://host:port", s.get_ref())));
+                return Err(cx.err(
+                    s.span(),
+                    format!(
+                        "invalid Docker socket `{}`: expected unix:///path/to/docker.sock, tcp://host:port or http://host:port",
+                        s.get_ref()
+                    ),
+                ));
             }
             s.get_ref().clone()
         }
@@ -629,13 +639,18 @@ fn docker(cx: &Ctx<'_>, file: &FileConfig) -> Result<Option<DeploySettings>, Con
     let network_ok = network.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && network.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !network_ok {
-        return Err(cx.err(d.network.span(), format!("invalid Docker network name `{network}`: letters, digits, `_`, `.` and `-`, starting with a letter or digit")));
+        return Err(cx.err(
+            d.network.span(),
+            format!("invalid Docker network name `{network}`: letters, digits, `_`, `.` and `-`, starting with a letter or digit"),
+        ));
     }
     let mut services = Vec::new();
     for s in &file.service {
         let Some(image) = &s.image else {
             if let Some(c) = &s.container {
-                return Err(cx.err(c.span(), format!("[service.container] of service `{}` needs `image` in its [[service]]", s.name.get_ref())));
+                return Err(
+                    cx.err(c.span(), format!("[service.container] of service `{}` needs `image` in its [[service]]", s.name.get_ref()))
+                );
             }
             if let Some(o) = &s.overlap {
                 return Err(cx.err(o.span(), format!("`overlap` of service `{}` applies only to services with `image`", s.name.get_ref())));
@@ -690,16 +705,24 @@ fn service_container(cx: &Ctx<'_>, s: &FileService, image: &Spanned<String>) -> 
         let parts: Vec<&str> = v.get_ref().split(':').collect();
         let ok = (2..=3).contains(&parts.len()) && parts[..2].iter().all(|p| !p.is_empty()) && parts[1].starts_with('/');
         if !ok {
-            return Err(cx.err(v.span(), format!("invalid volume `{}`: expected `name:/path`, `/host/path:/path` or either with `:ro`", v.get_ref())));
+            return Err(cx.err(
+                v.span(),
+                format!("invalid volume `{}`: expected `name:/path`, `/host/path:/path` or either with `:ro`", v.get_ref()),
+            ));
         }
         volumes.push(v.get_ref().clone());
     }
-    let memory_bytes = match &c.memory {
-        Some(m) => Some(memory(m.get_ref()).ok_or_else(|| cx.err(m.span(), format!("invalid memory limit `{}`: write e.g. `512m`, `2g` (at least 6m)", m.get_ref())))?),
-        None => None,
-    };
+    let memory_bytes =
+        match &c.memory {
+            Some(m) => Some(memory(m.get_ref()).ok_or_else(|| {
+                cx.err(m.span(), format!("invalid memory limit `{}`: write e.g. `512m`, `2g` (at least 6m)", m.get_ref()))
+            })?),
+            None => None,
+        };
     let cpus = match &c.cpus {
-        Some(n) if !(*n.get_ref() > 0.0 && n.get_ref().is_finite()) => return Err(cx.err(n.span(), "cpus must be a positive number such as 0.5 or 2")),
+        Some(n) if !(*n.get_ref() > 0.0 && n.get_ref().is_finite()) => {
+            return Err(cx.err(n.span(), "cpus must be a positive number such as 0.5 or 2"))
+        }
         Some(n) => Some(*n.get_ref()),
         None => None,
     };
@@ -744,9 +767,7 @@ fn memory(s: &str) -> Option<i64> {
 /// Whether binding both addresses would clash: the same port on the same IP,
 /// or on a wildcard that covers the other (`[::]` is dual-stack on Linux).
 fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
-    let covers = |x: &SocketAddr, y: &SocketAddr| {
-        x.ip() == y.ip() || (x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
-    };
+    let covers = |x: &SocketAddr, y: &SocketAddr| x.ip() == y.ip() || (x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4()));
     a.port() == b.port() && (covers(a, b) || covers(b, a))
 }
 
@@ -881,10 +902,8 @@ routes = ["/"]
 
     #[test]
     fn check_fields_must_fit_kind() {
-        let text = MINIMAL.replace(
-            "routes = [\"/\"]",
-            "routes = [\"/\"]\nchecks = [{ kind = \"http\", path = \"/health\", query = \"{ x }\" }]",
-        );
+        let text =
+            MINIMAL.replace("routes = [\"/\"]", "routes = [\"/\"]\nchecks = [{ kind = \"http\", path = \"/health\", query = \"{ x }\" }]");
         let e = err(&text);
         assert!(e.contains("`query` does not apply to http checks"), "{e}");
     }
@@ -894,7 +913,10 @@ routes = ["/"]
         let e = err(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:8080\"\n"));
         assert!(e.starts_with("proxy.toml:14:10: admin listen 127.0.0.1:8080 overlaps proxy listen 127.0.0.1:8080"), "{e}");
         let e = err(&MINIMAL.replace("\"127.0.0.1:8080\"", "\"0.0.0.0:9901\""));
-        assert!(e.starts_with("proxy.toml:3:10: the default admin listen address 127.0.0.1:9901 overlaps proxy listen 0.0.0.0:9901"), "{e}");
+        assert!(
+            e.starts_with("proxy.toml:3:10: the default admin listen address 127.0.0.1:9901 overlaps proxy listen 0.0.0.0:9901"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("\"127.0.0.1:8080\"", "[\"[::]:8080\", \"127.0.0.1:8080\"]"));
         assert!(e.starts_with("proxy.toml:3:10: listen addresses [::]:8080 and 127.0.0.1:8080 overlap"), "{e}");
         // distinct IPs, ports or families are fine

@@ -55,7 +55,9 @@ pub fn predecessor(pid_file: &Path) -> Result<Pid, HandoverError> {
 pub fn wait_exited(pid: Pid) {
     let proc_dir = format!("/proc/{}", pid.as_raw_nonzero());
     // a zombie (exited, not yet reaped by its parent) still has /proc/<pid>
-    let alive = || std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    let alive = || {
+        std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
     while alive() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -145,10 +147,7 @@ fn listening_inodes() -> HashMap<u64, SocketAddr> {
 fn parse_proc_addr(s: &str, v6: bool) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..ip.len() / 8)
-        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8).map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16)).collect::<Result<_, _>>().ok()?;
     let ip = match (v6, words.as_slice()) {
         (false, [w]) => IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes())),
         (true, [a, b, c, d]) => {

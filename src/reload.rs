@@ -61,7 +61,10 @@ fn areas(c: &Config) -> Vec<(&'static str, String)> {
         ("services, routes and address template", format!("{:?}", c.topology)),
         ("checks", format!("{:?}", c.checks)),
         ("proxy timeouts, retries, HTTPS redirect and HSTS", format!("{:?}", c.proxy)),
-        ("TLS certificates", format!("{:?}", c.tls.as_ref().map(|t| (&t.files, t.certificates.iter().map(|c| c.fingerprint()).collect::<Vec<_>>())))),
+        (
+            "TLS certificates",
+            format!("{:?}", c.tls.as_ref().map(|t| (&t.files, t.certificates.iter().map(|c| c.fingerprint()).collect::<Vec<_>>()))),
+        ),
         ("preview", s.preview.to_string()),
         ("validation window", format!("{:?}", s.validation_window)),
         ("drain timeout", format!("{:?}", s.drain_timeout)),
@@ -114,8 +117,7 @@ impl ConfigSource for FileSource {
             ));
         }
         let new_areas = areas(&new);
-        let changes: Vec<String> =
-            new_areas.iter().zip(&running.areas).filter(|(n, o)| n.1 != o.1).map(|(n, _)| n.0.to_string()).collect();
+        let changes: Vec<String> = new_areas.iter().zip(&running.areas).filter(|(n, o)| n.1 != o.1).map(|(n, _)| n.0.to_string()).collect();
         let access_log = if running.access_log.0 == new.access_log {
             running.access_log.1.clone()
         } else {
@@ -141,13 +143,6 @@ impl ConfigSource for FileSource {
             let mut r = state.lock().unwrap_or_else(|e| e.into_inner());
             *r = Running { fixed: fixed_now, areas: new_areas, access_log: (target, access_log), token };
         });
-        Ok(Reload {
-            topology: new.topology,
-            validator: Validator::new(new.checks),
-            settings: new.control,
-            tunables,
-            changes,
-            on_applied,
-        })
+        Ok(Reload { topology: new.topology, validator: Validator::new(new.checks), settings: new.control, tunables, changes, on_applied })
     }
 }

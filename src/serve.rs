@@ -14,10 +14,10 @@ use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontDoor, ReleaseTab
 use crate::acme::Acme;
 use crate::certfiles::CertFiles;
 use pingora::server::configuration::{Opt, ServerConf};
-use rustix::process::{kill_process, Signal};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use rustix::process::{kill_process, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{AccessLogTarget, Config};
@@ -69,11 +69,7 @@ struct ControlLoops(Arc<Controller>);
 #[async_trait]
 impl BackgroundService for ControlLoops {
     async fn start(&self, shutdown: ShutdownWatch) {
-        tokio::join!(
-            self.0.run_window_timer(shutdown.clone()),
-            self.0.run_warm_watch(shutdown.clone()),
-            self.0.run_discovery(shutdown)
-        );
+        tokio::join!(self.0.run_window_timer(shutdown.clone()), self.0.run_warm_watch(shutdown.clone()), self.0.run_discovery(shutdown));
     }
 }
 
@@ -260,12 +256,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
     let validator = Validator::new(config.checks);
     let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let controller = Arc::new(startup.block_on(Controller::start(
-        table.clone(),
-        validator,
-        config.control,
-        config.seed,
-    ))?);
+    let controller = Arc::new(startup.block_on(Controller::start(table.clone(), validator, config.control, config.seed))?);
     drop(startup);
     if let Some(deploy) = config.deploy {
         controller.enable_deploy(deploy);

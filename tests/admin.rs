@@ -75,10 +75,8 @@ async fn healthy_switch_moves_new_requests_and_rollback_moves_them_back() {
         assert_eq!(get(&c, "/").await.1, "elm");
     }
     // the warm previous release is quick-checked in the background...
-    eventually("a watch report of juniper", Duration::from_secs(5), || async {
-        status(&c).await["previous"]["watch"]["passed"] == true
-    })
-    .await;
+    eventually("a watch report of juniper", Duration::from_secs(5), || async { status(&c).await["previous"]["watch"]["passed"] == true })
+        .await;
     assert_eq!(status(&c).await["previous"]["watch"]["release"], "juniper");
     let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("canopy_rollback_target_healthy{release=\"juniper\"} 1"), "{metrics}");
@@ -159,10 +157,7 @@ async fn retiring_the_live_release_is_refused() {
 async fn window_expiry_drains_then_runs_the_retire_hook() {
     let dir = tempfile::tempdir().unwrap();
     let hook_log = dir.path().join("hooks.log");
-    let extra = format!(
-        "retire-hooks = [[\"sh\", \"-c\", \"echo retired {{release}} >> {}\"]]\nhook-timeout = \"5s\"",
-        hook_log.display()
-    );
+    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"echo retired {{release}} >> {}\"]]\nhook-timeout = \"5s\"", hook_log.display());
     let text = config(&extra, "").replace("validation-window = \"10m\"", "validation-window = \"1s\"");
     let (c, _juniper, _elm) = two_releases_with(&text).await;
     // a slow request on juniper, started before the flip, outlives the window
@@ -261,12 +256,7 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         ("GET", "/nowhere", "", 404),
         ("GET", "/switch", "", 405),
     ] {
-        let r = client()
-            .request(method.parse().unwrap(), c.admin_url(path))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = client().request(method.parse().unwrap(), c.admin_url(path)).body(body.to_string()).send().await.unwrap();
         assert_eq!(r.status().as_u16(), code, "{method} {path} {body}");
         assert_eq!(r.headers()["content-type"], "application/json");
         let v: Value = r.json().await.unwrap();
@@ -284,7 +274,8 @@ async fn token_and_origin_rules() {
     let dir = tempfile::tempdir().unwrap();
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, "s3cret-token-0123456789\n").unwrap();
-    let text = config("", "").replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token_path.display()));
+    let text = config("", "")
+        .replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token_path.display()));
     let c = Canopy::start(&text);
     let status_url = c.admin_url("/status");
     let r = client().get(&status_url).send().await.unwrap();

@@ -173,7 +173,14 @@ impl Registry {
         let host = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
         let data = dir.path().join("data");
-        std::fs::write(&config, format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", data.display())).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = Command::new(binary).arg("serve").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         let registry = Registry { host, child, _dir: dir };
@@ -240,7 +247,10 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (done, failures) = load.stop().await;
 
-    assert_eq!(steps(&body), ["network", "pull", "pull", "create", "create", "start", "start", "healthy", "healthy", "register", "checks", "switch"]);
+    assert_eq!(
+        steps(&body),
+        ["network", "pull", "pull", "create", "create", "start", "start", "healthy", "healthy", "register", "checks", "switch"]
+    );
     assert_eq!(body["previous"], "juniper");
     assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
     let flips = [Flip { sent, acked, to: "elm".into() }];
@@ -274,7 +284,11 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     assert_eq!(scope.state("worker", "elm"), "running");
     eventually("discovery sees juniper stopped", Duration::from_secs(1), || async {
         let st = status(&c).await;
-        st["docker"]["containers"].as_array().unwrap().iter().any(|x| x["name"] == scope.name("server", "juniper") && x["state"] == "exited")
+        st["docker"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == scope.name("server", "juniper") && x["state"] == "exited")
     })
     .await;
     let st = status(&c).await;
@@ -283,7 +297,10 @@ async fn deploy_under_load_switches_cleanly_and_stops_the_old_stack_after_the_wi
     let juniper = containers.iter().find(|x| x["name"] == scope.name("server", "juniper")).expect("juniper listed");
     assert_eq!((&juniper["state"], &juniper["tag"]), (&json!("exited"), &json!("juniper")));
     let elm = containers.iter().find(|x| x["name"] == scope.name("server", "elm")).expect("elm listed");
-    assert_eq!((&elm["state"], &elm["health"], &elm["image"]), (&json!("running"), &json!("none"), &json!(format!("{UPSTREAM_IMAGE}:elm"))));
+    assert_eq!(
+        (&elm["state"], &elm["health"], &elm["image"]),
+        (&json!("running"), &json!("none"), &json!(format!("{UPSTREAM_IMAGE}:elm")))
+    );
     let m = metrics(&c).await;
     assert!(m.contains("canopy_deploys_total{result=\"ok\"} 2"), "{m}");
     assert!(m.contains("canopy_deploy_duration_seconds_count{phase=\"healthy\"} 2"), "{m}");
@@ -339,7 +356,8 @@ async fn failed_deploys_change_nothing_live_and_leave_no_container() {
         let r = slow_client().post(format!("http://{admin}/deploy")).json(&json!({"release": "sick"})).send().await.unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     });
-    eventually("the sick deploy started its container", Duration::from_secs(10), || async { scope.state("server", "sick") == "running" }).await;
+    eventually("the sick deploy started its container", Duration::from_secs(10), || async { scope.state("server", "sick") == "running" })
+        .await;
     let (code, body) = deploy(&c, "elm").await;
     assert_eq!(code, 409, "{body:#}");
     let (code, body) = switch(&c, "juniper").await;
@@ -412,7 +430,8 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
     assert_eq!(stop["service"], "worker");
     assert_eq!(scope.state("worker", "juniper"), "exited");
     assert_eq!(scope.state("worker", "elm"), "running");
-    eventually("juniper stopped after the window", Duration::from_secs(15), || async { scope.state("server", "juniper") == "exited" }).await;
+    eventually("juniper stopped after the window", Duration::from_secs(15), || async { scope.state("server", "juniper") == "exited" })
+        .await;
 
     // a stopped release is started again, not recreated (through the CLI)
     let out = c.cli(&["deploy", "juniper"]);
@@ -460,7 +479,8 @@ async fn releases_registered_by_hand_still_switch_and_roll_back_beside_deployed_
     let c = Canopy::start(&scope.config("10m", 3, false, None));
     deployed(&c, "juniper").await;
     // elm has no containers of its own: registered with juniper's addresses
-    let ip = |service| scope.inspect(service, "juniper", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", scope.network));
+    let ip =
+        |service| scope.inspect(service, "juniper", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", scope.network));
     let backends = json!({"backends": {"server": [format!("{}:8080", ip("server"))], "worker": [format!("{}:8080", ip("worker"))]}});
     let r = client().put(c.admin_url("/releases/elm")).json(&backends).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
@@ -484,15 +504,27 @@ async fn a_container_whose_tag_is_not_its_release_is_refused_and_reported() {
     // made behind canopy's back: labelled release oak, but running the elm image
     let name = scope.name("server", "oak");
     let made = docker(&[
-        "create", "--name", &name, "--network", &scope.network, "--label", "canopy.managed=true", "--label", "canopy.release=oak",
-        "--label", "canopy.service=server", &format!("{IMAGE}:elm"),
+        "create",
+        "--name",
+        &name,
+        "--network",
+        &scope.network,
+        "--label",
+        "canopy.managed=true",
+        "--label",
+        "canopy.release=oak",
+        "--label",
+        "canopy.service=server",
+        &format!("{IMAGE}:elm"),
     ]);
     assert!(!made.is_empty());
     eventually("the impostor reported in /status", Duration::from_secs(2), || async {
         let st = status(&c).await;
-        st["alerts"].as_array().unwrap().iter().any(|a| {
-            a.as_str().unwrap().contains(&format!("container `{name}` runs image `{IMAGE}:elm` but is labelled release `oak`"))
-        })
+        st["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains(&format!("container `{name}` runs image `{IMAGE}:elm` but is labelled release `oak`")))
     })
     .await;
     let (code, body) = deploy(&c, "oak").await;

@@ -38,14 +38,9 @@ const REPEAT: usize = 6;
 /// Waits until the in-flight gauge is 0, no client connection is open and
 /// the descriptor count is back near `base`.
 async fn no_leaks(c: &Canopy, base: usize, after: &str) {
-    eventually(&format!("in-flight gauge back to 0 after {after}"), Duration::from_secs(5), || async {
-        inflight(c).await == 0
-    })
-    .await;
-    eventually(&format!("client connections closed after {after}"), Duration::from_secs(5), || {
-        std::future::ready(client_conns(c) == 0)
-    })
-    .await;
+    eventually(&format!("in-flight gauge back to 0 after {after}"), Duration::from_secs(5), || async { inflight(c).await == 0 }).await;
+    eventually(&format!("client connections closed after {after}"), Duration::from_secs(5), || std::future::ready(client_conns(c) == 0))
+        .await;
     eventually(&format!("fd count back to baseline {base} (+{FD_SLACK}) after {after}"), Duration::from_secs(5), || {
         std::future::ready(fds(c) <= base + FD_SLACK)
     })
@@ -304,8 +299,10 @@ async fn upstream_fault(act: Act, times: usize, expect: impl Fn(&Outcome)) -> Ri
     assert_eq!(fake.conns.load(Ordering::SeqCst), times, "{act:?}: one upstream connection per request (no retry of a sent request)");
     // canopy let go of every upstream connection of the fault
     eventually(&format!("{act:?}: canopy closed its upstream connections"), Duration::from_secs(5), || {
-        std::future::ready(fake.closed.load(Ordering::SeqCst) + fake.aborted.load(Ordering::SeqCst) >= times
-            || matches!(act, Act::CloseBeforeResponse | Act::ResetMidBody | Act::ResetMidChunked | Act::CloseAfterHeaders))
+        std::future::ready(
+            fake.closed.load(Ordering::SeqCst) + fake.aborted.load(Ordering::SeqCst) >= times
+                || matches!(act, Act::CloseBeforeResponse | Act::ResetMidBody | Act::ResetMidChunked | Act::CloseAfterHeaders),
+        )
     })
     .await;
     no_leaks(&r.c, r.base, &format!("{act:?}")).await;
@@ -479,7 +476,8 @@ async fn http10_clients_get_bodies_of_unknown_length_close_delimited() {
     let r = rig().await;
     for (act, expected) in [(Act::Chunked, "hello world"), (Act::HalfCloseAfterBody, "close-delimited body")] {
         let _fake = r.oak_on(act).await;
-        let resp = raw(r.c.proxy, b"GET /shop-api/a HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\nx-canopy-release: oak\r\n\r\n").await;
+        let resp =
+            raw(r.c.proxy, b"GET /shop-api/a HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\nx-canopy-release: oak\r\n\r\n").await;
         let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{act:?}: {resp}"));
         let head = head.to_ascii_lowercase();
         assert_eq!(code(&resp), 200, "{act:?}: {resp}");
@@ -529,11 +527,17 @@ async fn ambiguous_or_invalid_framing_is_a_400_and_never_forwarded() {
         let resp = raw(r.c.proxy, req.as_bytes()).await;
         assert_eq!(code(&resp), 400, "{what}: {resp}");
     }
-    assert_eq!(fake.conns.load(Ordering::SeqCst), 0, "refused requests reached the upstream: {:?}", String::from_utf8_lossy(&fake.received()));
+    assert_eq!(
+        fake.conns.load(Ordering::SeqCst),
+        0,
+        "refused requests reached the upstream: {:?}",
+        String::from_utf8_lossy(&fake.received())
+    );
     served_normally(&r.c).await;
 
     // identical duplicates are one value (RFC 9110 8.6); forwarded as one clean header
-    let resp = raw(r.c.proxy, format!("POST /shop-api/a HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello").as_bytes()).await;
+    let resp =
+        raw(r.c.proxy, format!("POST /shop-api/a HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello").as_bytes()).await;
     assert_eq!(code(&resp), 200, "{resp}");
     let seen = String::from_utf8_lossy(&fake.received()).to_ascii_lowercase();
     assert_eq!(seen.matches("content-length").count(), 1, "{seen}");
@@ -604,7 +608,8 @@ async fn bare_lf_requests_are_normalised_before_forwarding() {
 async fn invalid_chunk_sizes_abort_the_request() {
     let r = rig().await;
     let fake = r.oak_on(Act::Answer).await;
-    let h = "POST /shop-api/chunks HTTP/1.1\r\nHost: shop\r\nx-canopy-release: oak\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let h =
+        "POST /shop-api/chunks HTTP/1.1\r\nHost: shop\r\nx-canopy-release: oak\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     let bad = [
         ("not hex", "zz\r\nhello\r\n0\r\n\r\n"),
         ("negative", "-5\r\nhello\r\n0\r\n\r\n"),
@@ -616,7 +621,12 @@ async fn invalid_chunk_sizes_abort_the_request() {
         let before = fake.complete.load(Ordering::SeqCst);
         let resp = raw(r.c.proxy, format!("{h}{body}").as_bytes()).await;
         assert!(code(&resp) == 400 || resp.is_empty(), "{what}: {resp}\nupstream got: {:?}", String::from_utf8_lossy(&fake.received()));
-        assert_eq!(fake.complete.load(Ordering::SeqCst), before, "{what}: upstream got a complete request: {:?}", String::from_utf8_lossy(&fake.received()));
+        assert_eq!(
+            fake.complete.load(Ordering::SeqCst),
+            before,
+            "{what}: upstream got a complete request: {:?}",
+            String::from_utf8_lossy(&fake.received())
+        );
         served_normally(&r.c).await;
     }
     // a valid chunked body with an extension is fine and re-chunked cleanly
@@ -712,10 +722,7 @@ async fn slowloris_and_idle_connections_do_not_starve_real_requests() {
         s.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: shop\r\nX-Slow: ").as_bytes()).await.unwrap();
         slow.push(s);
     }
-    eventually("canopy accepted the idle connections", Duration::from_secs(5), || {
-        std::future::ready(client_conns(&r.c) >= 400)
-    })
-    .await;
+    eventually("canopy accepted the idle connections", Duration::from_secs(5), || std::future::ready(client_conns(&r.c) >= 400)).await;
     // real requests, 20 at a time, each burst fast
     for round in 1..4 {
         for s in &mut slow {
@@ -1013,7 +1020,8 @@ async fn admin_wrong_types_and_bad_names_get_json_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_while_a_switch_runs_is_409_and_changes_nothing() {
     // only elm's validation is slow: it holds the first switch for 2 s
-    let slow = r#"{ kind = "command", name = "slow", argv = ["sh", "-c", "test {release} != elm || sleep 2"], timeout = "5s", retries = 0 },"#;
+    let slow =
+        r#"{ kind = "command", name = "slow", argv = ["sh", "-c", "test {release} != elm || sleep 2"], timeout = "5s", retries = 0 },"#;
     let (c, _j, _e) = two_releases("", slow).await;
     let before = c.durable_bytes();
     let admin = c.admin_url("/switch");
@@ -1098,7 +1106,8 @@ async fn timed_out_hook_leaves_no_process_behind() {
     let (c, _j, _e) = two_releases(&extra, "").await;
     let (code, v) = send(&c, "DELETE", "/releases/elm", "").await;
     assert_eq!(code, 200, "{v}");
-    eventually(&format!("no `{needle}` left running"), Duration::from_secs(1), || std::future::ready(processes_with(&needle).is_empty())).await;
+    eventually(&format!("no `{needle}` left running"), Duration::from_secs(1), || std::future::ready(processes_with(&needle).is_empty()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1173,9 +1182,10 @@ async fn sigterm_under_load_finishes_inflight_and_refuses_new_connections() {
 struct Rng(u64);
 impl Rng {
     fn new() -> Rng {
-        let seed = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = std::env::var("FAULTS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
         eprintln!("FAULTS_SEED={seed}");
         Rng(seed)
     }

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::{
-    AddressTemplate, CanopyProxy, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology,
-    Tunables,
+    AddressTemplate, CanopyProxy, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology, Tunables,
 };
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -48,10 +47,7 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         let conf = ServerConf { threads: 2, grace_period_seconds: Some(0), ..ServerConf::default() };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut proxy = pingora::proxy::http_proxy_service(
-            &server.configuration,
-            CanopyProxy::new(server_table),
-        );
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, CanopyProxy::new(server_table));
         proxy.add_tcp(&format!("127.0.0.1:{port}"));
         server.add_service(proxy);
         server.run_forever();

@@ -56,7 +56,10 @@ async fn metrics_have_bounded_labels_and_control_plane_series() {
     assert!(m.contains("canopy_switches_total{result=\"refused\"} 1"));
     assert!(m.contains("canopy_inflight_requests{release=\"juniper\"} 0"));
     // the prometheus crate writes a vector's labels sorted by name (their order means nothing to Prometheus)
-    assert!(m.contains("canopy_validation_checks_total{check=\"graphql /shop-api\",release=\"elm\",result=\"fail\",service=\"server\"} 1"), "{m}");
+    assert!(
+        m.contains("canopy_validation_checks_total{check=\"graphql /shop-api\",release=\"elm\",result=\"fail\",service=\"server\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("canopy_switch_duration_seconds_count 1"));
     assert!(m.contains("process_open_fds "));
     // bounded labels: no paths, no query strings, no client addresses
@@ -72,13 +75,7 @@ async fn metrics_have_bounded_labels_and_control_plane_series() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_says_who_when_what_and_survives_restart() {
     let (mut c, _j, elm) = two_releases("", "").await;
-    let r = client()
-        .post(c.admin_url("/switch"))
-        .header("x-canopy-actor", "alice")
-        .json(&json!({"release": "elm"}))
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(c.admin_url("/switch")).header("x-canopy-actor", "alice").json(&json!({"release": "elm"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     elm.server.knobs.unhealthy.store(true, std::sync::atomic::Ordering::Relaxed);
     let r = client().post(c.admin_url("/rollback?force=true")).header("x-canopy-actor", "bob").send().await.unwrap();

@@ -81,18 +81,12 @@ async fn prometheus_sees_the_flip() {
     for _ in 0..3 {
         assert_eq!(get(&c, "/products").await.1, "elm");
     }
-    let live = wait_for(&prom, "canopy_live_release_info", |r| {
-        r.len() == 1 && r[0]["metric"]["release"] == "elm"
-    })
-    .await;
+    let live = wait_for(&prom, "canopy_live_release_info", |r| r.len() == 1 && r[0]["metric"]["release"] == "elm").await;
     assert_eq!(value(&live[0]), 1.0);
     // juniper (initial switch) then elm
     let ok = wait_for(&prom, "canopy_switches_total{result=\"ok\"}", |r| r.len() == 1 && value(&r[0]) == 2.0).await;
     assert_eq!(ok[0]["metric"]["job"], "canopy");
-    let reqs = wait_for(&prom, "sum by (release) (canopy_requests_total{service=\"storefront\",code=\"200\"})", |r| {
-        r.len() == 2
-    })
-    .await;
+    let reqs = wait_for(&prom, "sum by (release) (canopy_requests_total{service=\"storefront\",code=\"200\"})", |r| r.len() == 2).await;
     for s in &reqs {
         let expected = if s["metric"]["release"] == "juniper" { 5.0 } else { 3.0 };
         assert_eq!(value(s), expected, "{s}");
@@ -122,7 +116,8 @@ async fn grafana_dashboard_queries_run_on_prometheus() {
     }
     assert!(exprs.len() >= 12);
     for e in &exprs {
-        let r: Value = client().get(format!("{}/api/v1/query", prom.url)).query(&[("query", e)]).send().await.unwrap().json().await.unwrap();
+        let r: Value =
+            client().get(format!("{}/api/v1/query", prom.url)).query(&[("query", e)]).send().await.unwrap().json().await.unwrap();
         assert_eq!(r["status"], "success", "{e}: {r}");
     }
     let live = wait_for(&prom, "max by (release) (canopy_live_release_info)", |r| r.len() == 1).await;

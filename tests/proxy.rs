@@ -31,12 +31,7 @@ async fn routes_by_longest_prefix_and_tags_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_forwarding_headers() {
     let (c, _j, _e) = two_releases("", "").await;
-    let r = client()
-        .get(c.url("/products"))
-        .header("x-forwarded-for", "203.0.113.7")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(c.url("/products")).header("x-forwarded-for", "203.0.113.7").send().await.unwrap();
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["x_forwarded_for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(body["x_forwarded_proto"], "http");

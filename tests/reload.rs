@@ -141,7 +141,9 @@ async fn sighup_reloads_and_a_new_token_file_takes_effect() {
     let (c, _juniper, _elm) = two_releases("", "").await;
     let token = c.dir.join("token");
     std::fs::write(&token, "reloaded-token-0123456789\n").unwrap();
-    edit_config(&c, |t| t.replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token.display())));
+    edit_config(&c, |t| {
+        t.replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token.display()))
+    });
     let hup = Command::new("kill").args(["-HUP", &c.child.id().to_string()]).status().unwrap();
     assert!(hup.success());
     eventually("the token to be required after SIGHUP", Duration::from_secs(5), || async {

@@ -535,10 +535,8 @@ async fn status_page_asks_for_the_token_and_keeps_it_in_the_tab() {
     let dir = tempfile::tempdir().unwrap();
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-    let text = config("", "").replace(
-        "state-file = \"state.json\"",
-        &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token_path.display()),
-    );
+    let text = config("", "")
+        .replace("state-file = \"state.json\"", &format!("state-file = \"state.json\"\ntoken-file = \"{}\"", token_path.display()));
     let c = Canopy::start(&text);
     let juniper = Stack::spawn("juniper").await;
     let elm = Stack::spawn("elm").await;
@@ -579,7 +577,8 @@ async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
     let tmp = tempfile::tempdir().unwrap();
     shop.write(tmp.path(), "shop");
     wildcard.write(tmp.path(), "cdn");
-    let tls = "[tls]\n[[tls.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[tls.certificate]]\ncert = \"cdn.pem\"\nkey = \"cdn.key\"\n";
+    let tls =
+        "[tls]\n[[tls.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[tls.certificate]]\ncert = \"cdn.pem\"\nkey = \"cdn.key\"\n";
     let mut c = Canopy::start_in(tmp.path(), &tls_config(tls));
     c.tmp = Some(tmp);
     let driver = ChromeDriver::start().await;

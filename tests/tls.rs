@@ -28,12 +28,7 @@ struct Certs {
 
 impl Certs {
     fn new() -> Certs {
-        Certs {
-            shop: cert(&["shop.test"]),
-            api: cert(&["api.test"]),
-            wildcard: cert(&["*.cdn.test"]),
-            fallback: cert(&["fallback.test"]),
-        }
+        Certs { shop: cert(&["shop.test"]), api: cert(&["api.test"]), wildcard: cert(&["*.cdn.test"]), fallback: cert(&["fallback.test"]) }
     }
 
     fn all(&self) -> Vec<&TestCert> {
@@ -91,12 +86,9 @@ async fn h1_h2_and_h2c_proxy_byte_for_byte_and_sni_picks_the_certificate() {
     let tls = c.tls.unwrap();
 
     // SNI: three names (exact, exact, wildcard) and the default for the rest
-    for (name, want) in [
-        ("shop.test", &certs.shop),
-        ("api.test", &certs.api),
-        ("img.cdn.test", &certs.wildcard),
-        ("fallback.test", &certs.fallback),
-    ] {
+    for (name, want) in
+        [("shop.test", &certs.shop), ("api.test", &certs.api), ("img.cdn.test", &certs.wildcard), ("fallback.test", &certs.fallback)]
+    {
         let http = https(name, tls, &certs.all()).build().unwrap();
         let r = http.get(format!("https://{name}:{}/shop-api/sni", tls.port())).send().await.unwrap();
         assert_eq!(r.status(), 200, "{name}");
@@ -144,7 +136,17 @@ async fn h1_h2_and_h2c_proxy_byte_for_byte_and_sni_picks_the_certificate() {
     std::fs::write(dir.join("payload.bin"), &payload).unwrap();
     std::fs::write(dir.join("ca.pem"), &certs.shop.pem).unwrap();
     for (what, args) in [
-        ("curl h2", vec!["--http2".to_string(), "--cacert".into(), "ca.pem".into(), "--resolve".into(), format!("shop.test:{}:127.0.0.1", tls.port()), format!("{base}/echo")]),
+        (
+            "curl h2",
+            vec![
+                "--http2".to_string(),
+                "--cacert".into(),
+                "ca.pem".into(),
+                "--resolve".into(),
+                format!("shop.test:{}:127.0.0.1", tls.port()),
+                format!("{base}/echo"),
+            ],
+        ),
         ("curl h2c", vec!["--http2-prior-knowledge".to_string(), c.url("/echo")]),
     ] {
         let out = Command::new("curl")
@@ -261,7 +263,8 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
 
     // long-lived h2 connections, keep-alive HTTP/1.1 and a new TLS connection per request
     let h2 = Load::start_on(&h2_target("shop.test", tls, generations.clone()), &[Kind::KEEPALIVE_GET, Kind::POST]);
-    let h1 = Load::start_on(&h1_tls_target("shop.test", tls, generations.clone()), &[Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::FRESH_POST]);
+    let h1 =
+        Load::start_on(&h1_tls_target("shop.test", tls, generations.clone()), &[Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::FRESH_POST]);
     let old_conn = https("shop.test", tls, &generations.iter().collect::<Vec<_>>()).build().unwrap();
     assert!(served(&old_conn.get(&url).send().await.unwrap()) == generations[0].der);
 
@@ -304,7 +307,12 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let (done_h1, failed_h1) = h1.stop().await;
     assert!(failed_h2.is_empty(), "h2: {failed_h2:?}");
     assert!(failed_h1.is_empty(), "http/1.1: {failed_h1:?}");
-    eprintln!("requests during 3 rotations: h2 {}, http/1.1 {} ({} on fresh connections)", done_h2.len(), done_h1.len(), count(&done_h1, "fresh-get") + count(&done_h1, "fresh-post"));
+    eprintln!(
+        "requests during 3 rotations: h2 {}, http/1.1 {} ({} on fresh connections)",
+        done_h2.len(),
+        done_h1.len(),
+        count(&done_h1, "fresh-get") + count(&done_h1, "fresh-post")
+    );
     assert!(count(&done_h1, "fresh-get") >= 20 && done_h2.len() >= 20);
 }
 

@@ -255,7 +255,7 @@ async fn new_process_killed_after_the_handover_is_recovered_by_a_restart() {
     assert_eq!(code, 200, "{body}");
     let mut old = upgrade(&mut c, 1).await;
     c.kill9(); // the new process, right after it took the sockets
-    // the old one took no change after handing over: it drains and exits
+               // the old one took no change after handing over: it drains and exits
     let deadline = Instant::now() + Duration::from_secs(15);
     while old.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the old process did not exit");
@@ -295,10 +295,21 @@ async fn upgrades_hand_over_the_tls_listener_under_h2_and_https_load() {
         assert!(st.success(), "an old process exited with {st}\n{}", logs(&c, 3));
     }
     assert!(failed_h2.is_empty() && failed_h1.is_empty(), "h2: {failed_h2:?}\nhttps: {failed_h1:?}\n{}", logs(&c, 3));
-    eprintln!("3 upgrades: {} h2 streams, {} HTTPS requests ({} on new connections), 0 failed", done_h2.len(), done_h1.len(), count(&done_h1, "fresh-get"));
+    eprintln!(
+        "3 upgrades: {} h2 streams, {} HTTPS requests ({} on new connections), 0 failed",
+        done_h2.len(),
+        done_h1.len(),
+        count(&done_h1, "fresh-get")
+    );
     assert!(done_h2.len() >= 20 && count(&done_h1, "fresh-get") >= 20);
     // the last process serves HTTPS with the same certificate
-    let r = https("shop.test", tls, &[&shop]).build().unwrap().get(format!("https://shop.test:{}/shop-api/after", tls.port())).send().await.unwrap();
+    let r = https("shop.test", tls, &[&shop])
+        .build()
+        .unwrap()
+        .get(format!("https://shop.test:{}/shop-api/after", tls.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
     assert!(served(&r) == shop.der);
 }

@@ -73,8 +73,7 @@ mod tests {
 
     fn make(names: &[&str], days: u64) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let start = rcgen::date_time_ymd(2030, 1, 1);
         params.not_before = start;
         params.not_after = start + Duration::from_secs(days * 86400);
@@ -102,10 +101,7 @@ mod tests {
     fn rejects_a_foreign_key_and_garbage() {
         let (chain, _) = make(&["shop.example"], 90);
         let (_, other_key) = make(&["shop.example"], 90);
-        assert_eq!(
-            CertInfo::inspect(&chain, &other_key).unwrap_err(),
-            "the private key does not belong to the certificate"
-        );
+        assert_eq!(CertInfo::inspect(&chain, &other_key).unwrap_err(), "the private key does not belong to the certificate");
         assert_eq!(CertInfo::inspect("", &other_key).unwrap_err(), "no PEM certificate in the chain");
         assert_eq!(
             CertInfo::inspect(&other_key, &other_key).unwrap_err(),

@@ -163,17 +163,11 @@ impl AcmeManager {
             }
         };
         if !info.covers(names) {
-            log::info!(
-                "ACME: the cached certificate for {primary} covers {:?}, not {names:?}; ordering a new one",
-                info.names
-            );
+            log::info!("ACME: the cached certificate for {primary} covers {:?}, not {names:?}; ordering a new one", info.names);
             return;
         }
         if info.not_after <= now {
-            log::info!(
-                "ACME: the cached certificate for {primary} expired at {}; ordering a new one",
-                rfc3339(info.not_after)
-            );
+            log::info!("ACME: the cached certificate for {primary} expired at {}; ordering a new one", rfc3339(info.not_after));
             return;
         }
         if let Err(reason) = self.sink.install(names, &cached.chain_pem, &cached.key_pem) {
@@ -221,10 +215,7 @@ impl AcmeManager {
                 self.renewals_failed.fetch_add(1, Ordering::Relaxed);
                 let now = SystemTime::now();
                 let reason = describe(&e);
-                log::warn!(
-                    "{reason}; the installed certificate (if any) stays, next attempt at {}",
-                    rfc3339(now + retry)
-                );
+                log::warn!("{reason}; the installed certificate (if any) stays, next attempt at {}", rfc3339(now + retry));
                 self.certs()[index].failed(reason, now, retry);
             }
         }
@@ -233,11 +224,7 @@ impl AcmeManager {
     /// Orders, checks and installs a certificate for `names`, then caches it.
     /// A failure to cache is returned beside the success, not as an error:
     /// the certificate is served, and ordering again would not fix the disk.
-    async fn obtain(
-        &self,
-        names: &[String],
-        slot: &mut AccountSlot,
-    ) -> Result<(CertInfo, Option<AcmeError>), AcmeError> {
+    async fn obtain(&self, names: &[String], slot: &mut AccountSlot) -> Result<(CertInfo, Option<AcmeError>), AcmeError> {
         if slot.account.is_none() {
             slot.account = Some(self.account(slot.ignore_file).await?);
             slot.ignore_file = false;
@@ -255,8 +242,7 @@ impl AcmeManager {
             .install(names, &issued.chain_pem, &issued.key_pem)
             .map_err(|reason| AcmeError::Refused { primary: primary.clone(), reason })?;
         let (cache, primary) = (self.cache.clone(), primary.clone());
-        let saved =
-            tokio::task::spawn_blocking(move || cache.save_cert(&primary, &issued.chain_pem, &issued.key_pem)).await;
+        let saved = tokio::task::spawn_blocking(move || cache.save_cert(&primary, &issued.chain_pem, &issued.key_pem)).await;
         Ok((info, saved.expect("writing the cache does not panic").err()))
     }
 

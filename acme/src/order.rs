@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus, RetryPolicy,
-};
+use instant_acme::{Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus, RetryPolicy};
 
 use crate::{AcmeError, AcmeSink};
 
@@ -33,12 +31,7 @@ pub(crate) async fn issue(account: &Account, names: &[String], sink: &dyn AcmeSi
     result
 }
 
-async fn run(
-    account: &Account,
-    names: &[String],
-    sink: &dyn AcmeSink,
-    tokens: &mut Vec<String>,
-) -> Result<Issued, AcmeError> {
+async fn run(account: &Account, names: &[String], sink: &dyn AcmeSink, tokens: &mut Vec<String>) -> Result<Issued, AcmeError> {
     let primary = &names[0];
     let step = |step| move |source| AcmeError::Order { primary: primary.clone(), step, source };
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -51,15 +44,9 @@ async fn run(
         match authorization.status {
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => continue,
-            other => {
-                return Err(AcmeError::Invalid {
-                    name,
-                    reason: format!("the authorization is {other:?} before any attempt"),
-                })
-            }
+            other => return Err(AcmeError::Invalid { name, reason: format!("the authorization is {other:?} before any attempt") }),
         }
-        let mut challenge =
-            authorization.challenge(ChallengeType::Http01).ok_or_else(|| AcmeError::NoHttp01 { name: name.clone() })?;
+        let mut challenge = authorization.challenge(ChallengeType::Http01).ok_or_else(|| AcmeError::NoHttp01 { name: name.clone() })?;
         sink.set_challenge(&challenge.token, challenge.key_authorization().as_str());
         tokens.push(challenge.token.clone());
         challenge.set_ready().await.map_err(step("challenge ready"))?;

@@ -83,8 +83,7 @@ impl Cache {
         let (Some(chain_pem), Some(key_pem)) = (read(self.cert_path(primary))?, read(self.key_path(primary))?) else {
             return Ok(None);
         };
-        let written =
-            fs::metadata(self.cert_path(primary)).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+        let written = fs::metadata(self.cert_path(primary)).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
         Ok(Some(Cached { chain_pem, key_pem, written }))
     }
 
@@ -93,11 +92,9 @@ impl Cache {
     /// detects (and a new certificate is ordered).
     pub(crate) fn save_cert(&self, primary: &str, chain_pem: &str, key_pem: &str) -> Result<(), AcmeError> {
         let key_path = self.key_path(primary);
-        write_atomic(&key_path, key_pem.as_bytes(), 0o600)
-            .map_err(|source| AcmeError::CacheWrite { path: key_path, source })?;
+        write_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(|source| AcmeError::CacheWrite { path: key_path, source })?;
         let cert_path = self.cert_path(primary);
-        write_atomic(&cert_path, chain_pem.as_bytes(), 0o644)
-            .map_err(|source| AcmeError::CacheWrite { path: cert_path, source })
+        write_atomic(&cert_path, chain_pem.as_bytes(), 0o644).map_err(|source| AcmeError::CacheWrite { path: cert_path, source })
     }
 }
 
@@ -106,8 +103,7 @@ impl Cache {
 /// or the new one, never a part.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        tempfile::Builder::new().prefix(".tmp-").permissions(Permissions::from_mode(mode)).tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").permissions(Permissions::from_mode(mode)).tempfile_in(dir)?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -120,34 +120,22 @@ mod tests {
             "ACME: invalid certificate name `127.0.0.1`: IP addresses are not supported, only DNS names"
         );
         for name in ["../etc", "shop/example", "localhost", "shop example", ""] {
-            assert_eq!(
-                message(&[&[name]]),
-                format!("ACME: invalid certificate name `{name}`: not a DNS name such as shop.example")
-            );
+            assert_eq!(message(&[&[name]]), format!("ACME: invalid certificate name `{name}`: not a DNS name such as shop.example"));
         }
     }
 
     #[test]
     fn rejects_empty_and_duplicate_sets() {
         assert_eq!(message(&[]), "ACME: no certificate names given: list at least one set of names");
-        assert_eq!(
-            message(&[&["a.example"], &[]]),
-            "ACME: name set 1 is empty: each certificate needs at least one name"
-        );
+        assert_eq!(message(&[&["a.example"], &[]]), "ACME: name set 1 is empty: each certificate needs at least one name");
         assert_eq!(message(&[&["a.example", "A.example"]]), "ACME: certificate name `a.example` is listed twice");
-        assert_eq!(
-            message(&[&["a.example"], &["a.example", "b.example"]]),
-            "ACME: certificate name `a.example` is listed twice"
-        );
+        assert_eq!(message(&[&["a.example"], &["a.example", "b.example"]]), "ACME: certificate name `a.example` is listed twice");
     }
 
     #[test]
     fn rejects_plain_http_directory() {
         let mut s = settings(&[&["a.example"]]);
         s.directory = "http://acme.test/dir".into();
-        assert_eq!(
-            s.validate().unwrap_err().to_string(),
-            "ACME: directory `http://acme.test/dir` is not an https:// URL"
-        );
+        assert_eq!(s.validate().unwrap_err().to_string(), "ACME: directory `http://acme.test/dir` is not an https:// URL");
     }
 }

@@ -123,11 +123,7 @@ mod tests {
     #[test]
     fn serialises_times_as_rfc3339() {
         let mut s = CertStatus::new(vec!["shop.example".into()]);
-        s.installed(
-            &CertInfo { not_before: UNIX_EPOCH, not_after: UNIX_EPOCH + HOUR * 3, names: vec![] },
-            UNIX_EPOCH,
-            UNIX_EPOCH,
-        );
+        s.installed(&CertInfo { not_before: UNIX_EPOCH, not_after: UNIX_EPOCH + HOUR * 3, names: vec![] }, UNIX_EPOCH, UNIX_EPOCH);
         assert_eq!(
             serde_json::to_value(&s).unwrap(),
             serde_json::json!({

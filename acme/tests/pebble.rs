@@ -165,16 +165,10 @@ async fn failed_renewals_keep_the_old_certificate_and_are_retried() {
     let status = manager.status().remove(0);
     let error = status.last_error.clone().unwrap_or_default();
     assert!(error.starts_with("ACME: certificate for shop.test: validation failed: "), "{error}");
-    assert!(
-        error.contains("/.well-known/acme-challenge/") && error.contains("404"),
-        "the reason says what the CA saw: {error}"
-    );
+    assert!(error.contains("/.well-known/acme-challenge/") && error.contains("404"), "the reason says what the CA saw: {error}");
     assert_eq!(manager.renewals_failed(), 1);
     let next = status.next_attempt.unwrap();
-    assert!(
-        next >= before + Duration::from_secs(1) && next <= SystemTime::now() + Duration::from_secs(1),
-        "{status:?}"
-    );
+    assert!(next >= before + Duration::from_secs(1) && next <= SystemTime::now() + Duration::from_secs(1), "{status:?}");
     assert_eq!(sink.installs().len(), 1, "the old certificate stays installed");
     assert_eq!(sink.open_challenges(), 0, "tokens are withdrawn after a failed order too");
     assert_eq!(cached(), first.chain_pem);
@@ -182,13 +176,8 @@ async fn failed_renewals_keep_the_old_certificate_and_are_retried() {
     // The CA goes away: the manager retries every retry_interval by itself.
     pebble.stop();
     let failed = manager.renewals_failed();
-    eventually(
-        Duration::from_secs(10),
-        "retried twice",
-        || manager.renewals_failed() >= failed + 2,
-        || format!("{:?}", manager.status()),
-    )
-    .await;
+    eventually(Duration::from_secs(10), "retried twice", || manager.renewals_failed() >= failed + 2, || format!("{:?}", manager.status()))
+        .await;
     let error = manager.status()[0].last_error.clone().unwrap_or_default();
     assert!(error.starts_with("ACME: certificate for shop.test: new order failed: "), "{error}");
     assert!(error.ends_with("Connection refused (os error 111)"), "the reason names the cause: {error}");

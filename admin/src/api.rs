@@ -181,11 +181,9 @@ impl AdminApi {
             (["status"], &Method::GET) => Reply::json(200, status_with_containers(c).await),
             (["releases"], &Method::GET) => Reply::json(200, c.status().await.releases),
             (["events"], &Method::GET) => Reply::json(200, c.events().await),
-            (["metrics"], &Method::GET) => Reply {
-                status: 200,
-                content_type: crate::metrics::CONTENT_TYPE,
-                body: c.metrics_text().await.into_bytes(),
-            },
+            (["metrics"], &Method::GET) => {
+                Reply { status: 200, content_type: crate::metrics::CONTENT_TYPE, body: c.metrics_text().await.into_bytes() }
+            }
             (["openapi.json"], &Method::GET) => Reply { status: 200, content_type: "application/json", body: OPENAPI.into() },
             (["releases", name], &Method::GET) => {
                 let name = release_name(name)?;
@@ -229,15 +227,31 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload(&actor).await?)
             }
-            (["tls"], &Method::GET) => Reply::json(200, c.tls_view().ok_or_else(|| ApiError::NotFound { kind: "path", name: path.clone() })?),
+            (["tls"], &Method::GET) => {
+                Reply::json(200, c.tls_view().ok_or_else(|| ApiError::NotFound { kind: "path", name: path.clone() })?)
+            }
             (["tls", "reload"], &Method::POST) => {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload_certificates(&actor)?)
             }
-            ([""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] | ["tls"]
-            | ["releases", _] | ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] | ["tls", "reload"], _) => {
-                return Err(not_allowed())
-            }
+            (
+                [""]
+                | ["healthz"]
+                | ["status"]
+                | ["releases"]
+                | ["events"]
+                | ["metrics"]
+                | ["openapi.json"]
+                | ["tls"]
+                | ["releases", _]
+                | ["releases", _, "check"]
+                | ["switch"]
+                | ["rollback"]
+                | ["reload"]
+                | ["deploy"]
+                | ["tls", "reload"],
+                _,
+            ) => return Err(not_allowed()),
             _ => return Err(ApiError::NotFound { kind: "path", name: path.clone() }),
         };
         Ok(reply)

@@ -19,9 +19,11 @@ pub struct Guard {
 }
 
 fn is_loopback_host(host: &str) -> bool {
-    let h = host.strip_prefix('[').and_then(|h| h.split_once(']')).map(|(h, _)| h).unwrap_or_else(|| {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|c| c.is_ascii_digit()) { h } else { host })
-    });
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map(|(h, _)| h)
+        .unwrap_or_else(|| host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|c| c.is_ascii_digit()) { h } else { host }));
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -45,10 +47,8 @@ impl Guard {
         if let Some(origin) = header("origin") {
             let host = header("host").unwrap_or("");
             // https too: the listener may sit behind a TLS-terminating proxy
-            let same = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|o| o.eq_ignore_ascii_case(host));
+            let same =
+                origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")).is_some_and(|o| o.eq_ignore_ascii_case(host));
             // Without a token only loopback Host names are trusted (defeats DNS rebinding).
             let trusted = token.is_some() || is_loopback_host(host);
             if !(same && trusted) {

@@ -189,11 +189,7 @@ async fn read_body(resp: reqwest::Response) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-async fn expect(
-    req: reqwest::RequestBuilder,
-    status: u16,
-    body: Option<&str>,
-) -> Attempt {
+async fn expect(req: reqwest::RequestBuilder, status: u16, body: Option<&str>) -> Attempt {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => return Attempt::fail(describe(&e)),

@@ -212,12 +212,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn resolve(
-    topology: &Topology,
-    table: &ReleaseTable,
-    name: &ReleaseName,
-    backends: &BackendMap,
-) -> Result<Arc<Release>, ApiError> {
+async fn resolve(topology: &Topology, table: &ReleaseTable, name: &ReleaseName, backends: &BackendMap) -> Result<Arc<Release>, ApiError> {
     Release::resolve(topology, name.clone(), backends.clone(), table.stats())
         .await
         .map(Arc::new)
@@ -228,12 +223,7 @@ impl Controller {
     /// Loads the state file (or seeds a first state and writes it), resolves
     /// every release and publishes the first snapshot. A corrupt state file
     /// is an error naming it: canopy must not start without its live release.
-    pub async fn start(
-        table: Arc<ReleaseTable>,
-        validator: Validator,
-        settings: ControlSettings,
-        seed: Seed,
-    ) -> Result<Self, ApiError> {
+    pub async fn start(table: Arc<ReleaseTable>, validator: Validator, settings: ControlSettings, seed: Seed) -> Result<Self, ApiError> {
         let topology = table.load().topology().clone();
         let tunables = table.load().tunables().clone();
         let (mut store, loaded) = Store::open(&settings.state_file)?;
@@ -452,13 +442,7 @@ impl Controller {
                 .cloned()
                 .collect();
             releases.extend(upsert);
-            self.table.store(Snapshot::new(
-                next.generation,
-                cur.topology().clone(),
-                releases,
-                next.live.as_ref(),
-                cur.tunables().clone(),
-            ));
+            self.table.store(Snapshot::new(next.generation, cur.topology().clone(), releases, next.live.as_ref(), cur.tunables().clone()));
         }
         **guard = next;
         Ok(persisted)

@@ -37,16 +37,16 @@ mod view;
 
 pub use api::{AdminApi, MAX_BODY, OPENAPI};
 pub use auth::Guard;
-pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use canopy_docker::Healthcheck;
+pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use controller::{
     now_ms, CertSource, CertView, ConfigSource, ContainerView, ControlSettings, Controller, DeployFailure, DeployReply, DeployRequest,
-    DeploySettings, DeployStep, Discovered, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed,
-    ServiceContainer, SwitchRequest, TlsView,
+    DeploySettings, DeployStep, Discovered, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed, ServiceContainer,
+    SwitchRequest, TlsView,
 };
 pub use error::ApiError;
-pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use persist::{journal_path, load as load_state, PersistError};
+pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use report::{CheckResult, Report};
 pub use state::{BackendMap, Command, ContainerChange, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
 pub use validate::{Mode, Validator};

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_proxy::prometheus::{
-    self, core::Collector, histogram_opts, opts, Encoder, Gauge, GaugeVec, Histogram, IntCounterVec,
-    IntGaugeVec, Registry, TextEncoder,
+    self, core::Collector, histogram_opts, opts, Encoder, Gauge, GaugeVec, Histogram, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
 };
 use canopy_proxy::{AccessLog, ReleaseName, ReleaseTable, RequestCollector, DURATION_BUCKETS};
 
@@ -50,30 +49,28 @@ impl ControlMetrics {
             "canopy_switch_duration_seconds",
             "Validation plus flip time of successful switches and rollbacks.",
             DURATION_BUCKETS.to_vec()
-        )).expect(VALID);
-        let last_flip = Gauge::new(
-            "canopy_last_switch_timestamp_seconds",
-            "Unix time of the last successful flip (0 if none).",
-        ).expect(VALID);
+        ))
+        .expect(VALID);
+        let last_flip =
+            Gauge::new("canopy_last_switch_timestamp_seconds", "Unix time of the last successful flip (0 if none).").expect(VALID);
         let checks = IntCounterVec::new(
             opts!("canopy_validation_checks_total", "Validation check results."),
             &["release", "service", "check", "result"],
-        ).expect(VALID);
-        let live = IntGaugeVec::new(opts!("canopy_live_release_info", "The release serving traffic (value 1)."), &["release"]).expect(VALID);
-        let rollback_target = IntGaugeVec::new(
-            opts!(
-                "canopy_rollback_target_healthy",
-                "Latest background check of the warm previous release: 1 passed, 0 failed."
-            ),
-            &["release"],
-        ).expect(VALID);
-        let access_log_dropped = AccessLog::dropped_counter();
-        let reloads = IntCounterVec::new(opts!("canopy_config_reloads_total", "Config reloads by result (ok, refused)."), &["result"]).expect(VALID);
-        let last_reload = Gauge::new(
-            "canopy_config_last_reload_timestamp_seconds",
-            "Unix time of the last successful config reload (0 if none).",
         )
         .expect(VALID);
+        let live =
+            IntGaugeVec::new(opts!("canopy_live_release_info", "The release serving traffic (value 1)."), &["release"]).expect(VALID);
+        let rollback_target = IntGaugeVec::new(
+            opts!("canopy_rollback_target_healthy", "Latest background check of the warm previous release: 1 passed, 0 failed."),
+            &["release"],
+        )
+        .expect(VALID);
+        let access_log_dropped = AccessLog::dropped_counter();
+        let reloads =
+            IntCounterVec::new(opts!("canopy_config_reloads_total", "Config reloads by result (ok, refused)."), &["result"]).expect(VALID);
+        let last_reload =
+            Gauge::new("canopy_config_last_reload_timestamp_seconds", "Unix time of the last successful config reload (0 if none).")
+                .expect(VALID);
         let build = GaugeVec::new(opts!("canopy_build_info", "The running canopy build (value 1)."), &["version"]).expect(VALID);
         for result in RESULTS {
             // every result is exported from the start, as 0

@@ -44,7 +44,9 @@ pub enum PersistError {
         source: std::io::Error,
     },
     /// The file exists but is not a state this build understands.
-    #[error("state file {path} is corrupt or unreadable: {reason} (refusing to start rather than lose the live release; fix or move the file)")]
+    #[error(
+        "state file {path} is corrupt or unreadable: {reason} (refusing to start rather than lose the live release; fix or move the file)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -104,9 +106,7 @@ fn load_checkpoint(path: &Path) -> Result<Option<State>, PersistError> {
 
 fn check_live(state: &State) -> Result<(), String> {
     match &state.live {
-        Some(live) if !state.releases.contains_key(live) => {
-            Err(format!("live release `{live}` is not among the registered releases"))
-        }
+        Some(live) if !state.releases.contains_key(live) => Err(format!("live release `{live}` is not among the registered releases")),
         _ => Ok(()),
     }
 }
@@ -412,7 +412,17 @@ mod tests {
         let (_dir, p) = scratch();
         let (mut store, st) = first_start(&p);
         let mut st = commit(&mut store, &st, 0, vec![register("elm"), register("oak")]);
-        let big = Event { at: 0, action: "x".into(), actor: "y".repeat(100_000), from: None, to: None, result: "ok".into(), forced: false, generation: 0, detail: String::new() };
+        let big = Event {
+            at: 0,
+            action: "x".into(),
+            actor: "y".repeat(100_000),
+            from: None,
+            to: None,
+            result: "ok".into(),
+            forced: false,
+            generation: 0,
+            detail: String::new(),
+        };
         for i in 0..4 {
             st = commit(&mut store, &st, i, vec![Command::Audit { event: big.clone() }]);
         }

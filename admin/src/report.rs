@@ -55,12 +55,8 @@ impl Report {
         if self.passed {
             return format!("{} checks passed", self.checks.len());
         }
-        let failed: Vec<String> = self
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| format!("{}/{}: {}", c.service, c.check, c.reason))
-            .collect();
+        let failed: Vec<String> =
+            self.checks.iter().filter(|c| !c.passed).map(|c| format!("{}/{}: {}", c.service, c.check, c.reason)).collect();
         format!("{} of {} checks failed: {}", failed.len(), self.checks.len(), failed.join("; "))
     }
 }

@@ -258,9 +258,7 @@ impl State {
 
     fn check_generation(&self, expect: Option<u64>) -> Result<(), StateError> {
         match expect {
-            Some(e) if e != self.generation => {
-                Err(StateError::StaleGeneration { expected: e, current: self.generation })
-            }
+            Some(e) if e != self.generation => Err(StateError::StaleGeneration { expected: e, current: self.generation }),
             _ => Ok(()),
         }
     }
@@ -315,8 +313,7 @@ impl State {
         let mut next = self.clone();
         match cmd {
             Command::Register { name, backends } => {
-                let registered_at =
-                    self.releases.get(&name).map_or(now, |r| r.registered_at);
+                let registered_at = self.releases.get(&name).map_or(now, |r| r.registered_at);
                 let last_check = None; // new backends invalidate the last report
                 next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check });
                 next.push(now, "register", actor, None, Some(name), false, String::new());
@@ -449,10 +446,7 @@ mod tests {
         let s = two();
         assert_eq!(s.apply(switch("oak", None), 5, "t"), Err(StateError::NotFound { name: n("oak") }));
         assert_eq!(s.apply(switch("juniper", None), 5, "t"), Err(StateError::AlreadyLive { name: n("juniper") }));
-        assert_eq!(
-            s.apply(switch("elm", Some(0)), 5, "t"),
-            Err(StateError::StaleGeneration { expected: 0, current: 1 })
-        );
+        assert_eq!(s.apply(switch("elm", Some(0)), 5, "t"), Err(StateError::StaleGeneration { expected: 0, current: 1 }));
         assert_eq!(s.apply(Command::Retire { name: n("juniper") }, 5, "t"), Err(StateError::RetireLive { name: n("juniper") }));
         let fresh = reg(State::empty(), "elm");
         let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0, detail: String::new() };
@@ -503,10 +497,7 @@ mod tests {
         let s = two();
         let s = s.apply(Command::DeployStarted { release: n("oak") }, 20, "ops").unwrap();
         assert_eq!(s.deploying, Some(n("oak")));
-        assert_eq!(
-            s.apply(Command::DeployStarted { release: n("elm") }, 21, "ops"),
-            Err(StateError::DeployRunning { name: n("oak") })
-        );
+        assert_eq!(s.apply(Command::DeployStarted { release: n("elm") }, 21, "ops"), Err(StateError::DeployRunning { name: n("oak") }));
         let end = Command::DeployEnded { release: n("oak"), result: "failed".into(), detail: "crashed".into() };
         let s = s.apply(end, 22, "ops").unwrap();
         assert_eq!(s.deploying, None);

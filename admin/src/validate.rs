@@ -85,14 +85,7 @@ impl Validator {
         }
     }
 
-    async fn run(
-        &self,
-        check: &Check,
-        release: &Release,
-        service: &ServiceName,
-        target: Option<SocketAddr>,
-        mode: Mode,
-    ) -> CheckResult {
+    async fn run(&self, check: &Check, release: &Release, service: &ServiceName, target: Option<SocketAddr>, mode: Mode) -> CheckResult {
         let started = Instant::now();
         let (tries, timeout) = match mode {
             Mode::Full => (1 + check.retries, check.timeout),

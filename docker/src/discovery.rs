@@ -5,9 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{
-    ContainerInspectResponse, ContainerStateStatusEnum, EventMessage, HealthStatusEnum,
-};
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, EventMessage, HealthStatusEnum};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::{future, Stream, StreamExt};
 
@@ -301,10 +299,7 @@ impl Engine {
     /// [`Engine::list_managed`], list, then subscribe with it, and nothing
     /// falls between. The stream ends when the engine connection does (engine
     /// restart); subscribe again with the time of the last event seen.
-    pub fn events(
-        &self,
-        since: Option<SystemTime>,
-    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + Unpin + 'static {
+    pub fn events(&self, since: Option<SystemTime>) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + Unpin + 'static {
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             ("label".to_string(), vec![format!("{LABEL_MANAGED}=true")]),

@@ -24,10 +24,7 @@ impl Engine {
     /// The socket canopy uses when none is configured: `DOCKER_HOST` if set,
     /// else `unix:///var/run/docker.sock`.
     pub fn default_socket() -> String {
-        std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|host| !host.is_empty())
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_string())
+        std::env::var("DOCKER_HOST").ok().filter(|host| !host.is_empty()).unwrap_or_else(|| DEFAULT_SOCKET.to_string())
     }
 
     /// Connects to the engine at `socket` (`unix:///var/run/docker.sock`, a bare

@@ -37,12 +37,7 @@ impl From<CreateImageInfo> for PullProgress {
     fn from(info: CreateImageInfo) -> Self {
         let detail = info.progress_detail.unwrap_or_default();
         let bytes = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0);
-        PullProgress {
-            layer: info.id,
-            status: info.status.unwrap_or_default(),
-            current: bytes(detail.current),
-            total: bytes(detail.total),
-        }
+        PullProgress { layer: info.id, status: info.status.unwrap_or_default(), current: bytes(detail.current), total: bytes(detail.total) }
     }
 }
 
@@ -86,29 +81,16 @@ impl Engine {
     /// [`ImageStatus::Pulled`]. A failed pull (no such repository or tag,
     /// registry unreachable, denied) is [`DockerError::Pull`] naming
     /// repository and tag with the registry's reason.
-    pub async fn ensure_image(
-        &self,
-        reference: &str,
-        mut progress: impl FnMut(PullProgress),
-    ) -> Result<ImageStatus, DockerError> {
-        let (repository, tag) =
-            split_reference(reference).ok_or_else(|| DockerError::NoTag { image: reference.to_string() })?;
-        let pull_error = |reason: String| DockerError::Pull {
-            repository: repository.to_string(),
-            tag: tag.to_string(),
-            reason,
-        };
+    pub async fn ensure_image(&self, reference: &str, mut progress: impl FnMut(PullProgress)) -> Result<ImageStatus, DockerError> {
+        let (repository, tag) = split_reference(reference).ok_or_else(|| DockerError::NoTag { image: reference.to_string() })?;
+        let pull_error = |reason: String| DockerError::Pull { repository: repository.to_string(), tag: tag.to_string(), reason };
         match self.docker.inspect_image(reference).await {
             Ok(_) => return Ok(ImageStatus::Present),
             Err(err) if status_of(&err) == Some(404) => {}
             Err(source) => return Err(DockerError::Image { image: reference.to_string(), source }),
         }
         log::info!("pulling image {reference}");
-        let options = CreateImageOptions {
-            from_image: Some(repository.to_string()),
-            tag: Some(tag.to_string()),
-            ..Default::default()
-        };
+        let options = CreateImageOptions { from_image: Some(repository.to_string()), tag: Some(tag.to_string()), ..Default::default() };
         let mut pull = self.docker.create_image(Some(options), None, None);
         while let Some(line) = pull.next().await {
             progress(PullProgress::from(line.map_err(|err| pull_error(reason_of(&err)))?));

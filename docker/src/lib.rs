@@ -36,7 +36,4 @@ pub use health::Readiness;
 pub use image::{image_tag, ImageStatus, PullProgress};
 pub use lifecycle::Created;
 pub use network::NetworkStatus;
-pub use spec::{
-    check_release_tag, parse_env_file, ContainerSpec, Healthcheck, LABEL_MANAGED, LABEL_RELEASE,
-    LABEL_SERVICE,
-};
+pub use spec::{check_release_tag, parse_env_file, ContainerSpec, Healthcheck, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE};

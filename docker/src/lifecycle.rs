@@ -4,9 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::{
-    CreateContainerOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions};
 use futures_util::StreamExt;
 
 use crate::discovery::{ip_on, labels_of, status_of_container, ContainerState};
@@ -122,10 +120,7 @@ impl Engine {
     /// not attached there or not running (a stopped container has no IP).
     pub async fn address(&self, name: &str, network: &str) -> Result<IpAddr, DockerError> {
         let inspect = self.inspect(name).await?;
-        ip_on(&inspect, network).ok_or_else(|| DockerError::NoAddress {
-            container: name.to_string(),
-            network: network.to_string(),
-        })
+        ip_on(&inspect, network).ok_or_else(|| DockerError::NoAddress { container: name.to_string(), network: network.to_string() })
     }
 
     /// The last `lines` lines of container `name`'s stdout and stderr,
@@ -183,12 +178,7 @@ fn adopt(spec: &ContainerSpec, existing: ContainerInspectResponse) -> Result<Cre
     ];
     for (what, expected, found) in compared {
         if expected != found {
-            return Err(DockerError::Mismatch {
-                container: spec.name.clone(),
-                what,
-                expected: expected.to_string(),
-                found,
-            });
+            return Err(DockerError::Mismatch { container: spec.name.clone(), what, expected: expected.to_string(), found });
         }
     }
     let (state, _, _) = status_of_container(&existing);

@@ -49,11 +49,8 @@ impl Engine {
         let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
         let options = ListNetworksOptions { filters: Some(filters) };
         let same_name = self.docker.list_networks(Some(options)).await.map_err(network_err)?;
-        let keep = same_name
-            .iter()
-            .filter(|network| network.name.as_deref() == Some(name))
-            .filter_map(|network| network.id.as_deref())
-            .min();
+        let keep =
+            same_name.iter().filter(|network| network.name.as_deref() == Some(name)).filter_map(|network| network.id.as_deref()).min();
         if keep.is_some_and(|keep| keep != created) {
             log::info!("network {name} was created twice at once; removing the duplicate {created}");
             self.docker.remove_network(&created).await.map_err(network_err)?;

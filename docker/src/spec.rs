@@ -103,10 +103,7 @@ impl ContainerSpec {
 
     /// The engine's create request for this spec.
     pub(crate) fn to_create_body(&self) -> ContainerCreateBody {
-        let endpoint = EndpointSettings {
-            aliases: (!self.aliases.is_empty()).then(|| self.aliases.clone()),
-            ..Default::default()
-        };
+        let endpoint = EndpointSettings { aliases: (!self.aliases.is_empty()).then(|| self.aliases.clone()), ..Default::default() };
         ContainerCreateBody {
             image: Some(self.image.clone()),
             env: (!self.env.is_empty()).then(|| self.env.clone()),
@@ -121,9 +118,7 @@ impl ContainerSpec {
                 nano_cpus: self.cpus.map(|cpus| (cpus * 1e9).round() as i64),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(self.network.clone(), endpoint)])),
-            }),
+            networking_config: Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(self.network.clone(), endpoint)])) }),
             ..Default::default()
         }
     }
@@ -156,11 +151,7 @@ pub fn check_release_tag(container: &str, image: &str, release: &str) -> Result<
     if image_tag(image) == Some(release) {
         return Ok(());
     }
-    Err(DockerError::TagMismatch {
-        container: container.to_string(),
-        image: image.to_string(),
-        release: release.to_string(),
-    })
+    Err(DockerError::TagMismatch { container: container.to_string(), image: image.to_string(), release: release.to_string() })
 }
 
 /// Parses the contents of an env file the way `docker run --env-file` does:
@@ -209,12 +200,7 @@ mod tests {
         let path = std::env::var("PATH").unwrap();
         assert_eq!(
             env,
-            vec![
-                "DB_HOST=postgres".to_string(),
-                "DB_PORT=5432".to_string(),
-                "GREETING=a=b \"c\"".to_string(),
-                format!("PATH={path}"),
-            ]
+            vec!["DB_HOST=postgres".to_string(), "DB_PORT=5432".to_string(), "GREETING=a=b \"c\"".to_string(), format!("PATH={path}"),]
         );
     }
 

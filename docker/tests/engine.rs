@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveImageOptions, TagImageOptions};
 use canopy_docker::{
-    ContainerSpec, ContainerState, DockerError, Engine, EventKind, Health, Healthcheck, ImageStatus,
-    ManagedContainer, NetworkStatus, Readiness, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE,
+    ContainerSpec, ContainerState, DockerError, Engine, EventKind, Health, Healthcheck, ImageStatus, ManagedContainer, NetworkStatus,
+    Readiness, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE,
 };
 use futures_util::StreamExt;
 use support::{engine, free_port, get_json, get_text, raw, Registry, Scope, REPO};
@@ -139,10 +139,7 @@ async fn a_second_create_adopts_the_container_and_a_foreign_one_is_refused() {
     other.release = "oak".to_string();
     other.image = format!("{REPO}:oak");
     let err = engine.create(&other).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("container `{}` exists with release `elm` where `oak` was asked for; remove it first", spec.name)
-    );
+    assert_eq!(err.to_string(), format!("container `{}` exists with release `elm` where `oak` was asked for; remove it first", spec.name));
 
     // A container of that name that canopy did not make: never touched.
     let by_hand = scope.name("byhand");
@@ -151,9 +148,7 @@ async fn a_second_create_adopts_the_container_and_a_foreign_one_is_refused() {
     raw().await.create_container(Some(options), body).await.unwrap();
     let mut spec = scope.spec("byhand");
     spec.name = by_hand.clone();
-    let refusal = format!(
-        "container `{by_hand}` exists but is not managed by canopy (no label canopy.managed=true); refusing to touch it"
-    );
+    let refusal = format!("container `{by_hand}` exists but is not managed by canopy (no label canopy.managed=true); refusing to touch it");
     assert_eq!(engine.create(&spec).await.unwrap_err().to_string(), refusal);
     assert_eq!(engine.start(&by_hand).await.unwrap_err().to_string(), refusal);
     assert_eq!(engine.stop(&by_hand, Duration::from_secs(1)).await.unwrap_err().to_string(), refusal);
@@ -232,10 +227,7 @@ async fn a_missing_image_is_named_with_its_tag() {
     let mut progress = Vec::new();
     let err = engine.ensure_image(&reference, |line| progress.push(line)).await.unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.starts_with(&format!("cannot pull image `127.0.0.1:{port}/canopy-test/missing` tag `elm`: ")),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("cannot pull image `127.0.0.1:{port}/canopy-test/missing` tag `elm`: ")), "{text}");
     assert!(text.contains("connection refused"), "{text}");
 
     let err = engine.ensure_image(REPO, |_| {}).await.unwrap_err();
@@ -382,10 +374,7 @@ async fn remove_is_idempotent() {
     assert!(engine.remove(&spec.name).await.unwrap(), "a running container is removed");
     assert!(!engine.remove(&spec.name).await.unwrap(), "already gone");
     assert!(mine(&engine, &scope).await.is_empty());
-    assert_eq!(
-        engine.start(&spec.name).await.unwrap_err().to_string(),
-        format!("container `{}` does not exist", spec.name)
-    );
+    assert_eq!(engine.start(&spec.name).await.unwrap_err().to_string(), format!("container `{}` does not exist", spec.name));
 }
 
 #[tokio::test]

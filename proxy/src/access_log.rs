@@ -48,11 +48,8 @@ impl AccessLog {
         static DROPPED: OnceLock<IntCounter> = OnceLock::new();
         DROPPED
             .get_or_init(|| {
-                IntCounter::new(
-                    "canopy_access_log_dropped_lines_total",
-                    "Access log lines dropped because the writer fell behind.",
-                )
-                .expect("valid metric options")
+                IntCounter::new("canopy_access_log_dropped_lines_total", "Access log lines dropped because the writer fell behind.")
+                    .expect("valid metric options")
             })
             .clone()
     }

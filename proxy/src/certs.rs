@@ -116,12 +116,9 @@ impl Certificate {
         }
         let bad_key = |reason: String| CertError::BadKey { file: key_source.to_string(), reason };
         let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad_key(format!("no PEM private key found ({e})")))?;
-        let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-            .map_err(|e| bad_key(format!("unsupported private key: {e}")))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| bad_key(format!("unsupported private key: {e}")))?;
         let certified = CertifiedKey::new(chain, signing);
-        certified
-            .keys_match()
-            .map_err(|_| CertError::Mismatch { cert: cert_source.to_string(), key: key_source.to_string() })?;
+        certified.keys_match().map_err(|_| CertError::Mismatch { cert: cert_source.to_string(), key: key_source.to_string() })?;
         Ok(Self { key: Arc::new(certified), names, not_before, not_after, source: cert_source.to_string() })
     }
 
@@ -336,8 +333,7 @@ mod tests {
     fn mismatched_key_and_garbage_are_refused_with_the_file() {
         let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
         let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
-        let e = Certificate::from_pem("a.pem", "b.key", a.cert.pem().as_bytes(), b.signing_key.serialize_pem().as_bytes())
-            .unwrap_err();
+        let e = Certificate::from_pem("a.pem", "b.key", a.cert.pem().as_bytes(), b.signing_key.serialize_pem().as_bytes()).unwrap_err();
         assert_eq!(e.to_string(), "b.key is not the private key of the certificate in a.pem");
         let e = Certificate::from_pem("x.pem", "k", b"hello", b"").unwrap_err();
         assert_eq!(e.to_string(), "x.pem: no PEM CERTIFICATE block found");

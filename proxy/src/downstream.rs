@@ -100,9 +100,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
         // pingora's own per-read keep-alive timer is not armed (`Some(0)`:
         // keep-alive without a timeout): the deadline bounds the whole wait
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
-        session.set_keepalive_reuses_remaining(
-            self.inner.server_options().and_then(|o| o.keepalive_request_limit),
-        );
+        session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
         let mut deadline = pin!(tokio::time::sleep(self.head_deadline));
         // one registration for the connection's life, not one per request
         let seen = *shutdown.borrow();

@@ -29,7 +29,13 @@ pub(crate) fn ip_value(ip: IpAddr) -> Result<HeaderValue, InvalidHeaderValue> {
 /// Writes `n` in decimal at the start of `out`; returns the digits written.
 fn write_octet(n: u8, out: &mut [u8]) -> usize {
     let digits = [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10];
-    let skip = if n >= 100 { 0 } else if n >= 10 { 1 } else { 2 };
+    let skip = if n >= 100 {
+        0
+    } else if n >= 10 {
+        1
+    } else {
+        2
+    };
     let used = &digits[skip..];
     out[..used.len()].copy_from_slice(used);
     used.len()

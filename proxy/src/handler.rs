@@ -121,12 +121,7 @@ impl CanopyProxy {
 }
 
 /// Writes a small JSON error response (with the release header when known).
-async fn respond_json(
-    session: &mut Session,
-    status: u16,
-    release: Option<&http::HeaderValue>,
-    body: String,
-) -> Result<()> {
+async fn respond_json(session: &mut Session, status: u16, release: Option<&http::HeaderValue>, body: String) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -194,10 +189,7 @@ fn refuse(session: &Session) -> Option<(u16, String)> {
     }
     let raw = session.as_downstream().to_h1_raw();
     if raw.len() > MAX_REQUEST_HEADER_BYTES {
-        return Some((
-            431,
-            format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#),
-        ));
+        return Some((431, format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#)));
     }
     let req = session.req_header();
     if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
@@ -253,14 +245,11 @@ fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
 
 fn classify(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            UpstreamErrorKind::Timeout
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamErrorKind::Timeout,
+        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::SocketError | ErrorType::BindError => {
+            UpstreamErrorKind::Connect
         }
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError
-        | ErrorType::SocketError | ErrorType::BindError => UpstreamErrorKind::Connect,
-        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => {
-            UpstreamErrorKind::Protocol
-        }
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2 => UpstreamErrorKind::Protocol,
         _ => UpstreamErrorKind::Closed,
     }
 }
@@ -357,12 +346,7 @@ impl ProxyHttp for CanopyProxy {
 
     /// Tags the response with the release that served it, and frames a body
     /// of unknown length for HTTP/1.0 clients by closing the connection.
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         if let Some((snapshot, t)) = ctx.release() {
             resp.insert_header(RELEASE_HEADER, snapshot.release(t.release).header().clone())?;
             if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
@@ -388,10 +372,13 @@ impl ProxyHttp for CanopyProxy {
             ErrorType::HTTPStatus(c) => *c,
             _ if upstream_side => {
                 let kind = *ctx.failure.get_or_insert(classify(e));
-                if kind == UpstreamErrorKind::Timeout { 504 } else { 502 }
+                if kind == UpstreamErrorKind::Timeout {
+                    504
+                } else {
+                    502
+                }
             }
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-                if e.esource() == &ErrorSource::Downstream => 0,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed if e.esource() == &ErrorSource::Downstream => 0,
             _ if e.esource() == &ErrorSource::Downstream => 400,
             _ => 500,
         };
@@ -412,10 +399,7 @@ impl ProxyHttp for CanopyProxy {
                         (502, _) => "upstream unavailable",
                         _ => "request failed",
                     };
-                    (
-                        Some(release.header()),
-                        format!(r#"{{"error":"{what}","release":"{}","service":"{service}"}}"#, release.name()),
-                    )
+                    (Some(release.header()), format!(r#"{{"error":"{what}","release":"{}","service":"{service}"}}"#, release.name()))
                 }
                 None => (None, format!(r#"{{"error":"request failed","status":{code}}}"#)),
             };

@@ -33,13 +33,13 @@ pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
 pub use handler::{CanopyProxy, ProxySettings, RequestCtx, RELEASE_HEADER};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
+/// The metrics library canopy's collectors and counters are built on.
+pub use prometheus;
 pub use release::{Backends, Release};
 pub use resolver::Resolver;
 pub use routing::{request_host, Route, RouteError, RouteTable};
 pub use snapshot::{Miss, Snapshot, Target, Tunables};
 pub use stats::{ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
-/// The metrics library canopy's collectors and counters are built on.
-pub use prometheus;
 pub use table::ReleaseTable;
 pub use tls::{HandshakeCounts, TlsOptions, TlsTerminator};
 pub use topology::{AddressTemplate, Service, TemplateError, Topology, TopologyError};

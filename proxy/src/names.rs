@@ -136,9 +136,6 @@ mod tests {
             assert!(matches!(err, NameError::Invalid { .. }), "{n}: {err}");
         }
         let long = "a".repeat(1024);
-        assert_eq!(
-            ServiceName::parse(&long).unwrap_err().to_string(),
-            "service name is 1024 characters long; at most 63 are allowed"
-        );
+        assert_eq!(ServiceName::parse(&long).unwrap_err().to_string(), "service name is 1024 characters long; at most 63 are allowed");
     }
 }

@@ -102,11 +102,7 @@ impl Release {
 
     /// Builds a release from already-resolved addresses (tests, benchmarks and
     /// callers that resolved elsewhere). `addrs` is indexed like the topology's services.
-    pub fn from_addrs(
-        name: ReleaseName,
-        addrs: Vec<Vec<SocketAddr>>,
-        stats: &StatsRegistry,
-    ) -> Self {
+    pub fn from_addrs(name: ReleaseName, addrs: Vec<Vec<SocketAddr>>, stats: &StatsRegistry) -> Self {
         let services = addrs
             .into_iter()
             .map(|a| Backends {
@@ -119,12 +115,7 @@ impl Release {
         Self::assemble(name, BTreeMap::new(), services, stats)
     }
 
-    fn assemble(
-        name: ReleaseName,
-        explicit: BTreeMap<ServiceName, Vec<Endpoint>>,
-        services: Vec<Backends>,
-        stats: &StatsRegistry,
-    ) -> Self {
+    fn assemble(name: ReleaseName, explicit: BTreeMap<ServiceName, Vec<Endpoint>>, services: Vec<Backends>, stats: &StatsRegistry) -> Self {
         let header = HeaderValue::from_str(name.as_str()).expect("release names are valid header values");
         let stats = stats.for_release(&name);
         Self { name, header, explicit, services: services.into(), stats }

@@ -32,13 +32,7 @@ impl Resolver {
         let before = self.table.load();
         let mut changed: Vec<(Arc<Release>, Arc<Release>)> = Vec::new();
         for old in before.releases() {
-            let fresh = Release::resolve(
-                before.topology(),
-                old.name().clone(),
-                old.explicit().clone(),
-                self.table.stats(),
-            )
-            .await;
+            let fresh = Release::resolve(before.topology(), old.name().clone(), old.explicit().clone(), self.table.stats()).await;
             match fresh {
                 Ok(fresh) if !fresh.same_addrs(old) => changed.push((old.clone(), Arc::new(fresh))),
                 Ok(_) => {}
@@ -65,13 +59,7 @@ impl Resolver {
             })
             .collect();
         let live = cur.live().map(|r| r.name().clone());
-        self.table.store(Snapshot::new(
-            cur.generation(),
-            cur.topology().clone(),
-            releases,
-            live.as_ref(),
-            cur.tunables().clone(),
-        ));
+        self.table.store(Snapshot::new(cur.generation(), cur.topology().clone(), releases, live.as_ref(), cur.tunables().clone()));
         n
     }
 }

@@ -79,9 +79,7 @@ impl RouteTable {
     /// Builds the table from `(service index, route)` pairs.
     pub fn new(routes: Vec<(usize, Route)>) -> Self {
         let mut routes: Vec<(Route, usize)> = routes.into_iter().map(|(s, r)| (r, s)).collect();
-        routes.sort_by(|(a, _), (b, _)| {
-            b.prefix.len().cmp(&a.prefix.len()).then(b.host.is_some().cmp(&a.host.is_some()))
-        });
+        routes.sort_by(|(a, _), (b, _)| b.prefix.len().cmp(&a.prefix.len()).then(b.host.is_some().cmp(&a.host.is_some())));
         Self { routes: routes.into() }
     }
 

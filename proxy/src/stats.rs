@@ -12,8 +12,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use crate::names::{ReleaseName, ServiceName};
 
 /// Upper bounds (seconds) of the request duration histogram buckets.
-pub const DURATION_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DURATION_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Kinds of upstream failure counted in `canopy_upstream_errors_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +91,7 @@ pub struct ServiceStats {
 
 impl ServiceStats {
     fn new(name: ServiceName) -> Self {
-        Self {
-            name,
-            by_code: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
-            errors: Default::default(),
-            duration: Histogram::default(),
-        }
+        Self { name, by_code: (0..CODES).map(|_| AtomicU64::new(0)).collect(), errors: Default::default(), duration: Histogram::default() }
     }
 
     /// Records a finished request: its status (0 when none was sent) and duration.
@@ -147,7 +141,6 @@ impl ReleaseStats {
     pub fn service(&self, index: usize) -> &ServiceStats {
         &self.services[index]
     }
-
 }
 
 /// The set of live counters, keyed by release; touched only on the control path.
@@ -212,8 +205,7 @@ impl StatsRegistry {
     /// `canopy_request_duration_seconds`, `canopy_upstream_errors_total`,
     /// `canopy_inflight_requests`) over every release with counters; called on scrape.
     pub(crate) fn families(&self) -> Vec<MetricFamily> {
-        let mut releases: Vec<Arc<ReleaseStats>> =
-            self.releases.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut releases: Vec<Arc<ReleaseStats>> = self.releases.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         releases.sort_by(|a, b| a.name.cmp(&b.name));
         let (mut requests, mut durations, mut errors, mut inflight) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in &releases {

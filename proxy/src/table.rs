@@ -24,12 +24,7 @@ impl ReleaseTable {
     /// A table holding an empty snapshot of `topology`.
     pub fn new(topology: Arc<Topology>, tunables: Arc<Tunables>) -> Self {
         let stats = StatsRegistry::new(topology.services().iter().map(|s| s.name.clone()).collect());
-        Self {
-            current: ArcSwap::from_pointee(Snapshot::empty(topology, tunables)),
-            writer: Mutex::new(()),
-            stats,
-            drain: Drain::default(),
-        }
+        Self { current: ArcSwap::from_pointee(Snapshot::empty(topology, tunables)), writer: Mutex::new(()), stats, drain: Drain::default() }
     }
 
     /// The current snapshot; a request calls this exactly once and keeps the `Arc`.

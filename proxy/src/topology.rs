@@ -91,11 +91,7 @@ impl Topology {
     /// Builds a topology from services and `(service index, route)` pairs.
     /// Each rule is checked by [`Topology::check_service`] / [`Topology::check_route`]
     /// so the config loader can point at the offending line first.
-    pub fn new(
-        services: Vec<Service>,
-        routes: Vec<(usize, Route)>,
-        template: AddressTemplate,
-    ) -> Result<Self, TopologyError> {
+    pub fn new(services: Vec<Service>, routes: Vec<(usize, Route)>, template: AddressTemplate) -> Result<Self, TopologyError> {
         if services.is_empty() {
             return Err(TopologyError::Empty);
         }
@@ -117,12 +113,7 @@ impl Topology {
     }
 
     /// Rule: no two routes have the same host and prefix.
-    pub fn check_route(
-        services: &[Service],
-        earlier: &[(usize, Route)],
-        service: usize,
-        route: &Route,
-    ) -> Result<(), TopologyError> {
+    pub fn check_route(services: &[Service], earlier: &[(usize, Route)], service: usize, route: &Route) -> Result<(), TopologyError> {
         if let Some((first, _)) = earlier.iter().find(|(_, r)| r.same_match(route)) {
             return Err(TopologyError::DuplicateRoute {
                 route: route.to_string(),

@@ -137,7 +137,10 @@ pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result
             cx.err(span, e.to_string())
         })?;
         if cert.names().is_empty() {
-            return Err(cx.err(f.cert.span(), format!("{}: the certificate names no host (no DNS subject alternative name or common name)", file.cert.display())));
+            return Err(cx.err(
+                f.cert.span(),
+                format!("{}: the certificate names no host (no DNS subject alternative name or common name)", file.cert.display()),
+            ));
         }
         files.push(file);
         certificates.push(cert);

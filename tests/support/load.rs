@@ -110,7 +110,6 @@ fn arrival(headers: &reqwest::header::HeaderMap) -> Instant {
     upstream::epoch() + Duration::from_micros(us)
 }
 
-
 impl Load {
     /// Starts one loop per entry of `kinds` (each at most [`MAX_REQUESTS`]
     /// requests and [`MAX_TIME`]) and,

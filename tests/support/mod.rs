@@ -367,10 +367,7 @@ pub fn durable_state_in(dir: &Path) -> Value {
 /// Sum of `canopy_inflight_requests` over every release, from GET /metrics.
 pub async fn inflight(c: &Canopy) -> i64 {
     let text = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("canopy_inflight_requests{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-        .sum()
+    text.lines().filter(|l| l.starts_with("canopy_inflight_requests{")).map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap()).sum()
 }
 
 /// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.

@@ -51,12 +51,7 @@ pub fn tls_config(tls: &str) -> String {
 /// `name` resolves to, trusting only `roots`, recording the served
 /// certificate ([`served`]).
 pub fn https(name: &str, tls: SocketAddr, roots: &[&TestCert]) -> reqwest::ClientBuilder {
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .tls_info(true)
-        .no_proxy()
-        .resolve(name, tls);
+    let mut b = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).tls_info(true).no_proxy().resolve(name, tls);
     for r in roots {
         b = b.add_root_certificate(reqwest::Certificate::from_der(&r.der).unwrap());
     }
@@ -91,7 +86,5 @@ pub fn h1_tls_target(name: &str, tls: SocketAddr, roots: Vec<TestCert>) -> Targe
 /// The value of one sample of `/metrics` text, e.g.
 /// `canopy_tls_handshakes_total{result="ok"}`; 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))).map_or(0.0, |v| v.trim().parse().unwrap())
 }

@@ -66,19 +66,11 @@ struct Ctx {
 }
 
 fn query_ms(req: &Request<Incoming>) -> u64 {
-    req.uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    req.uri().query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms="))).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn json(status: u16, v: serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string())))
-        .unwrap()
+    Response::builder().status(status).header("content-type", "application/json").body(Full::new(Bytes::from(v.to_string()))).unwrap()
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

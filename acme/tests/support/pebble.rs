@@ -64,14 +64,7 @@ impl Pebble {
         let dns = format!("127.0.0.1:{dns_port}");
         let challtestsrv = Command::new("pebble-challtestsrv")
             .args(["-dns01", &dns, "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args([
-                "-management",
-                &format!("127.0.0.1:{dns_management}"),
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-            ])
+            .args(["-management", &format!("127.0.0.1:{dns_management}"), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdin(Stdio::null())
             .stdout(log_file(&dir, "challtestsrv.log"))
             .stderr(log_file(&dir, "challtestsrv.log"))
@@ -87,14 +80,7 @@ impl Pebble {
             challtestsrv,
             dir,
         };
-        wait_http(
-            &format!("http://127.0.0.1:{dns_management}/"),
-            None,
-            &mut pebble.challtestsrv,
-            &pebble.dir,
-            "challtestsrv.log",
-        )
-        .await;
+        wait_http(&format!("http://127.0.0.1:{dns_management}/"), None, &mut pebble.challtestsrv, &pebble.dir, "challtestsrv.log").await;
         pebble.restart().await;
         pebble
     }
@@ -130,8 +116,7 @@ impl Pebble {
     /// The PEM root certificate pebble signs with (its management API's
     /// `/roots/0`); the chains it issues end with an intermediate signed by it.
     pub async fn root(&self) -> String {
-        let rsp =
-            client(Some(&self.ca_root)).get(format!("{}/roots/0", self.management)).send().await.expect("GET /roots/0");
+        let rsp = client(Some(&self.ca_root)).get(format!("{}/roots/0", self.management)).send().await.expect("GET /roots/0");
         assert!(rsp.status().is_success(), "GET /roots/0: {}", rsp.status());
         rsp.text().await.unwrap()
     }
@@ -174,8 +159,7 @@ fn client(root: Option<&PathBuf>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
     if let Some(root) = root {
         let pem = std::fs::read(root).unwrap();
-        builder =
-            builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        builder = builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
     }
     builder.build().unwrap()
 }

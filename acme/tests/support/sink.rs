@@ -92,10 +92,7 @@ impl TestSink {
                     let sink = sink.clone();
                     async move { Ok::<_, Infallible>(sink.answer(&req)) }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
             }
         });
         sink
@@ -138,12 +135,7 @@ impl TestSink {
     pub async fn wait_installs(&self, count: usize, within: Duration, context: impl Fn() -> String) -> Vec<Installed> {
         let mut rx = self.installs.subscribe();
         let reached = tokio::time::timeout(within, rx.wait_for(|v| v.len() >= count)).await.is_ok_and(|r| r.is_ok());
-        assert!(
-            reached,
-            "{} certificate(s) installed after {within:?}, expected {count}\n{}",
-            self.installs().len(),
-            context()
-        );
+        assert!(reached, "{} certificate(s) installed after {within:?}, expected {count}\n{}", self.installs().len(), context());
         self.installs()
     }
 }
@@ -161,12 +153,7 @@ impl AcmeSink for TestSink {
         if let Some(reason) = self.refusal.lock().unwrap().clone() {
             return Err(reason);
         }
-        let installed = Installed {
-            names: names.to_vec(),
-            chain_pem: chain_pem.into(),
-            key_pem: key_pem.into(),
-            at: SystemTime::now(),
-        };
+        let installed = Installed { names: names.to_vec(), chain_pem: chain_pem.into(), key_pem: key_pem.into(), at: SystemTime::now() };
         self.installs.send_modify(|v| v.push(installed));
         Ok(())
     }

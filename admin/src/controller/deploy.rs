@@ -182,7 +182,13 @@ impl Steps {
 
 impl Steps {
     /// Records `step` as failed when `result` is an error, and passes it on.
-    fn check<T>(&mut self, step: &'static str, service: Option<&ServiceName>, clock: Instant, result: Result<T, DockerError>) -> Result<T, Stop> {
+    fn check<T>(
+        &mut self,
+        step: &'static str,
+        service: Option<&ServiceName>,
+        clock: Instant,
+        result: Result<T, DockerError>,
+    ) -> Result<T, Stop> {
         result.map_err(|e| {
             let reason = first_line(&e.to_string()).trim_end_matches("; its last log lines:").to_string();
             self.record(step, service, format!("FAILED: {reason}"), clock.elapsed());
@@ -205,8 +211,14 @@ impl Stop {
     }
     fn engine(error: &DockerError) -> Self {
         let status = match error {
-            DockerError::Pull { .. } | DockerError::Exited { .. } | DockerError::Unhealthy { .. } | DockerError::HealthTimeout { .. }
-            | DockerError::Mismatch { .. } | DockerError::NotManaged { .. } | DockerError::TagMismatch { .. } | DockerError::NoTag { .. } => 422,
+            DockerError::Pull { .. }
+            | DockerError::Exited { .. }
+            | DockerError::Unhealthy { .. }
+            | DockerError::HealthTimeout { .. }
+            | DockerError::Mismatch { .. }
+            | DockerError::NotManaged { .. }
+            | DockerError::TagMismatch { .. }
+            | DockerError::NoTag { .. } => 422,
             _ => 502,
         };
         Stop { status, error: error.to_string(), logs: error.logs().to_vec(), report: None }
@@ -258,7 +270,9 @@ impl Controller {
     }
 
     fn docker(&self) -> Result<&Docker, ApiError> {
-        self.docker.get().ok_or_else(|| ApiError::BadRequest("deploy needs a [docker] section and services with `image` in proxy.toml".into()))
+        self.docker
+            .get()
+            .ok_or_else(|| ApiError::BadRequest("deploy needs a [docker] section and services with `image` in proxy.toml".into()))
     }
 
     /// What discovery knows (`None` without `[docker]`).
@@ -294,7 +308,13 @@ impl Controller {
             Ok(engine) => engine,
             Err(e) => {
                 docker.deploys.with_label_values(&["failed"]).inc();
-                return Err(ApiError::Deploy(Box::new(DeployFailure { status: 502, error: e.to_string(), steps: Vec::new(), logs: Vec::new(), report: None })));
+                return Err(ApiError::Deploy(Box::new(DeployFailure {
+                    status: 502,
+                    error: e.to_string(),
+                    steps: Vec::new(),
+                    logs: Vec::new(),
+                    report: None,
+                })));
             }
         };
         {
@@ -451,7 +471,12 @@ impl Controller {
             let timing = Timing { started: clock, validation: clock.elapsed() };
             let _ = self.flip_commit(cmd, Some(report.clone()), "switch", actor, Some(release.clone()), timing).await;
             self.metrics.switch("refused");
-            return Err(Stop { status: 422, error: format!("validation of release `{release}` failed: {}", report.summary()), logs: Vec::new(), report: Some(Box::new(report)) });
+            return Err(Stop {
+                status: 422,
+                error: format!("validation of release `{release}` failed: {}", report.summary()),
+                logs: Vec::new(),
+                report: Some(Box::new(report)),
+            });
         }
         let clock = Instant::now();
         let timing = Timing { started, validation: started.elapsed() };
@@ -482,7 +507,15 @@ impl Controller {
     /// Undoes a failed deploy: unregisters the release (unless it was
     /// registered before) and removes the containers it created (stops those
     /// it restarted), or with `keep_failed` leaves them for inspection.
-    async fn undo(&self, engine: &Engine, release: &ReleaseName, was_registered: bool, touched: &[Touched], keep_failed: bool, actor: &str) {
+    async fn undo(
+        &self,
+        engine: &Engine,
+        release: &ReleaseName,
+        was_registered: bool,
+        touched: &[Touched],
+        keep_failed: bool,
+        actor: &str,
+    ) {
         if !was_registered {
             let mut st = self.state.lock().await;
             if st.releases.contains_key(release) && st.live.as_ref() != Some(release) {

@@ -156,10 +156,7 @@ impl Registry {
     /// Starts the registry and waits (at most 10s) until `/v2/` answers.
     pub async fn start() -> Registry {
         let binary = Path::new("/usr/bin/docker-registry");
-        assert!(
-            binary.exists(),
-            "the pull test needs Debian's docker-registry package: apt-get install docker-registry"
-        );
+        assert!(binary.exists(), "the pull test needs Debian's docker-registry package: apt-get install docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let host = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.yml");
