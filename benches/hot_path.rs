@@ -32,7 +32,7 @@ fn table() -> ReleaseTable {
         .iter()
         .map(|n| Arc::new(Release::from_addrs(ReleaseName::parse(n).unwrap(), vec![addr(3000), addr(3020), addr(4000)], table.stats())))
         .collect();
-    table.store(Snapshot::new(1, topology, releases, Some(&ReleaseName::parse("juniper").unwrap()), tunables));
+    table.update(|_| Snapshot::new(1, topology, releases, Some(&ReleaseName::parse("juniper").unwrap()), tunables));
     table
 }
 

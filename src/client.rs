@@ -1,8 +1,15 @@
 //! The admin API client behind `canopy status`, `switch`, ...: sends one
-//! request, prints text (or `--json`), and fails with the server's reason.
+//! request, reads the typed reply the admin API defines (canopy-admin's
+//! reply and view types), prints text (or the JSON with `--json`), and fails
+//! with the server's reason.
 
 use std::collections::BTreeMap;
 
+use canopy_admin::{
+    DeployReply, DeployStep, ErrorReply, Event, FlipReply, ReleaseView, ReloadReply, Report, RetireReply, StatusView, TlsView,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cli::{ClientOpts, Cmd, TlsAction};
@@ -47,6 +54,8 @@ impl Client {
         Ok(Self { http, base: o.admin.trim_end_matches('/').to_string(), token })
     }
 
+    /// Sends one request; the status and the body as JSON (a non-JSON body
+    /// becomes a JSON string).
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
@@ -66,34 +75,23 @@ impl Client {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// Reads a reply as its type; a reply of another shape is reported as such.
+fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, ClientError> {
+    T::deserialize(v).map_err(|e| ClientError::Refused(format!("unexpected reply from the admin API ({e}): {v}")))
 }
 
-fn print_report(r: &Value) -> String {
-    let mut out = format!(
-        "validation of {} ({}): {} in {} ms\n",
-        s(&r["release"]),
-        s(&r["mode"]),
-        if r["passed"].as_bool() == Some(true) { "PASSED" } else { "FAILED" },
-        s(&r["duration_ms"])
-    );
-    for c in r["checks"].as_array().into_iter().flatten() {
-        let mark = if c["passed"].as_bool() == Some(true) { "ok  " } else { "FAIL" };
-        let target = c["target"].as_str().map(|t| format!(" @{t}")).unwrap_or_default();
-        out += &format!(
-            "  {mark} {}/{}{target}: {} ({} ms, {} attempt(s))\n",
-            s(&c["service"]),
-            s(&c["check"]),
-            s(&c["reason"]),
-            s(&c["duration_ms"]),
-            s(&c["attempts"])
-        );
-        if let Some(o) = c["output"].as_str().filter(|o| !o.trim().is_empty() && c["passed"].as_bool() != Some(true)) {
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn print_report(r: &Report) -> String {
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let mut out = format!("validation of {} ({}): {verdict} in {} ms\n", r.release, r.mode, r.duration_ms);
+    for c in &r.checks {
+        let mark = if c.passed { "ok  " } else { "FAIL" };
+        let target = c.target.as_ref().map(|t| format!(" @{t}")).unwrap_or_default();
+        out += &format!("  {mark} {}/{}{target}: {} ({} ms, {} attempt(s))\n", c.service, c.check, c.reason, c.duration_ms, c.attempts);
+        if let Some(o) = c.output.as_deref().filter(|o| !o.trim().is_empty() && !c.passed) {
             for line in o.lines().take(10) {
                 out += &format!("         | {line}\n");
             }
@@ -102,162 +100,188 @@ fn print_report(r: &Value) -> String {
     out
 }
 
-fn print_steps(steps: &Value) -> String {
+fn print_steps(steps: &[DeployStep]) -> String {
     let mut out = String::new();
-    for st in steps.as_array().into_iter().flatten() {
-        let service = st["service"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
-        out += &format!("  {:<9}{service:<12} {} ({:.0} ms)\n", s(&st["step"]), s(&st["detail"]), st["ms"].as_f64().unwrap_or(0.0));
+    for st in steps {
+        let service = st.service.as_ref().map(|s| format!(" {s}")).unwrap_or_default();
+        out += &format!("  {:<9}{service:<12} {} ({:.0} ms)\n", st.step, st.detail, st.ms);
     }
     out
 }
 
-fn print_containers(v: &Value) -> String {
+fn print_containers(status: &StatusView) -> String {
     let mut out = String::new();
-    if let Some(d) = v["docker"].as_object() {
-        out += &format!("containers (engine: {}):\n", s(&d["engine"]));
-        for c in d["containers"].as_array().into_iter().flatten() {
-            let health = if c["health"] == "none" { String::new() } else { format!(", {}", s(&c["health"])) };
-            out += &format!("  {:<28} {:<10} {}{health}  {}\n", s(&c["name"]), s(&c["release"]), s(&c["state"]), s(&c["image"]));
-            if let Some(p) = c["problem"].as_str() {
+    if let Some(d) = &status.docker {
+        out += &format!("containers (engine: {}):\n", d.engine);
+        for c in &d.containers {
+            let health = if c.health == canopy_docker::Health::None { String::new() } else { format!(", {}", c.health) };
+            out += &format!("  {:<28} {:<10} {}{health}  {}\n", c.name, c.release, c.state, c.image);
+            if let Some(p) = &c.problem {
                 out += &format!("      REFUSED: {p}\n");
             }
         }
     }
-    for a in v["alerts"].as_array().into_iter().flatten() {
-        out += &format!("ALERT: {}\n", s(a));
+    for a in status.alerts.iter().flatten() {
+        out += &format!("ALERT: {a}\n");
     }
     out
 }
 
-fn print_releases(rels: &Value) -> String {
+fn print_releases(releases: &[ReleaseView]) -> String {
     let mut out = String::new();
-    for r in rels.as_array().into_iter().flatten() {
-        out += &format!("  {:<16} {:<10} inflight {}\n", s(&r["name"]), s(&r["state"]), s(&r["inflight"]));
-        for (svc, b) in r["services"].as_object().into_iter().flatten() {
-            let addrs: Vec<String> = b["addresses"].as_array().into_iter().flatten().map(s).collect();
-            let unresolved: Vec<String> = b["unresolved"].as_array().into_iter().flatten().map(s).collect();
-            out += &format!("      {svc:<12} {}", if addrs.is_empty() { "-".into() } else { addrs.join(", ") });
-            if !unresolved.is_empty() {
-                out += &format!("  (unresolved: {})", unresolved.join("; "));
+    for r in releases {
+        out += &format!("  {:<16} {:<10} inflight {}\n", r.name, r.state.as_str(), r.inflight);
+        for (svc, b) in &r.services {
+            out += &format!("      {svc:<12} {}", if b.addresses.is_empty() { "-".into() } else { b.addresses.join(", ") });
+            if !b.unresolved.is_empty() {
+                out += &format!("  (unresolved: {})", b.unresolved.join("; "));
             }
             out += "\n";
         }
+        for c in &r.containers {
+            let state = match &c.why {
+                Some(why) => why.clone(),
+                None if c.health == canopy_docker::Health::None => c.state.to_string(),
+                None => format!("{}, {}", c.state, c.health),
+            };
+            out += &format!("      {:<12} {} {state}\n", c.service, c.name);
+        }
     }
     out
 }
 
-fn human(cmd: &Cmd, v: &Value) -> String {
-    match cmd {
-        Cmd::Status(_) => {
-            let mut out = format!("live:       {}\ngeneration: {}\n", s(&v["live"]), s(&v["generation"]));
-            if let Some(p) = v["previous"].as_object() {
-                out += &format!("previous:   {} (warm, retired in {:.0}s)\n", s(&p["release"]), p["seconds_left"].as_f64().unwrap_or(0.0));
-                let w = &p["watch"];
-                out += &match w["passed"].as_bool() {
-                    None => "            not checked yet\n".to_string(),
-                    Some(true) => format!("            healthy ({} checks passed)\n", w["checks"].as_array().map_or(0, Vec::len)),
-                    Some(false) => {
-                        let failed: Vec<String> = w["checks"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter(|c| c["passed"] == false)
-                            .map(|c| format!("{}/{}: {}", s(&c["service"]), s(&c["check"]), s(&c["reason"])))
-                            .collect();
-                        format!("            UNHEALTHY (a rollback will re-check first): {}\n", failed.join("; "))
-                    }
-                };
+fn print_status(v: &StatusView) -> String {
+    let mut out = format!("live:       {}\ngeneration: {}\n", or_dash(v.live.as_ref()), v.generation);
+    if let Some(p) = &v.previous {
+        out += &format!("previous:   {} (warm, retired in {:.0}s)\n", p.release, p.seconds_left);
+        out += &match &p.watch {
+            None => "            not checked yet\n".to_string(),
+            Some(w) if w.passed => format!("            healthy ({} checks passed)\n", w.checks.len()),
+            Some(w) => {
+                let failed: Vec<String> =
+                    w.checks.iter().filter(|c| !c.passed).map(|c| format!("{}/{}: {}", c.service, c.check, c.reason)).collect();
+                format!("            UNHEALTHY (a rollback will re-check first): {}\n", failed.join("; "))
             }
-            if v["switch_in_progress"].as_bool() == Some(true) {
-                out += "a switch is in progress\n";
-            }
-            out + "releases:\n" + &print_releases(&v["releases"]) + &print_containers(v)
+        };
+    }
+    if v.switch_in_progress {
+        out += "a switch is in progress\n";
+    }
+    out + "releases:\n" + &print_releases(&v.releases) + &print_containers(v)
+}
+
+fn print_flip(verb: &str, r: &FlipReply) -> String {
+    let mut out = format!("{verb} to {} (generation {}) in {:.1} ms", r.live, r.generation, r.duration_ms);
+    if r.forced {
+        out += " — FORCED, validation skipped";
+    }
+    if let Some(p) = &r.previous {
+        out += &format!("\nprevious release {} stays warm for the validation window", p.release);
+    }
+    for c in &r.containers {
+        let done = if c.action == "start" { "started" } else { "stopped" };
+        out += &format!("\n{done} {} ({}, overlap = false) in {:.0} ms", c.name, c.service, c.ms);
+    }
+    out + "\n"
+}
+
+fn print_events(events: &[Event]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at);
+        out += &format!(
+            "{} {:<12} {:<8} {} -> {} by {}{} {}\n",
+            humantime::format_rfc3339_seconds(at),
+            e.action,
+            e.result,
+            or_dash(e.from.as_ref()),
+            or_dash(e.to.as_ref()),
+            e.actor,
+            if e.forced { " (forced)" } else { "" },
+            e.detail
+        );
+    }
+    out
+}
+
+fn print_tls(action: TlsAction, v: &TlsView) -> String {
+    let mut out = if action == TlsAction::Reload { "certificates reloaded\n".to_string() } else { String::new() };
+    for c in &v.certificates {
+        let days = c.expires_in_secs as f64 / 86400.0;
+        out += &format!("{:<40} expires {} ({days:.1} days)  {}\n", c.names.join(", "), c.not_after, c.source);
+    }
+    if let Some(e) = &v.last_reload_error {
+        out += &format!("last reload refused: {e}\n");
+    }
+    // ACME's state is its own document (canopy-acme), read as JSON
+    for a in v.acme.as_array().into_iter().flatten() {
+        let names: Vec<String> = a["names"].as_array().into_iter().flatten().map(|n| n.as_str().unwrap_or_default().to_string()).collect();
+        out += &format!("acme {}: renews {}", names.join(", "), a["renew_at"].as_str().unwrap_or("-"));
+        if let Some(e) = a["last_error"].as_str() {
+            out += &format!("; LAST RENEWAL FAILED: {e} (next try {})", a["next_attempt"].as_str().unwrap_or("-"));
         }
-        Cmd::Releases(_) => print_releases(&v["releases"]) + &print_containers(v),
+        out += "\n";
+    }
+    out
+}
+
+/// The text for a successful reply to `cmd`.
+fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
+    Ok(match cmd {
+        Cmd::Status(_) => print_status(&typed(v)?),
+        Cmd::Releases(_) => {
+            let status: StatusView = typed(v)?;
+            print_releases(&status.releases) + &print_containers(&status)
+        }
         Cmd::Deploy { name, .. } => {
-            let mut out = format!("deploying {name}\n{}", print_steps(&v["steps"]));
-            out += &format!(
-                "{name} is live (generation {}) after {:.1} s",
-                s(&v["generation"]),
-                v["duration_ms"].as_f64().unwrap_or(0.0) / 1e3
-            );
-            if let Some(p) = v["previous"].as_str() {
+            let r: DeployReply = typed(v)?;
+            let mut out = format!("deploying {name}\n{}", print_steps(&r.steps));
+            out += &format!("{name} is live (generation {}) after {:.1} s", r.generation, r.duration_ms / 1e3);
+            if let Some(p) = &r.previous {
                 out += &format!("; {p} stays warm for the validation window, then its containers are stopped");
             }
             out + "\n"
         }
-        Cmd::Register { name, .. } => format!("registered {name}\n{}", print_releases(&json!([v]))),
-        Cmd::Check { .. } => print_report(v),
-        Cmd::Switch { .. } | Cmd::Rollback { .. } => {
-            let verb = if matches!(cmd, Cmd::Switch { .. }) { "switched" } else { "rolled back" };
-            let mut out = format!(
-                "{verb} to {} (generation {}) in {:.1} ms",
-                s(&v["live"]),
-                s(&v["generation"]),
-                v["duration_ms"].as_f64().unwrap_or(0.0)
-            );
-            if v["forced"].as_bool() == Some(true) {
-                out += " — FORCED, validation skipped";
-            }
-            if let Some(p) = v["previous"].as_object() {
-                out += &format!("\nprevious release {} stays warm for the validation window", s(&p["release"]));
-            }
-            out + "\n"
-        }
+        Cmd::Register { name, .. } => format!("registered {name}\n{}", print_releases(&[typed(v)?])),
+        Cmd::Check { .. } => print_report(&typed(v)?),
+        Cmd::Switch { .. } => print_flip("switched", &typed(v)?),
+        Cmd::Rollback { .. } => print_flip("rolled back", &typed(v)?),
         Cmd::Retire { name, .. } => {
-            let mut out = format!("retired {name} (drained: {})\n", s(&v["drained"]));
-            for h in v["hooks"].as_array().into_iter().flatten() {
-                out += &format!("  hook {}: {}\n", s(&h["argv"]), s(&h["reason"]));
+            let r: RetireReply = typed(v)?;
+            let mut out = format!("retired {name} (drained: {})\n", r.drained);
+            for h in &r.hooks {
+                out += &format!("  hook {}: {}\n", serde_json::to_string(&h.argv).unwrap_or_default(), h.reason);
             }
             out
         }
-        Cmd::Events(_) => {
-            let mut out = String::new();
-            for e in v.as_array().into_iter().flatten() {
-                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e["at"].as_u64().unwrap_or(0));
-                out += &format!(
-                    "{} {:<12} {:<8} {} -> {} by {}{} {}\n",
-                    humantime::format_rfc3339_seconds(at),
-                    s(&e["action"]),
-                    s(&e["result"]),
-                    s(&e["from"]),
-                    s(&e["to"]),
-                    s(&e["actor"]),
-                    if e["forced"].as_bool() == Some(true) { " (forced)" } else { "" },
-                    s(&e["detail"])
-                );
+        Cmd::Events(_) => print_events(&typed::<Vec<Event>>(v)?),
+        Cmd::Reload(_) => {
+            let r: ReloadReply = typed(v)?;
+            if r.changes.is_empty() {
+                "reloaded: nothing changed\n".into()
+            } else {
+                format!("reloaded (generation {}): {}\n", r.generation, r.changes.join("; "))
             }
-            out
         }
-        Cmd::Reload(_) => match v["changes"].as_array().filter(|c| !c.is_empty()) {
-            Some(changes) => {
-                let list: Vec<String> = changes.iter().map(s).collect();
-                format!("reloaded (generation {}): {}\n", s(&v["generation"]), list.join("; "))
-            }
-            None => "reloaded: nothing changed\n".into(),
-        },
-        Cmd::Tls { action, .. } => {
-            let mut out = if *action == TlsAction::Reload { "certificates reloaded\n".to_string() } else { String::new() };
-            for c in v["certificates"].as_array().into_iter().flatten() {
-                let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(s).collect();
-                let days = c["expires_in_secs"].as_f64().unwrap_or(0.0) / 86400.0;
-                out += &format!("{:<40} expires {} ({days:.1} days)  {}\n", names.join(", "), s(&c["not_after"]), s(&c["source"]));
-            }
-            if let Some(e) = v["last_reload_error"].as_str() {
-                out += &format!("last reload refused: {e}\n");
-            }
-            for a in v["acme"].as_array().into_iter().flatten() {
-                let names: Vec<String> = a["names"].as_array().into_iter().flatten().map(s).collect();
-                out += &format!("acme {}: renews {}", names.join(", "), s(&a["renew_at"]));
-                if let Some(e) = a["last_error"].as_str() {
-                    out += &format!("; LAST RENEWAL FAILED: {e} (next try {})", s(&a["next_attempt"]));
-                }
-                out += "\n";
-            }
-            out
-        }
+        Cmd::Tls { action, .. } => print_tls(*action, &typed(v)?),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
+    })
+}
+
+/// The text for a refusal: the reason, then the deploy's steps and the
+/// failed validation where the reply has them.
+fn refusal(status: u16, v: &Value) -> String {
+    let Ok(e) = ErrorReply::deserialize(v) else { return format!("refused ({status}): {v}") };
+    let mut msg = format!("refused ({status}): {}", e.error);
+    if let Some(steps) = &e.steps {
+        msg += "\n";
+        msg += &print_steps(steps);
     }
+    if let Some(report) = &e.report {
+        msg += "\n";
+        msg += &print_report(report);
+    }
+    msg
 }
 
 fn backends(list: &[String]) -> Result<Value, ClientError> {
@@ -305,18 +329,9 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         return if status >= 400 || failed_check { Err(ClientError::Refused(text)) } else { Ok(text) };
     }
     if status >= 400 {
-        let mut msg = format!("refused ({status}): {}", s(&v["error"]));
-        if v["steps"].is_array() {
-            msg += "\n";
-            msg += &print_steps(&v["steps"]);
-        }
-        if v["report"].is_object() {
-            msg += "\n";
-            msg += &print_report(&v["report"]);
-        }
-        return Err(ClientError::Refused(msg));
+        return Err(ClientError::Refused(refusal(status, &v)));
     }
-    let text = human(&cmd, &v);
+    let text = human(&cmd, &v)?;
     if failed_check {
         return Err(ClientError::Refused(text));
     }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use canopy_admin::{AdminApi, Controller, Guard, Validator};
-use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
+use canopy_admin::{AdminApi, Controller, Guard, Parts, TlsParts, Validator};
+use canopy_proxy::prometheus::core::Collector;
+use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontCollector, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
 
 use crate::acme::Acme;
 use crate::certfiles::CertFiles;
@@ -38,7 +39,7 @@ pub enum ServeError {
     },
     /// The state file or initial releases could not be loaded.
     #[error("{0}")]
-    State(#[from] canopy_admin::ApiError),
+    State(#[from] canopy_admin::ControlError),
     /// The access log file could not be opened.
     #[error("access log {path}: {source}")]
     AccessLog {
@@ -248,32 +249,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    // the old process, if any, has stopped changing the state: load it now
-    let access_log = access_log(&config.access_log)?;
-    let guard = Guard::new(config.token.clone());
-    let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
-    let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
-    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
-    let validator = Validator::new(config.checks);
-    let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let controller = Arc::new(startup.block_on(Controller::start(table.clone(), validator, config.control, config.seed))?);
-    drop(startup);
-    if let Some(deploy) = config.deploy {
-        controller.enable_deploy(deploy);
-    }
-    if let Some(old) = predecessor {
-        // its in-flight requests finish on its release table: flips wait for them
-        controller.hold_changes();
-        let controller = controller.clone();
-        std::thread::spawn(move || {
-            handover::wait_exited(old);
-            controller.release_hold();
-        });
-    }
-
     // the front door: certificates, ACME answers, handshake and protocol counters
     let front = FrontDoor::new();
-    controller.register_front_door(front.clone());
+    let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(FrontCollector::new(front.clone()))];
     let mut acme = None;
     let cert_files = match &config.tls {
         Some(tls) => {
@@ -282,7 +260,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
             let mut files = CertFiles::new(tls.files.clone());
             if let Some(settings) = &tls.acme {
                 let a = Acme::new(settings.clone(), front.clone()).map_err(|e| ServeError::Acme(e.to_string()))?;
-                controller.register_metrics(a.collector());
+                collectors.push(a.collector());
                 files = files.with_acme_status(a.status_fn());
                 acme = Some(a);
             }
@@ -290,12 +268,39 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         }
         None => None,
     };
+
+    // the old process, if any, has stopped changing the state: load it now
+    let access_log = access_log(&config.access_log)?;
+    let guard = Guard::new(config.token.clone());
+    let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
     if let Some(files) = &cert_files {
         source = source.with_certificates(files.clone(), front.clone());
     }
-    controller.set_config_source(Box::new(source));
+    let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
+    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
+    let parts = Parts {
+        table: table.clone(),
+        validator: Validator::new(config.checks),
+        settings: config.control,
+        seed: config.seed,
+        deploy: config.deploy,
+        tls: cert_files.clone().map(|files| TlsParts { front: front.clone(), certificates: Box::new(files) }),
+        config: Some(Box::new(source)),
+        collectors,
+        // its in-flight requests finish on its release table: flips wait for them
+        hold_changes: predecessor.is_some(),
+    };
+    let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let controller = Arc::new(startup.block_on(Controller::start(parts))?);
+    drop(startup);
+    if let Some(old) = predecessor {
+        let controller = controller.clone();
+        std::thread::spawn(move || {
+            handover::wait_exited(old);
+            controller.release_hold();
+        });
+    }
     if let (Some(tls), Some(files)) = (&config.tls, &cert_files) {
-        controller.enable_tls(front.clone(), Box::new(files.clone()));
         if let (Some(every), false) = (tls.watch_interval, tls.files.is_empty()) {
             files.clone().watch(controller.clone(), every);
         }

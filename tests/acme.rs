@@ -99,8 +99,12 @@ retry-interval = "1s"
     let r = fresh("www.shop.test").get(url("www.shop.test")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["x-canopy-release"].to_str().unwrap()), (200, "juniper"));
     assert_eq!(serial(&served(&r)), serial(&first), "both names share the one certificate");
-    // cached on disk, the key private
+    // cached on disk (written just after the certificate is installed), the key private
     let cache = c.dir.join("acme");
+    eventually("the certificate cached on disk", Duration::from_secs(5), || async {
+        cache.join("shop.test.key").exists() && cache.join("shop.test.crt").exists()
+    })
+    .await;
     let key_mode = std::fs::metadata(cache.join("shop.test.key")).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
     assert!(cache.join("shop.test.crt").exists() && cache.join("account.json").exists());
@@ -123,8 +127,12 @@ retry-interval = "1s"
     let (done, failures) = load.stop().await;
     assert!(failures.is_empty(), "requests failed across the renewal: {failures:?}");
     assert!(done.len() >= 20, "only {} requests during the renewal", done.len());
-    let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metric(&m, r#"canopy_acme_renewals_total{result="ok"}"#) >= 2.0, "{m}");
+    // counted once the renewed certificate is cached, just after it is served
+    eventually("the renewal counted", Duration::from_secs(5), || async {
+        let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&m, r#"canopy_acme_renewals_total{result="ok"}"#) >= 2.0
+    })
+    .await;
 
     // the CA goes away: the next renewal fails, is retried, and is visible;
     // the certificate in service stays

@@ -74,6 +74,19 @@ impl Scope {
         docker(&["inspect", "-f", format, &self.name(service, release)])
     }
 
+    /// While this file exists, `release` fails the server's "not failing" check.
+    fn fail_file(&self, release: &str) -> String {
+        format!("/tmp/{}-fail-{release}", self.prefix)
+    }
+
+    /// The releases whose `worker` container runs now.
+    fn running_workers(&self) -> Vec<String> {
+        let mut running: Vec<String> =
+            ["juniper", "elm", "oak"].into_iter().filter(|r| self.state("worker", r) == "running").map(str::to_string).collect();
+        running.sort();
+        running
+    }
+
     /// Names of this scope's containers, running or not.
     fn containers(&self) -> Vec<String> {
         let names = docker(&["ps", "-a", "--filter", &format!("name=^/{}-", self.prefix), "--format", "{{.Names}}"]);
@@ -121,6 +134,7 @@ routes = ["/"]
 checks = [
   {{ kind = "http", path = "/health", timeout = "1s", retries = 3, interval = "200ms" }},
   {{ kind = "command", name = "not oak", argv = ["sh", "-c", "test {{release}} != oak"], retries = 0 }},
+  {{ kind = "command", name = "not failing", argv = ["sh", "-c", "test ! -e /tmp/{prefix}-fail-{{release}}"], retries = 0 }},
 ]
 
 [service.container]
@@ -152,6 +166,9 @@ impl Drop for Scope {
             docker(&args);
         }
         docker(&["network", "rm", &self.network]);
+        for release in ["juniper", "elm", "oak"] {
+            let _ = std::fs::remove_file(self.fail_file(release));
+        }
         for image in self.images.lock().unwrap().drain(..) {
             docker(&["rmi", &image]);
         }
@@ -471,6 +488,103 @@ async fn rollback_starts_the_overlap_false_container_again_and_stops_the_other()
     assert_eq!(scope.state("server", "elm"), "running", "servers overlap: elm stays warm");
     let (code, release, _) = get(&c, "/x").await;
     assert_eq!((code, release.as_str()), (200, "juniper"));
+}
+
+/// Issue 20: after a rollback, every way forward (switch, rollback, deploy)
+/// starts the target's `overlap = false` worker and stops the other one, under
+/// load, with exactly one worker running after each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlap_false_worker_follows_every_flip_back_and_forth_under_load() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config_with(UPSTREAM_IMAGE, "10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    assert_eq!(scope.running_workers(), ["juniper"]);
+
+    let load = Load::start(c.proxy, &[Kind::KEEPALIVE_GET, Kind::FRESH_GET, Kind::POST], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut flips = Vec::new();
+    let rollback = || async { client().post(c.admin_url("/rollback")).send().await.unwrap() };
+    for (step, to) in
+        [("deploy", "elm"), ("rollback", "juniper"), ("switch", "elm"), ("rollback", "juniper"), ("deploy", "elm"), ("switch", "juniper")]
+    {
+        let sent = Instant::now();
+        let (code, body) = match step {
+            "deploy" => deploy(&c, to).await,
+            "switch" => switch(&c, to).await,
+            _ => {
+                let r = rollback().await;
+                (r.status().as_u16(), r.json().await.unwrap())
+            }
+        };
+        let acked = Instant::now();
+        assert_eq!(code, 200, "{step} {to}: {body:#}\n{}", c.log());
+        flips.push(Flip { sent, acked, to: to.into() });
+        assert_eq!(status(&c).await["live"], to, "after {step} {to}");
+        assert_eq!(scope.running_workers(), [to], "after {step} {to}: exactly the live release's worker runs");
+        assert_eq!(scope.state("server", "juniper"), "running", "servers overlap: both stay up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (done, failures) = load.stop().await;
+    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert_right_releases("juniper", &flips, &done);
+    assert!(done.len() >= 100, "too little traffic to prove anything: {}", done.len());
+    eprintln!("overlap = false back and forth: {} requests, 0 failed, {} flips", done.len(), flips.len());
+
+    // status says which containers run, and why the others are stopped
+    let st = status(&c).await;
+    let elm = st["releases"].as_array().unwrap().iter().find(|r| r["name"] == "elm").expect("elm listed");
+    let worker = elm["containers"].as_array().unwrap().iter().find(|x| x["service"] == "worker").expect("elm's worker listed");
+    assert_eq!(worker["state"], "exited", "{elm:#}");
+    assert!(worker["why"].as_str().unwrap().contains("overlap = false"), "{elm:#}");
+    let server = elm["containers"].as_array().unwrap().iter().find(|x| x["service"] == "server").expect("elm's server listed");
+    assert_eq!(server["state"], "running", "{elm:#}");
+    let out = c.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{} stopped (overlap = false", scope.name("worker", "elm"))), "{text}");
+
+    // a check of elm while its worker is stopped names the stopped container, not just a timeout
+    let r = client().post(c.admin_url("/releases/elm/check")).send().await.unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["passed"], false, "{report:#}");
+    let failed: Vec<&str> =
+        report["checks"].as_array().unwrap().iter().filter(|x| x["passed"] == false).map(|x| x["reason"].as_str().unwrap()).collect();
+    let stopped = format!("{} is stopped (overlap = false)", scope.name("worker", "elm"));
+    assert!(failed.iter().any(|r| r.contains(&stopped)), "{report:#}");
+    assert_eq!(scope.running_workers(), ["juniper"], "a check starts nothing");
+}
+
+/// Issue 20: a flip refused by a failing check stops the worker it started
+/// for the candidate again and leaves the live one running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_switch_stops_the_worker_it_started_and_keeps_the_live_one() {
+    let scope = Scope::new();
+    let c = Canopy::start(&scope.config("10m", 3, false, None));
+    deployed(&c, "juniper").await;
+    deployed(&c, "elm").await;
+    let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(scope.running_workers(), ["juniper"]);
+
+    std::fs::write(scope.fail_file("elm"), "").unwrap();
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 422, "{body:#}");
+    assert!(body["error"].as_str().unwrap().contains("not failing"), "{body:#}");
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.running_workers(), ["juniper"], "the candidate's worker is stopped again");
+    // the refused switch did start elm's worker for its checks: the worker check passed
+    let worker = body["report"]["checks"].as_array().unwrap().iter().find(|x| x["service"] == "worker").expect("worker check");
+    assert_eq!(worker["passed"], true, "{body:#}");
+
+    // and a refused deploy of the same release does the same
+    let (code, body) = deploy(&c, "elm").await;
+    assert_eq!(code, 422, "{body:#}");
+    assert_eq!(scope.running_workers(), ["juniper"], "{body:#}");
+    assert_eq!(status(&c).await["live"], "juniper");
+
+    std::fs::remove_file(scope.fail_file("elm")).unwrap();
+    let (code, body) = switch(&c, "elm").await;
+    assert_eq!(code, 200, "{body:#}");
+    assert_eq!(scope.running_workers(), ["elm"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,8 +36,7 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         Arc::new(Release::from_addrs(name("elm"), vec![vec![elm.addr]], table.stats())),
     ];
     let publish = |generation: u64, live: &str| {
-        let _w = table.write_lock();
-        table.store(Snapshot::new(generation, topology.clone(), releases.clone(), Some(&name(live)), tunables.clone()));
+        table.update(|_| Snapshot::new(generation, topology.clone(), releases.clone(), Some(&name(live)), tunables.clone()));
     };
     publish(1, "juniper");
 

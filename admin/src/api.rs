@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api_error::ApiError;
 use crate::auth::Guard;
-use crate::controller::{Controller, DeployRequest, SwitchRequest};
-use crate::error::ApiError;
+use crate::controller::Controller;
+use crate::requests::{DeployRequest, SwitchRequest};
 
 /// Largest admin request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -175,10 +176,10 @@ impl AdminApi {
         let reply = match (segments.as_slice(), &method) {
             ([""], &Method::GET) => Reply { status: 200, content_type: "text/html; charset=utf-8", body: STATUS_PAGE.into() },
             (["healthz"], &Method::GET) => {
-                let st = c.status().await;
-                Reply::json(200, json!({"status": "ok", "live": st.live, "generation": st.generation}))
+                let (live, generation) = c.live().await;
+                Reply::json(200, json!({"status": "ok", "live": live, "generation": generation}))
             }
-            (["status"], &Method::GET) => Reply::json(200, status_with_containers(c).await),
+            (["status"], &Method::GET) => Reply::json(200, c.status().await),
             (["releases"], &Method::GET) => Reply::json(200, c.status().await.releases),
             (["events"], &Method::GET) => Reply::json(200, c.events().await),
             (["metrics"], &Method::GET) => {
@@ -189,7 +190,7 @@ impl AdminApi {
                 let name = release_name(name)?;
                 let st = c.status().await;
                 let r = st.releases.into_iter().find(|r| r.name == name);
-                Reply::json(200, r.ok_or(ApiError::NotFound { kind: "release", name: name.to_string() })?)
+                Reply::json(200, r.ok_or(crate::state::StateError::NotFound { name })?)
             }
             (["releases", name], &Method::PUT) => {
                 let name = release_name(name)?;
@@ -227,9 +228,7 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload(&actor).await?)
             }
-            (["tls"], &Method::GET) => {
-                Reply::json(200, c.tls_view().ok_or_else(|| ApiError::NotFound { kind: "path", name: path.clone() })?)
-            }
+            (["tls"], &Method::GET) => Reply::json(200, c.tls_status()?),
             (["tls", "reload"], &Method::POST) => {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload_certificates(&actor)?)
@@ -274,22 +273,6 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
 #[serde(deny_unknown_fields)]
 struct ReloadBody {}
 
-/// `GET /status`: the status view plus, with `[docker]`, what discovery
-/// knows (`docker`: engine state and this stack's containers) and `alerts`
-/// (a live container not running, a refused container), and with TLS the
-/// served certificates and ACME's state (`tls`).
-async fn status_with_containers(c: &Controller) -> serde_json::Value {
-    let mut status = serde_json::to_value(c.status().await).expect("serialisable");
-    if let Some(discovered) = c.discovered() {
-        status["docker"] = serde_json::to_value(discovered).expect("serialisable");
-        status["alerts"] = serde_json::to_value(c.container_alerts().await).expect("serialisable");
-    }
-    if let Some(tls) = c.tls_view() {
-        status["tls"] = serde_json::to_value(tls).expect("serialisable");
-    }
-    status
-}
-
 /// `SwitchBody` behind an Option so `parse_body` can require it.
 #[derive(Debug, Default)]
 struct SwitchBodyOpt(Option<SwitchBody>);
@@ -307,7 +290,7 @@ impl ServeHttp for AdminApi {
         let reply = match self.handle(s).await {
             Ok(r) => r,
             Err(e) => {
-                if e.status() >= 500 && !matches!(e, ApiError::Upgrading) {
+                if e.status() >= 500 && !matches!(e, ApiError::Control(crate::error::ControlError::Upgrading)) {
                     log::error!("admin {} {}: {e}", s.req_header().method, s.req_header().uri.path());
                 }
                 e.into()

@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 
 /// Decides whether an admin request may proceed. Clones share the token, so
 /// a config reload can replace it for every listener at once.

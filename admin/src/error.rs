@@ -1,104 +1,63 @@
-//! `ApiError`: every way an admin request can be refused, with its status code.
-
-use serde_json::json;
+//! `ControlError`: every way the controller refuses or fails a change, in
+//! its own terms. The admin API maps each to a status code at the edge
+//! (`api::ApiError`); the state is unchanged whenever one is returned.
 
 use crate::persist::PersistError;
+use crate::replies::DeployFailure;
 use crate::report::Report;
 use crate::state::StateError;
 
-/// A refused admin request. Each variant maps to one status code and a JSON body
-/// `{"error": "...", ...}`; the state is unchanged whenever one is returned.
+/// A refused or failed control-plane operation; nothing changed.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Malformed request: bad JSON, wrong types, invalid names (400).
-    #[error("{0}")]
-    BadRequest(String),
-    /// Missing or wrong bearer token (401).
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
-    /// Cross-origin browser request (403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// Unknown release or path (404).
-    #[error("{kind} `{name}` not found")]
-    NotFound {
-        /// `release` or `path`.
-        kind: &'static str,
-        /// What was asked for.
-        name: String,
-    },
-    /// Method not allowed on this path (405).
-    #[error("method {method} not allowed on {path}")]
-    MethodNotAllowed {
-        /// The method used.
-        method: String,
-        /// The path.
-        path: String,
-    },
-    /// Conflicts with current state: switch in progress, stale generation,
-    /// retiring the live release (409).
+pub enum ControlError {
+    /// The state machine refused: release not registered, already live,
+    /// stale generation, nothing to roll back to, the live release retired,
+    /// a deploy running.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another switch, rollback or deploy is running (one at a time).
+    #[error("another switch or rollback is in progress")]
+    Busy,
+    /// Refused by the state of things: a deploy already running or
+    /// interrupted, a release already live.
     #[error("{0}")]
     Conflict(String),
-    /// Request body too large (413).
-    #[error("request body larger than {0} bytes")]
-    TooLarge(usize),
-    /// Validation failed; the report says which check and why (422).
+    /// The request names something invalid: an unknown service, an empty
+    /// backend list, a backend that cannot be resolved.
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation needs a part of proxy.toml this canopy runs without
+    /// (`[docker]` for a deploy, `listen-tls` for certificates, a config file
+    /// for a reload).
+    #[error("{0}")]
+    NotEnabled(String),
+    /// Validation failed; the report says which check and why.
     #[error("validation of release `{}` failed: {}", .0.release, .0.summary())]
     Validation(Box<Report>),
-    /// canopy is being upgraded (503 with `Retry-After: 1`): this process has
-    /// handed the state to its successor, or is the successor and its
-    /// predecessor still finishes requests with the release table it had.
-    /// Nothing changed; retry in a moment (the same address answers).
-    #[error("canopy is being upgraded: state changes wait until the previous process has finished; nothing changed, retry in a moment")]
-    Upgrading,
-    /// A config reload was refused: the file is invalid (the message names
-    /// file, line and column) or a change needs a new process (422).
+    /// A config or certificate reload was refused: the message names the
+    /// file, line and column, or the setting that needs `serve --upgrade`.
     #[error("{0}")]
     Config(String),
-    /// The state could not be written; nothing changed (500).
+    /// A container the flip needs could not be started or did not become
+    /// ready (an `overlap = false` container of the target release).
+    #[error("{error}")]
+    Containers {
+        /// Which container and why.
+        error: String,
+        /// Its last log lines.
+        logs: Vec<String>,
+    },
+    /// canopy is being upgraded: this process has handed the state to its
+    /// successor, or is the successor and its predecessor still finishes
+    /// requests with the release table it had. Retry in a moment.
+    #[error("canopy is being upgraded: state changes wait until the previous process has finished; nothing changed, retry in a moment")]
+    Upgrading,
+    /// The state could not be written.
     #[error("{0}; nothing changed")]
     Persist(#[from] PersistError),
-    /// A deploy was refused (422: image, container health, checks) or the
-    /// engine failed (502); nothing live changed. The body carries the steps
-    /// that ran and the failing container's last log lines.
+    /// A deploy was refused (image, container health, checks) or the engine
+    /// failed; nothing live changed. Carries the steps that ran and the
+    /// failing container's last log lines.
     #[error("deploy refused: {}", .0.error)]
-    Deploy(Box<crate::controller::DeployFailure>),
-}
-
-impl From<StateError> for ApiError {
-    fn from(e: StateError) -> Self {
-        match &e {
-            StateError::NotFound { name } => ApiError::NotFound { kind: "release", name: name.to_string() },
-            _ => ApiError::Conflict(e.to_string()),
-        }
-    }
-}
-
-impl ApiError {
-    /// The HTTP status for this error.
-    pub fn status(&self) -> u16 {
-        match self {
-            ApiError::BadRequest(_) => 400,
-            ApiError::Unauthorized => 401,
-            ApiError::Forbidden(_) => 403,
-            ApiError::NotFound { .. } => 404,
-            ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::Conflict(_) => 409,
-            ApiError::TooLarge(_) => 413,
-            ApiError::Validation(_) => 422,
-            ApiError::Config(_) => 422,
-            ApiError::Persist(_) => 500,
-            ApiError::Upgrading => 503,
-            ApiError::Deploy(f) => f.status,
-        }
-    }
-
-    /// The JSON body: `error` always, plus `report` for validation failures.
-    pub fn body(&self) -> serde_json::Value {
-        match self {
-            ApiError::Validation(r) => json!({ "error": self.to_string(), "report": r }),
-            ApiError::Deploy(f) => json!({ "error": self.to_string(), "steps": f.steps, "logs": f.logs, "report": f.report }),
-            _ => json!({ "error": self.to_string() }),
-        }
-    }
+    Deploy(Box<DeployFailure>),
 }

@@ -23,31 +23,43 @@
 #![warn(missing_docs)]
 
 mod api;
+mod api_error;
 mod auth;
 mod checks;
+mod clock;
 mod controller;
 mod error;
 mod metrics;
 mod persist;
 mod priority;
+mod replies;
 mod report;
+mod requests;
+mod settings;
+mod sources;
+mod stack;
 mod state;
 mod validate;
 mod view;
 
 pub use api::{AdminApi, MAX_BODY, OPENAPI};
+pub use api_error::ApiError;
 pub use auth::Guard;
 pub use canopy_docker::Healthcheck;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
-pub use controller::{
-    now_ms, CertSource, CertView, ConfigSource, ContainerView, ControlSettings, Controller, DeployFailure, DeployReply, DeployRequest,
-    DeploySettings, DeployStep, Discovered, FlipReply, HookResult, Reload, ReloadReply, RetireReply, Runtime, Seed, ServiceContainer,
-    SwitchRequest, TlsView,
-};
-pub use error::ApiError;
-pub use persist::{journal_path, load as load_state, PersistError};
+pub use clock::{now_ms, UnixMillis};
+pub use controller::{Controller, Parts, Runtime};
+pub use error::ControlError;
+pub use persist::{journal_path, load as load_state, Entry, PersistError, StateStore, Store};
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
+pub use replies::{
+    CertView, ContainerStep, ContainerView, DeployFailure, DeployReply, DeployStep, Discovered, ErrorReply, FlipReply, HookResult,
+    ReloadReply, RetireReply, TlsView,
+};
 pub use report::{CheckResult, Report};
+pub use requests::{DeployRequest, SwitchRequest};
+pub use settings::{ControlSettings, DeploySettings, Seed, ServiceContainer};
+pub use sources::{CertSource, ConfigSource, Reload, TlsParts};
 pub use state::{BackendMap, Command, ContainerChange, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
 pub use validate::{Mode, Validator};
-pub use view::{PreviousView, ReleaseView, ServiceView, StatusView};
+pub use view::{PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};

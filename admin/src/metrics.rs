@@ -123,27 +123,24 @@ impl ControlMetrics {
         }
     }
 
-    /// Counts a switch outcome (`ok`, `refused`, `failed`).
-    pub fn switch(&self, result: &str) {
-        self.switches.with_label_values(&[result]).inc();
-    }
-
-    /// Counts a rollback outcome.
-    pub fn rollback(&self, result: &str) {
-        self.rollbacks.with_label_values(&[result]).inc();
+    /// Counts a flip's outcome (`ok`, `refused`, `failed`) under its action:
+    /// `switch` (switches and deploys) or `rollback`.
+    pub fn flip_outcome(&self, action: &str, result: &str) {
+        let counter = if action == "rollback" { &self.rollbacks } else { &self.switches };
+        counter.with_label_values(&[result]).inc();
     }
 
     /// Records a completed flip (validation + persist + publish).
     pub fn flipped(&self, d: Duration) {
         self.flip_duration.observe(d.as_secs_f64());
-        self.last_flip.set(crate::controller::now_ms() as f64 / 1e3);
+        self.last_flip.set(crate::clock::now_ms() as f64 / 1e3);
     }
 
     /// Counts a config reload (`ok` or `refused`).
     pub fn reloaded(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
         if result == "ok" {
-            self.last_reload.set(crate::controller::now_ms() as f64 / 1e3);
+            self.last_reload.set(crate::clock::now_ms() as f64 / 1e3);
         }
     }
 

@@ -221,6 +221,32 @@ pub struct Store {
     dirty: bool,
 }
 
+/// Where the controller makes its commits durable: the local checkpoint and
+/// journal ([`Store`]) on a single node; a fleet's shared store swaps in here,
+/// not in the controller. Called under the controller's state lock, so calls
+/// never overlap; an error means nothing was recorded.
+pub trait StateStore: Send {
+    /// Makes `next` durable: `entry`'s commands turned the previous state
+    /// into `next`. Returns before the change is acknowledged to anyone.
+    fn commit(&mut self, next: &State, entry: &Entry) -> Result<(), PersistError>;
+    /// Whether a checkpoint should be taken at the next quiet moment.
+    fn wants_checkpoint(&self) -> bool;
+    /// Folds everything recorded so far into a checkpoint of `state`.
+    fn checkpoint(&mut self, state: &State) -> Result<(), PersistError>;
+}
+
+impl StateStore for Store {
+    fn commit(&mut self, next: &State, entry: &Entry) -> Result<(), PersistError> {
+        Store::commit(self, next, entry)
+    }
+    fn wants_checkpoint(&self) -> bool {
+        Store::wants_checkpoint(self)
+    }
+    fn checkpoint(&mut self, state: &State) -> Result<(), PersistError> {
+        Store::checkpoint(self, state)
+    }
+}
+
 /// How much zeroed space the journal grows by.
 pub const JOURNAL_CHUNK: u64 = 256 * 1024;
 

@@ -14,8 +14,7 @@ pub const STATE_VERSION: u32 = 1;
 /// Audit events kept (oldest dropped first).
 pub const MAX_EVENTS: usize = 200;
 
-/// Milliseconds since the Unix epoch (the state's clock; passed in, never read here).
-pub type UnixMillis = u64;
+pub use crate::clock::UnixMillis;
 
 /// Explicit backends per service; services absent use the address template.
 pub type BackendMap = BTreeMap<ServiceName, Vec<Endpoint>>;
@@ -176,6 +175,22 @@ pub enum Command {
         /// What happened: `stopped`, `started` or `removed`.
         change: ContainerChange,
     },
+}
+
+impl Command {
+    /// The same command with `detail` as its audit summary (a flip's
+    /// validation result, known only once the checks have run).
+    pub fn with_detail(self, detail: String) -> Self {
+        match self {
+            Command::Switch { to, expect_generation, forced, window_ms, .. } => {
+                Command::Switch { to, expect_generation, forced, window_ms, detail }
+            }
+            Command::Rollback { expect_generation, forced, window_ms, .. } => {
+                Command::Rollback { expect_generation, forced, window_ms, detail }
+            }
+            other => other,
+        }
+    }
 }
 
 /// What happened to a release's containers, for [`Command::Containers`].

@@ -49,10 +49,23 @@ impl Validator {
     /// Validates `release`: resolution of every service's backends, then every
     /// check (per backend for HTTP kinds, once per service for commands).
     pub async fn validate(&self, topology: &Topology, release: &Release, mode: Mode, now_ms: u64) -> Report {
+        self.validate_services(topology, release, mode, now_ms, |_| true).await
+    }
+
+    /// [`Self::validate`] for the services whose topology index `include`
+    /// accepts (the warm watch leaves out the containers canopy stopped).
+    pub async fn validate_services(
+        &self,
+        topology: &Topology,
+        release: &Release,
+        mode: Mode,
+        now_ms: u64,
+        include: impl Fn(usize) -> bool,
+    ) -> Report {
         let started = Instant::now();
         let mut results = Vec::new();
         let mut jobs = Vec::new();
-        for (i, svc) in topology.services().iter().enumerate() {
+        for (i, svc) in topology.services().iter().enumerate().filter(|(i, _)| include(*i)) {
             let backends = release.backends(i);
             for err in backends.unresolved() {
                 results.push(resolution_failure(&svc.name, err.to_string()));

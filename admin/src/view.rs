@@ -1,15 +1,19 @@
-//! JSON views of the control state for `GET /status` and `GET /releases`.
+//! JSON views of the control state for `GET /status` and `GET /releases`,
+//! shared with the CLI (which deserialises them).
 
 use std::collections::BTreeMap;
 
+use canopy_docker::{ContainerState, Health};
 use canopy_proxy::{Release, ReleaseName, Snapshot, Topology};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
+use crate::replies::{Discovered, TlsView};
 use crate::report::Report;
 use crate::state::State;
 
 /// One service's backends in a release.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceView {
     /// Endpoints as registered (or from the template).
     pub endpoints: Vec<String>,
@@ -19,13 +23,54 @@ pub struct ServiceView {
     pub unresolved: Vec<String>,
 }
 
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseState {
+    /// Serving traffic.
+    Live,
+    /// Live before the last flip, warm inside its validation window.
+    Previous,
+    /// Registered, not serving.
+    Registered,
+}
+
+impl ReleaseState {
+    /// `live`, `previous` or `registered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Live => "live",
+            ReleaseState::Previous => "previous",
+            ReleaseState::Registered => "registered",
+        }
+    }
+}
+
+/// A container canopy runs for a release (with `[docker]`), and why it is
+/// not running when it is not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseContainer {
+    /// The service it runs.
+    pub service: String,
+    /// The container.
+    pub name: String,
+    /// `running`, `exited`, ...
+    pub state: ContainerState,
+    /// `healthy`, `starting`, `unhealthy`, `none`.
+    pub health: Health,
+    /// Why it is not running: canopy stopped it (`overlap = false`, or the
+    /// release was retired and kept), or it exited by itself (with its code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
 /// A registered release.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseView {
     /// Name.
     pub name: ReleaseName,
     /// `live`, `previous` (warm, inside its validation window) or `registered`.
-    pub state: &'static str,
+    pub state: ReleaseState,
     /// When registered (Unix ms).
     pub registered_at: u64,
     /// Requests in flight right now.
@@ -34,10 +79,13 @@ pub struct ReleaseView {
     pub services: BTreeMap<String, ServiceView>,
     /// Last validation report.
     pub last_check: Option<Report>,
+    /// Its containers (with `[docker]`; none for a release registered by hand).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ReleaseContainer>,
 }
 
 /// The previous release and its window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreviousView {
     /// Name.
     pub release: ReleaseName,
@@ -51,7 +99,7 @@ pub struct PreviousView {
 }
 
 /// `GET /status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
     /// Live release.
     pub live: Option<ReleaseName>,
@@ -63,17 +111,28 @@ pub struct StatusView {
     pub switch_in_progress: bool,
     /// Every registered release.
     pub releases: Vec<ReleaseView>,
+    /// With `[docker]`: what discovery knows (the engine's state and this
+    /// stack's canopy containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<Discovered>,
+    /// With `[docker]`: problems to see at once (a live container not
+    /// running, a refused container, the engine away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<String>>,
+    /// With TLS: the served certificates and ACME's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsView>,
 }
 
 /// Builds the view of one release from the state and its resolved form.
 pub fn release_view(st: &State, release: &Release, topology: &Topology) -> ReleaseView {
     let name = release.name();
     let state = if st.live.as_ref() == Some(name) {
-        "live"
+        ReleaseState::Live
     } else if st.previous.as_ref().is_some_and(|p| &p.release == name) {
-        "previous"
+        ReleaseState::Previous
     } else {
-        "registered"
+        ReleaseState::Registered
     };
     let rec = st.releases.get(name);
     let services = topology
@@ -96,13 +155,15 @@ pub fn release_view(st: &State, release: &Release, topology: &Topology) -> Relea
         inflight: release.stats().inflight(),
         services,
         last_check: rec.and_then(|r| r.last_check.clone()),
+        containers: Vec::new(),
     }
 }
 
 impl StatusView {
-    /// Builds the status from state and the published snapshot.
-    pub fn build(st: &State, snap: &Snapshot, topology: &Topology, switching: bool, watch: Option<Report>) -> Self {
-        let now = crate::controller::now_ms();
+    /// Builds the status from state and the published snapshot (containers,
+    /// alerts and TLS are added by the controller where configured).
+    pub fn build(st: &State, snap: &Snapshot, switching: bool, watch: Option<Report>) -> Self {
+        let now = now_ms();
         Self {
             live: st.live.clone(),
             previous: st.previous.as_ref().map(|p| PreviousView {
@@ -113,7 +174,10 @@ impl StatusView {
             }),
             generation: st.generation,
             switch_in_progress: switching,
-            releases: snap.releases().iter().map(|r| release_view(st, r, topology)).collect(),
+            releases: snap.releases().iter().map(|r| release_view(st, r, snap.topology())).collect(),
+            docker: None,
+            alerts: None,
+            tls: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::image::image_tag;
 use crate::spec::{check_release_tag, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE};
 
 /// A container's lifecycle state as the engine reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
     /// Created, never started.
@@ -35,7 +35,7 @@ pub enum ContainerState {
 }
 
 /// A container's health as its healthcheck reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// No healthcheck (the image defines none, or it is disabled).

@@ -112,6 +112,20 @@ pub enum DockerError {
         /// The last lines of its stdout and stderr.
         logs: Vec<String>,
     },
+    /// The container waited for is stopped, and its last run ended before
+    /// this wait began: it was not started again (e.g. canopy itself stopped
+    /// it earlier), so its exit says nothing about the release.
+    #[error(
+        "container `{container}` did not start: it is still stopped from its earlier run (exited with code {exit_code} at {finished_at})"
+    )]
+    NotStarted {
+        /// The container name.
+        container: String,
+        /// The exit code of that earlier run.
+        exit_code: i64,
+        /// When that run ended, as the engine reports it.
+        finished_at: String,
+    },
     /// Docker marked the container `unhealthy`: its healthcheck failed `retries` times in a row.
     #[error("container `{container}` is unhealthy (last probe: {probe}){}", log_tail(.logs))]
     Unhealthy {

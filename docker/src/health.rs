@@ -12,6 +12,11 @@ use crate::error::DockerError;
 
 /// How many log lines a failed wait reports.
 const LOG_LINES: usize = 20;
+/// A stopped container whose last run began this long before a wait began
+/// was not started for it ([`DockerError::NotStarted`]); the margin covers a
+/// start followed by an immediate exit, and clock steps between the engine
+/// and canopy.
+const EARLIER_RUN: Duration = Duration::from_secs(2);
 /// How often the container is inspected when no event wakes the wait earlier.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -32,13 +37,14 @@ impl Engine {
     /// reports the change (it listens to the container's events and inspects
     /// at least every second).
     ///
-    /// Fails, with the last 20 lines of the container's log, when it exits
-    /// first ([`DockerError::Exited`], with the exit code; also when a restart
+    /// Fails, with the last 20 lines of the container's log (of this run),
+    /// when it exits first ([`DockerError::Exited`], with the exit code; also when a restart
     /// policy is restarting it), when Docker marks it `unhealthy`
     /// ([`DockerError::Unhealthy`], with the last probe's output), or when
     /// `timeout` passes first ([`DockerError::HealthTimeout`]). The container
     /// is left as it is; removing it is the caller's decision.
     pub async fn wait_healthy(&self, name: &str, timeout: Duration) -> Result<Readiness, DockerError> {
+        let began = SystemTime::now();
         let started = Instant::now();
         let deadline = started + timeout;
         let filters = HashMap::from([
@@ -69,8 +75,19 @@ impl Engine {
                     return Err(DockerError::Unhealthy { container: name.to_string(), probe, logs });
                 }
                 (ContainerState::Exited | ContainerState::Dead | ContainerState::Restarting, _) => {
-                    let logs = self.logs_tail(name, LOG_LINES).await.unwrap_or_default();
-                    return Err(DockerError::Exited { container: name.to_string(), exit_code: exit_code.unwrap_or(-1), logs });
+                    let exit_code = exit_code.unwrap_or(-1);
+                    let run = inspect.state.as_ref().map(|s| (s.started_at.clone(), s.finished_at.clone()));
+                    let (started_at, finished_at) = run.unwrap_or_default();
+                    let started_at = started_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+                    // the last run began well before this wait: nobody started it again
+                    if started_at.is_some_and(|t| t + EARLIER_RUN < began) && state == ContainerState::Exited {
+                        let finished_at = finished_at.unwrap_or_default();
+                        return Err(DockerError::NotStarted { container: name.to_string(), exit_code, finished_at });
+                    }
+                    // only this run's lines, not an earlier run's
+                    let since = started_at.unwrap_or(began);
+                    let logs = self.logs_since(name, LOG_LINES, since).await.unwrap_or_default();
+                    return Err(DockerError::Exited { container: name.to_string(), exit_code, logs });
                 }
                 // Starting, or created/paused/removing: wait for a change.
                 _ => {}

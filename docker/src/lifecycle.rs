@@ -62,13 +62,19 @@ impl Engine {
 
     /// Starts the canopy container `name`; already running is fine. Called
     /// after [`Engine::create`], and to bring a stopped release back (a
-    /// redeploy of a kept release takes only this). Returns once the engine
-    /// has started the process; readiness is [`Engine::wait_healthy`]'s job.
-    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
-        self.inspect_managed(name).await?;
+    /// redeploy of a kept release takes only this, and so does a flip to a
+    /// release whose `overlap = false` container canopy stopped). Returns
+    /// once the engine has started the process, with `true` when this call
+    /// started it and `false` when it was running already; readiness is
+    /// [`Engine::wait_healthy`]'s job.
+    pub async fn start(&self, name: &str) -> Result<bool, DockerError> {
+        let inspect = self.inspect_managed(name).await?;
+        if status_of_container(&inspect).0 == ContainerState::Running {
+            return Ok(false);
+        }
         match self.docker.start_container(name, None).await {
-            Ok(()) => Ok(()),
-            Err(err) if status_of(&err) == Some(304) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(err) if status_of(&err) == Some(304) => Ok(false),
             Err(source) => Err(engine_error(name, "start", source)),
         }
     }
@@ -129,6 +135,10 @@ impl Engine {
     /// them at other times.
     pub async fn logs_tail(&self, name: &str, lines: usize) -> Result<Vec<String>, DockerError> {
         let options = LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() };
+        self.read_logs(name, lines, options).await
+    }
+
+    async fn read_logs(&self, name: &str, lines: usize, options: LogsOptions) -> Result<Vec<String>, DockerError> {
         let mut stream = self.docker.logs(name, Some(options));
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -137,6 +147,26 @@ impl Engine {
         let text = String::from_utf8_lossy(&bytes);
         let all: Vec<&str> = text.lines().collect();
         Ok(all[all.len().saturating_sub(lines)..].iter().map(|line| line.to_string()).collect())
+    }
+
+    /// The state, health and (when stopped) exit code of container `name`,
+    /// as the engine reports it now.
+    pub async fn state(&self, name: &str) -> Result<(ContainerState, crate::Health, Option<i64>), DockerError> {
+        Ok(status_of_container(&self.inspect(name).await?))
+    }
+
+    /// [`Self::logs_tail`] of what the container wrote since `since` (a
+    /// restarted container's earlier runs left out).
+    pub async fn logs_since(&self, name: &str, lines: usize, since: std::time::SystemTime) -> Result<Vec<String>, DockerError> {
+        let secs = since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            since: i32::try_from(secs).unwrap_or(0),
+            ..Default::default()
+        };
+        self.read_logs(name, lines, options).await
     }
 
     pub(crate) async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse, DockerError> {

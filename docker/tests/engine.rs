@@ -127,12 +127,12 @@ async fn a_second_create_adopts_the_container_and_a_foreign_one_is_refused() {
     let spec = scope.spec("elm");
     engine.ensure_network(&scope.network).await.unwrap();
     let first = engine.create(&spec).await.unwrap();
-    engine.start(&spec.name).await.unwrap();
+    assert!(engine.start(&spec.name).await.unwrap(), "started by this call");
     let again = engine.create(&spec).await.unwrap();
     assert!(again.adopted);
     assert_eq!(again.id, first.id);
     assert_eq!(again.state, ContainerState::Running);
-    engine.start(&spec.name).await.unwrap(); // already running: fine
+    assert!(!engine.start(&spec.name).await.unwrap(), "already running: fine, and said so");
 
     // Same name, made for another release: refused, not replaced.
     let mut other = spec.clone();

@@ -14,6 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::access_log::AccessRecord;
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
 use crate::routing::request_host;
+use crate::settings::ProxySettings;
 use crate::snapshot::{Miss, Snapshot, Target};
 use crate::stats::UpstreamErrorKind;
 use crate::table::ReleaseTable;
@@ -31,42 +32,6 @@ static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwar
 /// 256 lines; answered 400) and Node upstreams such as Vendure refuse more
 /// than 16 KiB anyway.
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
-
-/// Data-plane tunables, from `[proxy]` in proxy.toml.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    /// Time allowed to establish a TCP connection to a backend (then retry or 502).
-    pub connect_timeout: Duration,
-    /// Time allowed between bytes from the upstream while waiting for or reading
-    /// its response (then 504 if nothing was sent yet).
-    pub upstream_timeout: Duration,
-    /// Extra attempts on other backends of the same release after a connect failure.
-    pub max_retries: usize,
-    /// How long idle upstream keep-alive connections stay pooled.
-    pub upstream_idle_timeout: Duration,
-    /// Record per-request status and duration metrics (in-flight counts, which
-    /// draining relies on, are always kept). Off only to measure their cost.
-    pub metrics: bool,
-    /// Answer plaintext requests with a 308 to `https://` on this port
-    /// (ACME challenges excepted); `None`: serve them.
-    pub https_redirect: Option<u16>,
-    /// `Strict-Transport-Security` value added to responses over TLS.
-    pub hsts: Option<http::HeaderValue>,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(2),
-            upstream_timeout: Duration::from_secs(60),
-            max_retries: 2,
-            upstream_idle_timeout: Duration::from_secs(60),
-            metrics: true,
-            https_redirect: None,
-            hsts: None,
-        }
-    }
-}
 
 /// The proxy logic; one instance serves every request of the proxy service.
 /// Its settings and access log come with each request's snapshot

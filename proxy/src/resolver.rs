@@ -42,24 +42,24 @@ impl Resolver {
         if changed.is_empty() {
             return 0;
         }
-        let _w = self.table.write_lock();
-        let cur = self.table.load();
         let mut n = 0;
-        let releases = cur
-            .releases()
-            .iter()
-            .map(|r| match changed.iter().find(|(old, _)| Arc::ptr_eq(old, r)) {
-                // only replace releases nobody re-registered meanwhile
-                Some((_, fresh)) => {
-                    n += 1;
-                    log::info!("release {} backends re-resolved", r.name());
-                    fresh.clone()
-                }
-                None => r.clone(),
-            })
-            .collect();
-        let live = cur.live().map(|r| r.name().clone());
-        self.table.store(Snapshot::new(cur.generation(), cur.topology().clone(), releases, live.as_ref(), cur.tunables().clone()));
+        self.table.update(|cur| {
+            let releases = cur
+                .releases()
+                .iter()
+                .map(|r| match changed.iter().find(|(old, _)| Arc::ptr_eq(old, r)) {
+                    // only replace releases nobody re-registered meanwhile
+                    Some((_, fresh)) => {
+                        n += 1;
+                        log::info!("release {} backends re-resolved", r.name());
+                        fresh.clone()
+                    }
+                    None => r.clone(),
+                })
+                .collect();
+            let live = cur.live().map(|r| r.name().clone());
+            Snapshot::new(cur.generation(), cur.topology().clone(), releases, live.as_ref(), cur.tunables().clone())
+        });
         n
     }
 }

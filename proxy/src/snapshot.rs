@@ -3,24 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::access_log::AccessLog;
-use crate::handler::ProxySettings;
 use crate::names::ReleaseName;
 use crate::release::Release;
+use crate::settings::Tunables;
 use crate::topology::Topology;
-
-/// The request path's settings that a config reload may change: each
-/// snapshot carries the ones it was built with, so a request keeps them
-/// (with its routes) from start to end and the next request gets the new ones.
-#[derive(Debug, Clone, Default)]
-pub struct Tunables {
-    /// Timeouts, retries, metrics.
-    pub proxy: ProxySettings,
-    /// Whether `x-canopy-release` request headers select registered releases.
-    pub preview: bool,
-    /// Where access log lines go (off when `None`).
-    pub access_log: Option<AccessLog>,
-}
 
 /// Everything a request needs to be routed, frozen at one generation.
 #[derive(Debug)]

@@ -1,12 +1,13 @@
 //! The release table: one `ArcSwap<Snapshot>` read once per request and
 //! replaced whole by the control plane.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
-use crate::snapshot::{Snapshot, Tunables};
+use crate::settings::Tunables;
+use crate::snapshot::Snapshot;
 use crate::stats::StatsRegistry;
 use crate::topology::Topology;
 
@@ -33,17 +34,16 @@ impl ReleaseTable {
         self.current.load_full()
     }
 
-    /// Serialises writers (the control plane and the background re-resolver)
-    /// so one never overwrites another's snapshot with a stale one. Readers
-    /// never take it.
-    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Publishes a new snapshot atomically; requests that already loaded the
-    /// old one finish on it. Callers hold [`Self::write_lock`].
-    pub fn store(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+    /// Replaces the snapshot with `next(current)`, atomically for readers
+    /// (requests that already loaded the old one finish on it) and one writer
+    /// at a time (the control plane and the background re-resolver never
+    /// overwrite each other's snapshot with a stale one). The only way to
+    /// change the table. Returns the published snapshot.
+    pub fn update(&self, next: impl FnOnce(&Snapshot) -> Snapshot) -> Arc<Snapshot> {
+        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let published = Arc::new(next(&self.current.load()));
+        self.current.store(published.clone());
+        published
     }
 
     /// Whether the proxy is draining, and its open client connections.

@@ -52,6 +52,16 @@ impl AddressTemplate {
         self.0.replace("{service}", service.as_str()).replace("{release}", release.as_str())
     }
 
+    /// The release whose `service` host is `host`: the inverse of
+    /// [`Self::render`] (e.g. a Docker container's name back to its release),
+    /// `None` when `host` is not one of this template's names for `service`.
+    pub fn release_of(&self, service: &ServiceName, host: &str) -> Option<ReleaseName> {
+        let pattern = self.0.replace("{service}", service.as_str());
+        let (before, after) = pattern.split_once("{release}")?;
+        let middle = host.strip_prefix(before)?.strip_suffix(after)?;
+        ReleaseName::parse(middle).ok()
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -171,6 +181,10 @@ mod tests {
         let s = ServiceName::parse("server").unwrap();
         let r = ReleaseName::parse("elm").unwrap();
         assert_eq!(t.render(&s, &r), "vendure-server--elm");
+        assert_eq!(t.release_of(&s, "vendure-server--elm"), Some(r));
+        assert_eq!(t.release_of(&s, "vendure-worker--elm"), None);
+        assert_eq!(t.release_of(&s, "vendure-server--"), None);
+        assert_eq!(t.release_of(&s, "vendure-server--Elm"), None);
     }
 
     #[test]

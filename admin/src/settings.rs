@@ -1,0 +1,88 @@
+//! The control plane's settings, as the server builds them from proxy.toml:
+//! `[admin]` and `[releases]` ([`ControlSettings`], [`Seed`]) and `[docker]`
+//! with each service's container ([`DeploySettings`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use canopy_docker::Healthcheck;
+use canopy_proxy::ReleaseName;
+
+use crate::priority::AdminPriority;
+use crate::state::BackendMap;
+
+/// Control-plane settings, from `[admin]` and `[releases]` in proxy.toml.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSettings {
+    /// Where the durable state lives.
+    pub state_file: PathBuf,
+    /// How long the previous release stays warm after a flip.
+    pub validation_window: Duration,
+    /// How long a retirement waits for in-flight requests before running hooks anyway.
+    pub drain_timeout: Duration,
+    /// Commands run (argv, `{release}` substituted) after a release is drained.
+    pub retire_hooks: Vec<Vec<String>>,
+    /// Limit for each retire hook.
+    pub hook_timeout: Duration,
+    /// Whether `x-canopy-release` request headers select registered releases.
+    pub preview: bool,
+    /// How often the warm previous release is quick-checked in the background,
+    /// so that a rollback can trust a fresh result instead of checking inline.
+    pub warm_check_interval: Duration,
+    /// How the admin thread asks to be scheduled; see [`crate::prioritise_current_thread`].
+    pub admin_priority: AdminPriority,
+}
+
+/// How the state is seeded when no state file exists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seed {
+    /// Release made live on first start.
+    pub initial: Option<ReleaseName>,
+    /// Releases registered on first start, with explicit backends.
+    pub releases: BTreeMap<ReleaseName, BackendMap>,
+}
+
+/// `[docker]` of proxy.toml plus each service's image and container table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploySettings {
+    /// The engine's socket (`unix:///var/run/docker.sock`, `tcp://host:2375`).
+    pub socket: String,
+    /// The stack network every release's containers join (created if missing).
+    pub network: String,
+    /// Stopped releases kept for a fast redeploy (default 3); older ones are removed.
+    pub keep_releases: usize,
+    /// Longest a deploy waits for its containers to become healthy (default 5m).
+    pub deploy_timeout: Duration,
+    /// SIGTERM-to-SIGKILL time when stopping a container (default 10s).
+    pub stop_timeout: Duration,
+    /// Per service, in topology order: how canopy runs it, `None` for
+    /// services canopy does not run (their backends come from the template
+    /// or `register`).
+    pub services: Vec<Option<ServiceContainer>>,
+}
+
+/// How every release of one service runs: `image` and `[service.container]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceContainer {
+    /// Image repository; the tag is the release name.
+    pub repository: String,
+    /// Environment, `KEY=VALUE`: the env file's lines, then the `env` table.
+    pub env: Vec<String>,
+    /// Volumes in `docker run -v` form.
+    pub volumes: Vec<String>,
+    /// Replaces the image's CMD.
+    pub command: Option<Vec<String>>,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Replaces the image's HEALTHCHECK.
+    pub healthcheck: Option<Healthcheck>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// CPU limit.
+    pub cpus: Option<f64>,
+    /// `false`: only the live release's container runs (a worker running
+    /// scheduled jobs): every flip starts the new live release's and stops
+    /// the old one's. Default `true`.
+    pub overlap: bool,
+}
