@@ -223,23 +223,23 @@ pub(crate) fn access_log(target: &Option<AccessLogTarget>) -> Result<Option<Acce
 /// processes never both change it and no connection is refused meanwhile.
 pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let predecessor = if upgrade {
-        let old = handover::predecessor(&config.pid_file)?;
+        let old = handover::predecessor(&config.fixed.pid_file)?;
         log::info!("upgrade: taking over from canopy pid {}", old.as_raw_nonzero());
         kill_process(old, Signal::QUIT).map_err(|e| ServeError::Upgrade(format!("signalling pid {}: {e}", old.as_raw_nonzero())))?;
         Some(old)
     } else {
-        for addr in config.listen.iter().chain(&config.listen_tls).chain(std::iter::once(&config.admin_listen)) {
+        for addr in config.fixed.listen.iter().chain(&config.fixed.listen_tls).chain(std::iter::once(&config.fixed.admin_listen)) {
             probe(*addr)?;
         }
         None
     };
-    let grace = config.shutdown_grace;
+    let grace = config.fixed.shutdown_grace;
     let conf = ServerConf {
-        threads: config.threads,
-        work_stealing: config.work_stealing,
+        threads: config.fixed.threads,
+        work_stealing: config.fixed.work_stealing,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: config.upgrade_socket.to_string_lossy().into_owned(),
+        upgrade_sock: config.fixed.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt { upgrade, ..Opt::default() };
@@ -249,14 +249,17 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let conf = server.configuration.clone();
 
     // the old process, if any, has stopped changing the state: load it now
-    let access_log = access_log(&config.access_log)?;
-    let guard = Guard::new(config.token.clone());
+    let access_log = access_log(&config.live.access_log)?;
+    let guard = Guard::new(config.live.token.clone());
     let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
-    let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
-    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
-    let validator = Validator::new(config.checks);
+    let control = config.control();
+    // from here on `config` is the part only a new process can change
+    let Config { path: _, fixed: config, live, seed } = config;
+    let tunables = Tunables { proxy: live.proxy, preview: control.preview, access_log };
+    let table = Arc::new(ReleaseTable::new(Arc::new(live.topology), Arc::new(tunables)));
+    let validator = Validator::new(live.checks);
     let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let controller = Arc::new(startup.block_on(Controller::start(table.clone(), validator, config.control, config.seed))?);
+    let controller = Arc::new(startup.block_on(Controller::start(table.clone(), validator, control, seed))?);
     drop(startup);
     if let Some(deploy) = config.deploy {
         controller.enable_deploy(deploy);
@@ -275,11 +278,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let front = FrontDoor::new();
     controller.register_front_door(front.clone());
     let mut acme = None;
+    let certificates = live.certificates;
     let cert_files = match &config.tls {
         Some(tls) => {
-            let default = tls.files.iter().position(|f| f.default);
-            front.certs.set_files(tls.certificates.clone(), default);
-            let mut files = CertFiles::new(tls.files.clone());
+            let default = certificates.files.iter().position(|f| f.default);
+            front.certs.set_files(certificates.certificates.clone(), default);
+            let mut files = CertFiles::new(certificates.files.clone());
             if let Some(settings) = &tls.acme {
                 let a = Acme::new(settings.clone(), front.clone()).map_err(|e| ServeError::Acme(e.to_string()))?;
                 controller.register_metrics(a.collector());
@@ -296,7 +300,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     controller.set_config_source(Box::new(source));
     if let (Some(tls), Some(files)) = (&config.tls, &cert_files) {
         controller.enable_tls(front.clone(), Box::new(files.clone()));
-        if let (Some(every), false) = (tls.watch_interval, tls.files.is_empty()) {
+        if let (Some(every), false) = (tls.watch_interval, certificates.files.is_empty()) {
             files.clone().watch(controller.clone(), every);
         }
     }

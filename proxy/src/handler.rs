@@ -33,7 +33,7 @@ static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwar
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
     /// Time allowed to establish a TCP connection to a backend (then retry or 502).
     pub connect_timeout: Duration,

@@ -20,7 +20,7 @@ use crate::state::{BackendMap, Command, ContainerChange};
 use crate::validate::Mode;
 
 /// `[docker]` of proxy.toml plus each service's image and container table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeploySettings {
     /// The engine's socket (`unix:///var/run/docker.sock`, `tcp://host:2375`).
     pub socket: String,
