@@ -21,6 +21,8 @@ mod docker;
 mod error;
 mod hint;
 mod proxy;
+#[cfg(test)]
+mod reference;
 mod releases;
 mod service;
 #[cfg(test)]
