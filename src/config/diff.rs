@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use canopy_acme::AcmeSettings;
+use canopy_admin::DeploySettings;
 use canopy_proxy::TlsOptions;
 
 use super::{Fixed, ReleaseSettings, Reloadable, TlsListener};
@@ -58,7 +59,8 @@ impl Fixed {
         note("[admin] nice / realtime", *admin_priority != new.admin_priority, debug(admin_priority), debug(&new.admin_priority));
         let interval = (resolve_interval, &new.resolve_interval);
         note("[releases] resolve-interval", interval.0 != interval.1, debug(interval.0), debug(interval.1));
-        note("[docker] and the services' image / container / overlap", *deploy != new.deploy, debug(deploy), debug(&new.deploy));
+        let containers = |d: &Option<DeploySettings>| debug(&without_env_values(d));
+        note("[docker] and the services' image / container / overlap", *deploy != new.deploy, containers(deploy), containers(&new.deploy));
         out
     }
 }
@@ -70,6 +72,21 @@ fn tls_parts(tls: &Option<TlsListener>) -> (Option<&TlsOptions>, Option<Option<D
         Some(TlsListener { options, watch_interval, acme }) => (Some(options), Some(*watch_interval), Some(acme)),
         None => (None, None, None),
     }
+}
+
+/// `deploy` with each environment variable's value left out: the reply
+/// and the audit log name a changed variable, never its value (env files
+/// hold passwords).
+fn without_env_values(deploy: &Option<DeploySettings>) -> Option<DeploySettings> {
+    let mut deploy = deploy.clone()?;
+    for container in deploy.services.iter_mut().flatten() {
+        for var in &mut container.env {
+            if let Some(eq) = var.find('=') {
+                var.replace_range(eq + 1.., "…");
+            }
+        }
+    }
+    Some(deploy)
 }
 
 impl Reloadable {

@@ -303,3 +303,19 @@ fn a_new_admin_token_is_a_change_even_when_one_was_set() {
     assert_eq!(first.live.changes(&second.live), ["admin token"]);
     assert!(!format!("{:?}", first.live.changes(&second.live)).contains("second-token"), "the reply never shows the token");
 }
+
+#[test]
+fn a_refused_container_change_names_variables_but_not_their_values() {
+    let docker = |password: &str| {
+        format!("{MINIMAL}[docker]\nnetwork = \"shop\"\n\n[[service]]\nname = \"worker\"\nport = 3020\nimage = \"ghcr.io/acme/worker\"\n\n[service.container]\nenv = {{ DB_PASSWORD = \"{password}\" }}\n")
+    };
+    let old = parse(Path::new("proxy.toml"), &docker("hunter2")).unwrap();
+    let new = parse(Path::new("proxy.toml"), &docker("correct-horse")).unwrap();
+    let changes = old.fixed.changes(&new.fixed);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0].starts_with("[docker] and the services' image / container / overlap (") && changes[0].contains("DB_PASSWORD=…"),
+        "{changes:?}"
+    );
+    assert!(!changes[0].contains("hunter2") && !changes[0].contains("correct-horse"), "{changes:?}");
+}
