@@ -58,7 +58,8 @@ impl AddressTemplate {
     }
 }
 
-/// Services, routes and the address template: fixed for the process lifetime.
+/// Services, routes and the address template: the same for every release;
+/// a config reload replaces it whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     services: Box<[Service]>,

@@ -57,8 +57,8 @@ impl Fixed {
         let socket = |p: &std::path::Path| p.display().to_string();
         note("[admin] upgrade-socket", *upgrade_socket != new.upgrade_socket, socket(upgrade_socket), socket(&new.upgrade_socket));
         note("[admin] nice / realtime", *admin_priority != new.admin_priority, debug(admin_priority), debug(&new.admin_priority));
-        let interval = (resolve_interval, &new.resolve_interval);
-        note("[releases] resolve-interval", interval.0 != interval.1, debug(interval.0), debug(interval.1));
+        let resolve = (debug(resolve_interval), debug(&new.resolve_interval));
+        note("[releases] resolve-interval", *resolve_interval != new.resolve_interval, resolve.0, resolve.1);
         let containers = |d: &Option<DeploySettings>| debug(&without_env_values(d));
         note("[docker] and the services' image / container / overlap", *deploy != new.deploy, containers(deploy), containers(&new.deploy));
         out
