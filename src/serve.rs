@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use canopy_admin::{AdminApi, Controller, Guard, Parts, TlsParts, Validator};
 use canopy_proxy::prometheus::core::Collector;
-use canopy_proxy::{AccessLog, CanopyProxy, ClientTimeouts, FrontCollector, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
+use canopy_proxy::{CanopyProxy, ClientTimeouts, FrontCollector, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
 
 use crate::acme::Acme;
 use crate::certfiles::CertFiles;
@@ -21,9 +21,9 @@ use pingora::services::listening::Service;
 use rustix::process::{kill_process, Signal};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{AccessLogTarget, Config};
+use crate::config::Config;
 use crate::handover::{self, HandoverError};
-use crate::reload::FileSource;
+use crate::reload::{open_access_log, AccessLogError, FileSource};
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +41,8 @@ pub enum ServeError {
     #[error("{0}")]
     State(#[from] canopy_admin::ControlError),
     /// The access log file could not be opened.
-    #[error("access log {path}: {source}")]
-    AccessLog {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
     /// `serve --upgrade` found no running canopy to take over from, or could not signal it.
     #[error("--upgrade: {0}")]
     Upgrade(String),
@@ -201,22 +195,6 @@ fn probe(addr: SocketAddr) -> Result<(), ServeError> {
     TcpListener::bind(addr).map(drop).map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Starts the access log writer for `target` (none when off).
-pub(crate) fn access_log(target: &Option<AccessLogTarget>) -> Result<Option<AccessLog>, ServeError> {
-    Ok(match target {
-        None => None,
-        Some(AccessLogTarget::Stdout) => Some(AccessLog::start(Box::new(std::io::stdout()))),
-        Some(AccessLogTarget::File(path)) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| ServeError::AccessLog { path: path.clone(), source })?;
-            Some(AccessLog::start(Box::new(f)))
-        }
-    })
-}
-
 /// Builds everything from a validated config and serves until a signal.
 /// With `upgrade`, takes over from the canopy named in the pid file: it is
 /// told to stop taking state changes and to hand over its listening sockets
@@ -224,23 +202,23 @@ pub(crate) fn access_log(target: &Option<AccessLogTarget>) -> Result<Option<Acce
 /// processes never both change it and no connection is refused meanwhile.
 pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     let predecessor = if upgrade {
-        let old = handover::predecessor(&config.pid_file)?;
+        let old = handover::predecessor(&config.fixed.pid_file)?;
         log::info!("upgrade: taking over from canopy pid {}", old.as_raw_nonzero());
         kill_process(old, Signal::QUIT).map_err(|e| ServeError::Upgrade(format!("signalling pid {}: {e}", old.as_raw_nonzero())))?;
         Some(old)
     } else {
-        for addr in config.listen.iter().chain(&config.listen_tls).chain(std::iter::once(&config.admin_listen)) {
+        for addr in config.fixed.listen.iter().chain(&config.fixed.listen_tls).chain(std::iter::once(&config.fixed.admin_listen)) {
             probe(*addr)?;
         }
         None
     };
-    let grace = config.shutdown_grace;
+    let grace = config.fixed.shutdown_grace;
     let conf = ServerConf {
-        threads: config.threads,
-        work_stealing: config.work_stealing,
+        threads: config.fixed.threads,
+        work_stealing: config.fixed.work_stealing,
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
-        upgrade_sock: config.upgrade_socket.to_string_lossy().into_owned(),
+        upgrade_sock: config.fixed.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     let opt = Opt { upgrade, ..Opt::default() };
@@ -249,15 +227,24 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
+    // the old process, if any, has stopped changing the state: load it now
+    let access_log = open_access_log(&config.live.access_log)?;
+    let guard = Guard::new(config.live.token.clone());
+    let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
+    let control = config.control();
+    // from here on `config` is the part only a new process can change
+    let Config { path: _, fixed: config, live, seed } = config;
+
     // the front door: certificates, ACME answers, handshake and protocol counters
     let front = FrontDoor::new();
     let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(FrontCollector::new(front.clone()))];
     let mut acme = None;
+    let certificates = live.certificates;
     let cert_files = match &config.tls {
         Some(tls) => {
-            let default = tls.files.iter().position(|f| f.default);
-            front.certs.set_files(tls.certificates.clone(), default);
-            let mut files = CertFiles::new(tls.files.clone());
+            let default = certificates.files.iter().position(|f| f.default);
+            front.certs.set_files(certificates.certificates.clone(), default);
+            let mut files = CertFiles::new(certificates.files.clone());
             if let Some(settings) = &tls.acme {
                 let a = Acme::new(settings.clone(), front.clone()).map_err(|e| ServeError::Acme(e.to_string()))?;
                 collectors.push(a.collector());
@@ -269,20 +256,16 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         None => None,
     };
 
-    // the old process, if any, has stopped changing the state: load it now
-    let access_log = access_log(&config.access_log)?;
-    let guard = Guard::new(config.token.clone());
-    let mut source = FileSource::new(&config, access_log.clone(), guard.clone());
     if let Some(files) = &cert_files {
         source = source.with_certificates(files.clone(), front.clone());
     }
-    let tunables = Tunables { proxy: config.proxy, preview: config.control.preview, access_log };
-    let table = Arc::new(ReleaseTable::new(Arc::new(config.topology), Arc::new(tunables)));
+    let tunables = Tunables { proxy: live.proxy, preview: control.preview, access_log };
+    let table = Arc::new(ReleaseTable::new(Arc::new(live.topology), Arc::new(tunables)));
     let parts = Parts {
         table: table.clone(),
-        validator: Validator::new(config.checks),
-        settings: config.control,
-        seed: config.seed,
+        validator: Validator::new(live.checks),
+        settings: control,
+        seed,
         deploy: config.deploy,
         tls: cert_files.clone().map(|files| TlsParts { front: front.clone(), certificates: Box::new(files) }),
         config: Some(Box::new(source)),
@@ -301,7 +284,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         });
     }
     if let (Some(tls), Some(files)) = (&config.tls, &cert_files) {
-        if let (Some(every), false) = (tls.watch_interval, tls.files.is_empty()) {
+        if let (Some(every), false) = (tls.watch_interval, certificates.files.is_empty()) {
             files.clone().watch(controller.clone(), every);
         }
     }

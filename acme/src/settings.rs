@@ -12,7 +12,7 @@ pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 /// The ACME settings, as the proxy's config loader builds them from
 /// `[tls.acme]`. [`AcmeManager::new`](crate::AcmeManager::new) validates them
 /// (see [`AcmeSettings::validate`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcmeSettings {
     /// The ACME directory URL (https only), e.g.
     /// `https://acme-v02.api.letsencrypt.org/directory`.

@@ -13,7 +13,7 @@ const OUTPUT_LIMIT: usize = 4096;
 const BODY_LIMIT: usize = 1 << 20;
 
 /// One configured check of a service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     /// Name shown in reports and metrics (defaults to kind and path).
     pub name: String,
@@ -28,7 +28,7 @@ pub struct Check {
 }
 
 /// The four kinds of check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
     /// GET `path` on every backend; pass on `expect_status` (and body substring).
     Http {
@@ -60,7 +60,7 @@ pub enum CheckKind {
 }
 
 /// One request of a smoke check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmokeRequest {
     /// HTTP method.
     pub method: http::Method,

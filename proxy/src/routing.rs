@@ -70,7 +70,7 @@ impl fmt::Display for Route {
 }
 
 /// Routes sorted most specific first, each with its service index.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     routes: Box<[(Route, usize)]>,
 }

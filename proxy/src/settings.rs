@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::access_log::AccessLog;
 
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
     /// Time allowed to establish a TCP connection to a backend (then retry or 502).
     pub connect_timeout: Duration,

@@ -20,7 +20,7 @@ use rustls::server::ServerConfig;
 use crate::certs::CertStore;
 
 /// How a TLS listener terminates: from `[tls]` in proxy.toml.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Offer HTTP/2 by ALPN (besides http/1.1).
     pub h2: bool,

@@ -8,7 +8,7 @@ use crate::names::{ReleaseName, ServiceName};
 use crate::routing::{Route, RouteTable};
 
 /// One service of the stack (e.g. `server` on port 3000).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     /// Its name, used in the address template and in metrics.
     pub name: ServiceName,
@@ -18,7 +18,7 @@ pub struct Service {
 
 /// The host part of a backend address, with `{service}` and `{release}` placeholders
 /// (e.g. `vendure-{service}--{release}`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressTemplate(String);
 
 /// Why an address template was refused.
@@ -68,8 +68,9 @@ impl AddressTemplate {
     }
 }
 
-/// Services, routes and the address template: fixed for the process lifetime.
-#[derive(Debug)]
+/// Services, routes and the address template: the same for every release;
+/// a config reload replaces it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     services: Box<[Service]>,
     routes: RouteTable,

@@ -10,7 +10,15 @@ use canopy_proxy::{Certificate, TlsOptions};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Ctx, Dur, OneOrMany};
+use super::error::{ConfigError, Ctx};
+use super::value::{or, Dur, OneOrMany};
+
+/// `watch-interval` when unset (`"0s"` turns the watch off).
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest `handshake-timeout` and `watch-interval`.
+const INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// `redirect-http` when unset: plaintext requests are served.
+const REDIRECT_HTTP: bool = false;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -70,24 +78,41 @@ pub fn load_all(files: &[CertFile]) -> Result<(Vec<Certificate>, Option<usize>),
     Ok((certs, files.iter().position(|f| f.default)))
 }
 
-/// `[tls]`, checked, with its certificates loaded.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
+/// The `[tls]` settings only a new process can change: the listeners'
+/// handshake, the certificate watch and ACME.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsListener {
     /// ALPN and handshake deadline.
     pub options: TlsOptions,
-    /// The `[[tls.certificate]]` files.
-    pub files: Vec<CertFile>,
-    /// Those files' certificates, loaded and checked.
-    pub certificates: Vec<Certificate>,
     /// How often the files are checked for changes (`None`: never).
     pub watch_interval: Option<Duration>,
     /// `[tls.acme]`.
     pub acme: Option<AcmeSettings>,
 }
 
+/// The `[[tls.certificate]]` files and their certificates, loaded and
+/// checked: a reload replaces them. Two are equal when they name the same
+/// files and those hold the same certificates (by fingerprint).
+#[derive(Debug, Clone, Default)]
+pub struct TlsCertificates {
+    /// The `[[tls.certificate]]` files.
+    pub files: Vec<CertFile>,
+    /// Those files' certificates, loaded and checked.
+    pub certificates: Vec<Certificate>,
+}
+
+impl PartialEq for TlsCertificates {
+    fn eq(&self, other: &Self) -> bool {
+        let Self { files, certificates } = self;
+        let fingerprints = |c: &[Certificate]| c.iter().map(Certificate::fingerprint).collect::<Vec<_>>();
+        *files == other.files && fingerprints(certificates) == fingerprints(&other.certificates)
+    }
+}
+
 /// What `[tls]` adds to `[proxy]`'s settings.
 pub(super) struct Parsed {
-    pub tls: TlsConfig,
+    pub listener: TlsListener,
+    pub certificates: TlsCertificates,
     pub redirect_http: bool,
     pub hsts: Option<http::HeaderValue>,
 }
@@ -95,7 +120,7 @@ pub(super) struct Parsed {
 /// Checks `[tls]`; `cache_default` is where ACME caches without `cache-dir`.
 pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result<Parsed, ConfigError> {
     let handshake_timeout = match &t.handshake_timeout {
-        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+        Some(d) if d.get_ref().0 < INTERVAL_MIN => {
             return Err(cx.err(d.span(), "handshake-timeout must be at least 100ms"));
         }
         Some(d) => d.get_ref().0,
@@ -103,11 +128,11 @@ pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result
     };
     let watch_interval = match &t.watch_interval {
         Some(d) if d.get_ref().0.is_zero() => None,
-        Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+        Some(d) if d.get_ref().0 < INTERVAL_MIN => {
             return Err(cx.err(d.span(), "watch-interval must be at least 100ms (or 0s for off)"));
         }
         Some(d) => Some(d.get_ref().0),
-        None => Some(Duration::from_secs(5)),
+        None => Some(WATCH_INTERVAL),
     };
     let hsts = match &t.hsts {
         Some(h) => {
@@ -149,9 +174,14 @@ pub(super) fn parse(cx: &Ctx<'_>, t: &FileTls, cache_default: PathBuf) -> Result
         Some(a) => Some(acme(cx, a.get_ref(), cache_default)?),
         None => None,
     };
-    let redirect_http = t.redirect_http.as_ref().is_some_and(|r| *r.get_ref());
-    let options = TlsOptions { h2: t.h2.unwrap_or(true), handshake_timeout };
-    Ok(Parsed { tls: TlsConfig { options, files, certificates, watch_interval, acme }, redirect_http, hsts })
+    let redirect_http = t.redirect_http.as_ref().map_or(REDIRECT_HTTP, |r| *r.get_ref());
+    let options = TlsOptions { h2: t.h2.unwrap_or(TlsOptions::default().h2), handshake_timeout };
+    Ok(Parsed {
+        listener: TlsListener { options, watch_interval, acme },
+        certificates: TlsCertificates { files, certificates },
+        redirect_http,
+        hsts,
+    })
 }
 
 fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeSettings, ConfigError> {
@@ -178,7 +208,7 @@ fn acme(cx: &Ctx<'_>, a: &FileAcme, cache_default: PathBuf) -> Result<AcmeSettin
         names,
         cache_dir: a.cache_dir.as_deref().map_or(cache_default, |d| cx.relative(d)),
         ca_root,
-        retry_interval: a.retry_interval.map_or(canopy_acme::DEFAULT_RETRY_INTERVAL, |d| d.0),
+        retry_interval: or(a.retry_interval, canopy_acme::DEFAULT_RETRY_INTERVAL),
     };
     settings.validate().map_err(|e| {
         let span = if matches!(e, canopy_acme::AcmeError::BadDirectory { .. }) { a.directory.span() } else { a.names.span() };

@@ -1,0 +1,116 @@
+//! `[proxy]`: where shoppers connect, worker threads, the data plane's
+//! timeouts and retries, shutdown and the access log.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use canopy_proxy::ProxySettings;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::error::{ConfigError, Ctx};
+use super::value::{addresses, or, Dur, OneOrMany};
+
+/// `h2c` when unset: plaintext listeners speak HTTP/1 only.
+const H2C: bool = false;
+/// `work-stealing` when unset: pingora's default, one runtime for all workers.
+const WORK_STEALING: bool = true;
+/// `shutdown-grace` when unset.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `client-timeout` when unset.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest `client-timeout` (shorter values are raised to it).
+const CLIENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// The most `threads` a config may ask for.
+const THREADS_MAX: usize = 1024;
+
+/// `[proxy]` as written. The data-plane defaults are [`ProxySettings::default`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileProxy {
+    listen: Option<Spanned<OneOrMany<String>>>,
+    listen_tls: Option<Spanned<OneOrMany<String>>>,
+    h2c: Option<bool>,
+    threads: Option<Spanned<usize>>,
+    work_stealing: Option<bool>,
+    connect_timeout: Option<Dur>,
+    upstream_timeout: Option<Dur>,
+    upstream_idle_timeout: Option<Dur>,
+    max_retries: Option<usize>,
+    metrics: Option<bool>,
+    client_timeout: Option<Dur>,
+    shutdown_grace: Option<Dur>,
+    access_log: Option<String>,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(std::path::PathBuf),
+}
+
+/// `[proxy]`, checked.
+pub(super) struct Proxy {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    /// Where `listen` and `listen-tls` are written (the start of the file when absent).
+    pub listen_span: Range<usize>,
+    pub listen_tls_span: Range<usize>,
+    pub h2c: bool,
+    pub threads: usize,
+    pub work_stealing: bool,
+    /// `https_redirect` and `hsts` are `[tls]`'s, filled in there.
+    pub settings: ProxySettings,
+    pub shutdown_grace: Duration,
+    pub client_timeout: Duration,
+    pub access_log: Option<AccessLogTarget>,
+}
+
+/// Checks `[proxy]`.
+pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
+    let listen = addresses(cx, &p.listen)?;
+    let listen_tls = addresses(cx, &p.listen_tls)?;
+    let span = |f: &Option<Spanned<OneOrMany<String>>>| f.as_ref().map_or(0..0, Spanned::span);
+    if listen.is_empty() && listen_tls.is_empty() {
+        let first = p.listen.as_ref().or(p.listen_tls.as_ref()).map_or(0..0, Spanned::span);
+        return Err(cx.err(first, "[proxy] needs at least one address in `listen` or `listen-tls`"));
+    }
+    let threads = match &p.threads {
+        Some(t) if *t.get_ref() == 0 || *t.get_ref() > THREADS_MAX => {
+            return Err(cx.err(t.span(), format!("threads must be between 1 and {THREADS_MAX}")))
+        }
+        Some(t) => *t.get_ref(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let defaults = ProxySettings::default();
+    let settings = ProxySettings {
+        connect_timeout: or(p.connect_timeout, defaults.connect_timeout),
+        upstream_timeout: or(p.upstream_timeout, defaults.upstream_timeout),
+        upstream_idle_timeout: or(p.upstream_idle_timeout, defaults.upstream_idle_timeout),
+        max_retries: p.max_retries.unwrap_or(defaults.max_retries),
+        metrics: p.metrics.unwrap_or(defaults.metrics),
+        https_redirect: None,
+        hsts: None,
+    };
+    let access_log = p.access_log.as_deref().map(|s| match s {
+        "stdout" | "-" => AccessLogTarget::Stdout,
+        f => AccessLogTarget::File(cx.relative(f)),
+    });
+    Ok(Proxy {
+        listen,
+        listen_tls,
+        listen_span: span(&p.listen),
+        listen_tls_span: span(&p.listen_tls),
+        h2c: p.h2c.unwrap_or(H2C),
+        threads,
+        work_stealing: p.work_stealing.unwrap_or(WORK_STEALING),
+        settings,
+        shutdown_grace: or(p.shutdown_grace, SHUTDOWN_GRACE),
+        client_timeout: or(p.client_timeout, CLIENT_TIMEOUT).max(CLIENT_TIMEOUT_MIN),
+        access_log,
+    })
+}
