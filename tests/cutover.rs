@@ -4,13 +4,11 @@
 //! request started after a switch reply is served by the new release; every
 //! request in flight at a flip finishes on the release it started on.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::load::{assert_right_releases, count, flip_many, Kind, Load};
-use support::*;
+use canopy_testkit::load::{assert_right_releases, count, flip_many, Kind, Load};
+use canopy_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_flips_under_load_lose_nothing() {

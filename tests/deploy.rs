@@ -5,16 +5,15 @@
 //! panics included. The `docker` CLI is used only by the tests, to look
 //! behind canopy's back (inspect, kill).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
+use canopy_testkit::registry::Registry;
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::load::{assert_right_releases, count, Flip, Kind, Load};
-use support::*;
 
 const IMAGE: &str = "canopy-test/server";
 /// examples/upstream in a container (scripts/upstream-image.sh): echoes POST
@@ -155,48 +154,6 @@ impl Drop for Scope {
         for image in self.images.lock().unwrap().drain(..) {
             docker(&["rmi", &image]);
         }
-    }
-}
-
-/// Debian's docker-registry on 127.0.0.1, serving from a temporary directory; killed on drop.
-struct Registry {
-    host: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let binary = "/usr/bin/docker-registry";
-        assert!(std::path::Path::new(binary).exists(), "the pull test needs Debian's docker-registry (scripts/install-deps.sh --test)");
-        let dir = tempfile::tempdir().unwrap();
-        let host = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        let data = dir.path().join("data");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary).arg("serve").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-        let registry = Registry { host, child, _dir: dir };
-        let url = format!("http://{}/v2/", registry.host);
-        eventually("docker-registry answers", Duration::from_secs(10), || async {
-            client().get(&url).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -451,7 +408,7 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
     })
     .await;
     assert!(scope.state("worker", "elm").is_empty());
-    let state = c.durable_state();
+    let state = c.durable_state(canopy_admin::load_state);
     assert_eq!(state["stopped"], json!(["juniper"]));
 }
 
@@ -576,7 +533,7 @@ async fn kill_9_mid_deploy_then_restart_cleans_up_the_half_made_release() {
     let tmp = c.tmp.take();
     c.kill9();
     pending.await.unwrap();
-    assert_eq!(c.durable_state()["deploying"], "sick", "the journal says a deploy was running");
+    assert_eq!(c.durable_state(canopy_admin::load_state)["deploying"], "sick", "the journal says a deploy was running");
 
     let c = Canopy::start_in(&c.dir, &c.template);
     eventually("the half-made release's containers removed", Duration::from_secs(15), || async { scope.containers() == before }).await;
@@ -586,7 +543,10 @@ async fn kill_9_mid_deploy_then_restart_cleans_up_the_half_made_release() {
     assert_eq!(names, ["juniper"]);
     let (code, release, _) = get(&c, "/x").await;
     assert_eq!((code, release.as_str()), (200, "juniper"));
-    eventually("the interrupted deploy recorded", Duration::from_secs(5), || async { c.durable_state()["deploying"].is_null() }).await;
+    eventually("the interrupted deploy recorded", Duration::from_secs(5), || async {
+        c.durable_state(canopy_admin::load_state)["deploying"].is_null()
+    })
+    .await;
     let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
     let last = events.as_array().unwrap().iter().rev().find(|e| e["action"] == "deploy").expect("a deploy event");
     assert_eq!(last["result"], "failed");

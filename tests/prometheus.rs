@@ -2,25 +2,17 @@
 //! listener; after a flip its HTTP API must report the new live release and
 //! the switch counters.
 
-mod support;
-
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::*;
 use serde_json::Value;
-use support::*;
 
+/// A Prometheus server scraping one target every 200 ms; stopped on drop.
 struct Prometheus {
-    child: Child,
+    _proc: Proc,
     url: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
@@ -29,19 +21,20 @@ fn start_prometheus(target: std::net::SocketAddr) -> Prometheus {
         "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\nscrape_configs:\n  - job_name: canopy\n    static_configs:\n      - targets: ['{target}']\n"
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+    let port = reserve();
+    let listen = port.addr();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus is installed by .ci/run (apt-get install prometheus)");
-    let p = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-    wait_listening(p.child.id(), port, Duration::from_secs(30), "prometheus");
-    p
+        .arg(format!("--web.listen-address={listen}"));
+    assert!(
+        Command::new("prometheus").arg("--version").output().is_ok(),
+        "prometheus is missing: apt-get install prometheus (scripts/install-deps.sh --test does)"
+    );
+    port.release();
+    let p = Proc::spawn("prometheus", &mut cmd, &dir.path().join("prometheus.log"));
+    wait_listening(p.pid(), listen.port(), Duration::from_secs(30), "prometheus");
+    Prometheus { _proc: p, url: format!("http://{listen}"), _dir: dir }
 }
 
 /// Polls an instant query until `ok` accepts its result vector (or panics at the deadline).

@@ -18,18 +18,16 @@
 //! origin fail the run: Chromium's browser and network logs are read through
 //! chromedriver's log endpoint.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::*;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::*;
 
 const TOKEN: &str = "page-token-0123456789abcdef";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -48,14 +46,12 @@ impl ChromeDriver {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y chromium chromium-driver");
         }
-        let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
+        let reserved = reserve();
+        let port = reserved.port();
+        let mut cmd = Command::new(CHROMEDRIVER);
+        cmd.arg(format!("--port={port}")).arg("--allowed-ips=127.0.0.1").stdout(Stdio::null()).stderr(Stdio::null());
+        reserved.release();
+        let child = cmd.spawn().expect("starting chromedriver");
         let mut driver = ChromeDriver { child, url: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -572,7 +568,7 @@ async fn status_page_is_self_contained_html() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
-    use support::tls::{cert, tls_config};
+    use canopy_testkit::tls::{cert, tls_config};
     let (shop, wildcard) = (cert(&["shop.test", "www.shop.test"]), cert(&["*.cdn.test"]));
     let tmp = tempfile::tempdir().unwrap();
     shop.write(tmp.path(), "shop");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 
-use super::upstream;
+use crate::upstream;
 
 /// Most requests one client loop sends.
 pub const MAX_REQUESTS: u32 = 100_000;
