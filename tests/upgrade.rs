@@ -60,6 +60,9 @@ async fn upgrade(c: &mut Canopy, n: usize) -> Child {
     std::mem::replace(&mut c.child, new)
 }
 
+/// Most switch calls a [`FlipLoop`] makes.
+const MAX_FLIPS: usize = 100_000;
+
 /// What a [`FlipLoop`] saw: acknowledged flips with their generations, how
 /// many 503s, and any other failure.
 type Flips = (Vec<(Flip, u64)>, usize, Vec<String>);
@@ -82,7 +85,9 @@ impl FlipLoop {
         let task = tokio::spawn(async move {
             let (admin, mut flips, mut unavailable, mut failures) = (client(), Vec::new(), 0, Vec::new());
             let mut k = 0usize;
-            while !stop2.load(Ordering::Relaxed) && k < 100_000 {
+            while !stop2.load(Ordering::Relaxed) {
+                // bounded: a loop that ran out before the upgrades did would prove less than it says
+                assert!(k < MAX_FLIPS, "the flip loop reached {MAX_FLIPS} flips before the test stopped it");
                 let to = if flips.len() % 2 == 0 { "elm" } else { "juniper" };
                 k += 1;
                 let sent = Instant::now();
