@@ -118,18 +118,22 @@ async fn switching_while_a_switch_runs_is_409_and_changes_nothing() {
     assert_eq!(status(&c).await["switch_in_progress"], false);
 }
 
-/// A retire hook whose shell sleeps past `hook-timeout`; `sleep` gets a
-/// unique length so its process can be found.
-fn hanging_hook() -> (String, String) {
+/// A retire hook that outlives `hook-timeout`: its shell starts `sleep` in
+/// the background, writes the sleep's pid to `pid_file` (proof that the hook
+/// ran) and waits. The sleep gets a unique length so its process can be
+/// found. Returns the `[releases]` lines and that `sleep` command line.
+fn hanging_hook(pid_file: &std::path::Path) -> (String, String) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let secs = format!("3.{}{}", std::process::id() % 1000, nanos % 90_000 + 10_000);
-    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"sleep {secs}; echo never\"]]\nhook-timeout = \"500ms\"");
+    let hook = format!("sleep {secs} & echo $! > {}; wait; echo never", pid_file.display());
+    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"{hook}\"]]\nhook-timeout = \"500ms\"");
     (extra, format!("sleep {secs}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_retire_hook_is_bounded_by_its_timeout() {
-    let (extra, _) = hanging_hook();
+    let hook_dir = tempfile::tempdir().unwrap();
+    let (extra, _) = hanging_hook(&hook_dir.path().join("hook.pid"));
     let (c, _j, _e) = two_releases(&extra, "").await;
     served_normally(&c).await;
     let (live_before, gen_before) = state_live_generation(&c);
@@ -155,12 +159,21 @@ async fn hanging_retire_hook_is_bounded_by_its_timeout() {
 /// started (it runs in its own process group), not just the shell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_hook_leaves_no_process_behind() {
-    let (extra, needle) = hanging_hook();
+    let hook_dir = tempfile::tempdir().unwrap();
+    let pid_file = hook_dir.path().join("hook.pid");
+    let (extra, needle) = hanging_hook(&pid_file);
     let (c, _j, _e) = two_releases(&extra, "").await;
     let (code, v) = send(&c, "DELETE", "/releases/elm", "").await;
     assert_eq!(code, 200, "{v}");
-    eventually(&format!("no `{needle}` left running"), Duration::from_secs(1), || std::future::ready(processes_with(&needle).is_empty()))
-        .await;
+    assert_eq!(v["hooks"][0]["reason"], "timed out after 500ms", "{v}");
+    // the hook ran: its shell started the sleep and said which process it is
+    let text = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("the hook never ran ({}: {e})", pid_file.display()));
+    let sleep: u32 = text.trim().parse().unwrap_or_else(|e| panic!("pid file {text:?}: {e}"));
+    // and that process went with the shell
+    eventually(&format!("the hook's `{needle}` (pid {sleep}) gone"), Duration::from_secs(1), || {
+        std::future::ready(!canopy_testkit::process::alive(sleep) && processes_with(&needle).is_empty())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,18 +345,23 @@ async fn slowloris_drip_is_dropped_by_the_total_head_deadline() {
 }
 
 /// The deadline is for the request head only: a response slower than it, and
-/// a keep-alive client that comes back within it, are unaffected.
+/// a keep-alive client that comes back within it, are unaffected. One raw
+/// connection throughout, so an early close shows (a pooled client would
+/// reconnect without telling).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_deadline_spares_slow_responses_and_prompt_keepalive() {
     let r = rig_with_client_timeout().await;
-    let http = client();
-    let resp = http.get(r.c.url("/products?ms=1500")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    for _ in 0..3 {
+    let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
+    // a response that takes 1.5 s, longer than the 1 s head deadline
+    s.write_all(b"GET /products?ms=1500 HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    assert_eq!(read_one_response(&mut s).await, 200);
+    // the client comes back after 300 ms (its own think time, within the deadline), three times
+    for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let resp = http.get(r.c.url("/products")).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
+        s.write_all(b"GET /products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(read_one_response(&mut s).await, 200, "request {i} on the same connection");
     }
+    assert_eq!(client_conns(&r.c), 1, "the connection is still open at canopy");
 }
 
 /// Reads one response with a `Content-Length` body from a keep-alive

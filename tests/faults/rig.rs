@@ -294,14 +294,22 @@ pub(crate) async fn upstream_fault(act: Act, times: usize, expect: impl Fn(&Outc
         served_normally(&r.c).await;
     }
     assert_eq!(fake.conns.load(Ordering::SeqCst), times, "{act:?}: one upstream connection per request (no retry of a sent request)");
-    // canopy let go of every upstream connection of the fault
-    eventually(&format!("{act:?}: canopy closed its upstream connections"), Duration::from_secs(5), || {
-        std::future::ready(
-            fake.closed.load(Ordering::SeqCst) + fake.aborted.load(Ordering::SeqCst) >= times
-                || matches!(act, Act::CloseBeforeResponse | Act::ResetMidBody | Act::ResetMidChunked | Act::CloseAfterHeaders),
-        )
+    // canopy let go of every connection to the fake. Its own sockets say so
+    // for every kind of fault: none of them has the fake's address as its
+    // peer any more, in any state (a connection the fake closed first and
+    // canopy never closed would sit in CLOSE_WAIT). Where the fake waits for
+    // canopy to close (it answered, or holds the connection open), the fake
+    // also saw each one closed.
+    eventually(&format!("{act:?}: canopy holds no connection to the upstream"), Duration::from_secs(5), || {
+        std::future::ready(sockets_to(r.c.child.id(), fake.addr).is_empty())
     })
     .await;
+    if !matches!(act, Act::CloseBeforeResponse | Act::ResetMidBody | Act::ResetMidChunked | Act::CloseAfterHeaders) {
+        eventually(&format!("{act:?}: the upstream saw each connection closed by canopy"), Duration::from_secs(5), || {
+            std::future::ready(fake.closed.load(Ordering::SeqCst) + fake.aborted.load(Ordering::SeqCst) >= times)
+        })
+        .await;
+    }
     no_leaks(&r.c, r.base, &format!("{act:?}")).await;
     served_normally(&r.c).await;
     r
