@@ -155,28 +155,49 @@ async fn retiring_the_live_release_is_refused() {
 async fn window_expiry_drains_then_runs_the_retire_hook() {
     let dir = tempfile::tempdir().unwrap();
     let hook_log = dir.path().join("hooks.log");
-    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"echo retired {{release}} >> {}\"]]\nhook-timeout = \"5s\"", hook_log.display());
-    let text = config(&extra, "").replace("validation-window = \"10m\"", "validation-window = \"1s\"");
+    // the hook writes its own time (Unix nanoseconds) beside what it retired
+    let hook = format!("echo retired {{release}} $(date +%s%N) >> {}", hook_log.display());
+    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"{hook}\"]]\nhook-timeout = \"5s\"");
+    let text = config(&extra, "")
+        .replace("validation-window = \"10m\"", "validation-window = \"1s\"")
+        .replace("upstream-timeout = \"2s\"", "upstream-timeout = \"5s\"");
     let (c, _juniper, _elm) = two_releases_with(&text).await;
-    // a slow request on juniper, started before the flip, outlives the window
-    let slow_url = c.url("/products?ms=1500");
+    // a slow request on juniper, started before the flip, outlives the 1 s
+    // window by far (so a hook that did not wait for it would show)
+    const SLOW: Duration = Duration::from_millis(2500);
+    let slow_url = c.url(&format!("/products?ms={}", SLOW.as_millis()));
     let slow = tokio::spawn(async move {
         let r = client().get(slow_url).send().await.unwrap();
         let rel = r.headers()["x-canopy-release"].to_str().unwrap().to_string();
-        (r.status().as_u16(), rel, Instant::now())
+        let received = r.headers()[upstream::RECEIVED_HEADER].to_str().unwrap().parse::<u64>().unwrap();
+        (r.status().as_u16(), rel, received)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // let it reach the upstream
+    eventually("the slow request in flight", Duration::from_secs(5), || async { inflight(&c).await == 1 }).await;
     assert_eq!(switch(&c, "elm").await.0, 200);
-    let (code, rel, finished) = slow.await.unwrap();
+    let flipped = unix_now();
+    let (code, rel, received) = slow.await.unwrap();
     assert_eq!((code, rel.as_str()), (200, "juniper"));
-    // the hook runs only after the slow request finished
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hook_log.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let hooked_at = Instant::now();
-    assert_eq!(std::fs::read_to_string(&hook_log).unwrap(), "retired juniper\n");
-    assert!(hooked_at >= finished);
+    // when the upstream answered, at the earliest: SLOW after the request
+    // reached it (its header), on the Unix clock
+    let at_upstream = upstream::epoch() + Duration::from_micros(received);
+    let answered = unix_now() - at_upstream.elapsed() + SLOW;
+    eventually("the retire hook ran", Duration::from_secs(10), || {
+        std::future::ready(std::fs::read_to_string(&hook_log).is_ok_and(|t| t.ends_with('\n')))
+    })
+    .await;
+    let line = std::fs::read_to_string(&hook_log).unwrap();
+    let (what, nanos) = line.trim_end().rsplit_once(' ').unwrap_or_else(|| panic!("hook wrote {line:?}"));
+    assert_eq!(what, "retired juniper", "{line:?}");
+    assert_eq!(line.lines().count(), 1, "{line:?}");
+    let hooked = Duration::from_nanos(nanos.parse().unwrap_or_else(|e| panic!("hook time {nanos:?}: {e}")));
+    // the window ran out 1 s after the flip, while juniper was still busy:
+    // the hook waited for the drain, so it ran after the upstream answered
+    assert!(
+        hooked >= flipped + Duration::from_secs(1),
+        "hook ran {:?} before the window ended",
+        (flipped + Duration::from_secs(1)) - hooked
+    );
+    assert!(hooked >= answered, "hook ran {:?} before the slow request was answered: it did not drain", answered - hooked);
     let st = status(&c).await;
     assert_eq!(st["previous"], Value::Null);
     let names: Vec<&str> = st["releases"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
@@ -184,6 +205,11 @@ async fn window_expiry_drains_then_runs_the_retire_hook() {
     let events: Value = client().get(c.admin_url("/events")).send().await.unwrap().json().await.unwrap();
     let retire = events.as_array().unwrap().iter().find(|e| e["action"] == "retire").unwrap();
     assert_eq!(retire["actor"], "canopy (validation window)");
+}
+
+/// Now on the Unix clock (the one `date +%s%N` reads).
+fn unix_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
