@@ -365,11 +365,29 @@ async fn a_release_missing_locally_is_pulled_from_its_registry_with_progress() {
 async fn engine_unreachable_is_a_clear_error_and_the_proxy_keeps_serving() {
     let scope = Scope::new();
     let c = Canopy::start(&scope.config("10m", 3, true, Some("unix:///nonexistent/docker.sock")));
+    // a release registered by hand (upstreams in this process) is live
+    let (server, worker) = (upstream::spawn("juniper", "server").await, upstream::spawn("juniper", "worker").await);
+    let backends = json!({"backends": {"server": [server.addr.to_string()], "worker": [worker.addr.to_string()]}});
+    let r = client().put(c.admin_url("/releases/juniper")).json(&backends).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 200, "{body:#}");
+    let (code, release, body) = get(&c, "/products").await;
+    assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")), "{body}");
+    // the deploy cannot reach the engine: a clear error, an alert
     let (code, body) = deploy(&c, "elm").await;
     assert_eq!(code, 502, "{body:#}");
     assert!(body["error"].as_str().unwrap().contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"), "{body:#}");
     let st = status(&c).await;
     assert!(st["alerts"][0].as_str().unwrap().contains("Docker engine: cannot reach"), "{st:#}");
+    assert_eq!(st["live"], "juniper", "{st:#}");
+    // and the proxy keeps serving the live release
+    let served = server.hits.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..5 {
+        let (code, release, body) = get(&c, &format!("/products/{i}")).await;
+        assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")), "{body}");
+    }
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::Relaxed), served + 5, "answered by the live release's server");
     let r = client().get(c.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -403,11 +421,11 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
     // keep-releases = 1: once oak is live and juniper stopped, elm (the oldest stopped) is removed
     // (oak fails the `not oak` check, so deploy release `bare`: no healthcheck, running is ready)
     deployed(&c, "bare").await;
+    // (elm's two containers are removed one after the other)
     eventually("elm pruned, juniper kept", Duration::from_secs(20), || async {
-        scope.state("server", "elm").is_empty() && scope.state("server", "juniper") == "exited"
+        scope.state("server", "elm").is_empty() && scope.state("worker", "elm").is_empty() && scope.state("server", "juniper") == "exited"
     })
     .await;
-    assert!(scope.state("worker", "elm").is_empty());
     let state = c.durable_state(canopy_admin::load_state);
     assert_eq!(state["stopped"], json!(["juniper"]));
 }
