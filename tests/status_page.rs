@@ -109,6 +109,8 @@ struct Browser {
     mutations: Vec<String>,
     /// Console errors for the expected 401/422 answers: proof that the console log is read.
     expected_errors: usize,
+    /// GET requests of the page to its own origin (its refreshes among them).
+    gets: usize,
 }
 
 impl Browser {
@@ -132,7 +134,15 @@ impl Browser {
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL", "performance": "ALL" }));
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let wd = ClientBuilder::new(connector).capabilities(caps).connect(&driver.url).await.expect("WebDriver session");
-        Browser { wd, origin: origin.to_string(), errors: Vec::new(), foreign: Vec::new(), mutations: Vec::new(), expected_errors: 0 }
+        Browser {
+            wd,
+            origin: origin.to_string(),
+            errors: Vec::new(),
+            foreign: Vec::new(),
+            mutations: Vec::new(),
+            expected_errors: 0,
+            gets: 0,
+        }
     }
 
     /// Reads (and so clears) Chromium's console and network logs into `errors`,
@@ -162,12 +172,28 @@ impl Browser {
             }
             match url.strip_prefix(self.origin.as_str()) {
                 Some(path) if path.is_empty() || path.starts_with('/') => {
-                    if method != "GET" {
+                    if method == "GET" {
+                        self.gets += 1;
+                    } else {
                         self.mutations.push(format!("{method} {path}"));
                     }
                 }
                 _ => self.foreign.push(url.to_string()),
             }
+        }
+    }
+
+    /// Reads the logs until the page has sent a GET to its origin since the
+    /// last read (its refresh, every 2 s): whatever it sent before is in the
+    /// logs then. Panics after `limit`.
+    async fn wait_for_refresh(&mut self, limit: Duration) {
+        self.read_logs().await;
+        let seen = self.gets;
+        let deadline = Instant::now() + limit;
+        while self.gets == seen {
+            assert!(Instant::now() < deadline, "the page sent no request within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.read_logs().await;
         }
     }
 
@@ -409,8 +435,8 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     b.wait_present("#confirm[open]", WAIT).await;
     b.click("#confirm-cancel").await;
     b.wait_shown("#confirm", false).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    b.read_logs().await;
+    // a request the cancel sent would come before the page's next refresh
+    b.wait_for_refresh(WAIT).await;
     assert_eq!(b.mutations[before..], [] as [String; 0], "a request was sent after cancel");
     assert_eq!(b.text("#live-name").await, "juniper", "live changed after cancel");
     step_done("cancelling the confirmation changes nothing", t);
@@ -463,10 +489,14 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     step_done("the proxy now serves elm", t);
 
     let t = Instant::now();
-    let a = b.text("#prev-left").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let later = b.text("#prev-left").await;
-    assert_ne!(a, later, "countdown did not move");
+    // "m:ss left": the page redraws every 2 s; wait for a redraw showing less time left
+    let left = |t: &str| -> Option<u64> {
+        let (m, s) = t.split_once(" left")?.0.split_once(':')?;
+        Some(m.parse::<u64>().ok()? * 60 + s.parse::<u64>().ok()?)
+    };
+    let first = b.wait_text("#prev-left", |t| left(t).is_some(), "no countdown", WAIT).await;
+    let start = left(&first).unwrap();
+    b.wait_text("#prev-left", |t| left(t).is_some_and(|l| l < start), "countdown did not move", WAIT).await;
     step_done("the countdown counts down", t);
 
     if let Some(path) = &run.screenshot {
