@@ -40,6 +40,7 @@
 //! working on canopy's flip path).
 //!
 //! Everything binds loopback only; every child process is stopped on drop.
+//! The process exits 1 when a goal fails.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -49,7 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canopy_testkit::bench::{ms, pct, wait_ready, Machine};
+use canopy_testkit::bench::{ms, pct, wait_ready, Goals, Machine};
 use canopy_testkit::configs::{nginx_command, CanopyBench, HaproxyBench, HaproxyServer, NginxBench};
 use canopy_testkit::{reserve, upstream, Proc};
 use serde_json::Value;
@@ -634,10 +635,11 @@ fn main() {
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     let (outcomes, probe) = outcomes;
-    report(&outcomes, &probe, cpus, busy, loadavg);
+    report(&outcomes, &probe, cpus, busy, loadavg).exit();
 }
 
-fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &str, loadavg: &str) {
+/// Prints the table and canopy's goals; returns the goals' verdict.
+fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &str, loadavg: &str) -> Goals {
     let stats: Vec<Stats> = outcomes.iter().map(analyse).collect();
     let mut out = String::new();
     let w = |out: &mut String, label: &str, vals: Vec<String>| {
@@ -736,11 +738,10 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     }
 
     // goals from issue 5, for canopy
+    let mut goals = Goals::default();
     if let Some((o, s)) = outcomes.iter().zip(&stats).find(|(o, _)| o.name == "canopy") {
         let _ = writeln!(out, "\ncanopy goals (issue 5):");
-        let mut goal = |what: &str, measured: String, pass: bool| {
-            let _ = writeln!(out, "  {:<42}{:>17}   {}", what, measured, if pass { "PASS" } else { "FAIL" });
-        };
+        let mut goal = |what: &str, measured: String, pass: bool| goals.check(&mut out, 42, what, measured, pass);
         let sw99 = pct(&s.switch, 0.99);
         let rb99 = pct(&s.rollback, 0.99);
         goal("switch call p99 <= 25 ms (validated)", format!("{} ms", ms(sw99)), sw99.is_some_and(|d| d <= Duration::from_millis(25)));
@@ -751,4 +752,5 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
         goal("all flips accepted", format!("{} / {}", s.flips_ok, s.flips_ok + s.flips_failed), s.flips_failed == 0);
     }
     print!("{out}");
+    goals
 }

@@ -49,7 +49,8 @@
 //! upgrade that has not completed after [`UPGRADE_TIMEOUT`] ends that
 //! proxy's run, and a client waits [`RETRY_PAUSE`] after a failed request
 //! (so failure counts scale with it; the accept gap does not). Everything
-//! binds loopback only; every child process is stopped on drop.
+//! binds loopback only; every child process is stopped on drop. The process
+//! exits 1 when a goal fails.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -59,7 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canopy_testkit::bench::{ms, pct, wait_ready, Machine};
+use canopy_testkit::bench::{ms, pct, wait_ready, Goals, Machine};
 use canopy_testkit::configs::{nginx_command, CanopyBench, HaproxyBench, HaproxyServer, NginxBench};
 use canopy_testkit::process::{alive, signal};
 use canopy_testkit::{reserve, upstream, Proc};
@@ -659,10 +660,11 @@ fn main() {
         outcomes
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    report(&outcomes, count, cpus, busy, loadavg);
+    report(&outcomes, count, cpus, busy, loadavg).exit();
 }
 
-fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: &str) {
+/// Prints the table and canopy's goals; returns the goals' verdict.
+fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: &str) -> Goals {
     let stats: Vec<Stats> = outcomes.iter().map(analyse).collect();
     let mut out = String::new();
     let w = |out: &mut String, label: &str, vals: Vec<String>| {
@@ -741,11 +743,10 @@ fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: 
     }
 
     // issue 16's bar for canopy: nothing lost, nothing refused, no worse than HAProxy
+    let mut goals = Goals::default();
     if let Some(s) = outcomes.iter().zip(&stats).find(|(o, _)| o.name == "canopy --upgrade").map(|(_, s)| s) {
         let _ = writeln!(out, "\ncanopy --upgrade goals (issue 16):");
-        let mut goal = |what: &str, measured: String, pass: bool| {
-            let _ = writeln!(out, "  {what:<52}{measured:>18}   {}", if pass { "PASS" } else { "FAIL" });
-        };
+        let mut goal = |what: &str, measured: String, pass: bool| goals.check(&mut out, 52, what, measured, pass);
         let failed: usize = s.failed.iter().flatten().sum();
         let refused = s.failed[0][0] + s.failed[1][0];
         goal("all upgrades completed", format!("{} / {}", s.upgrades_ok, s.upgrades_ok + s.upgrades_failed), s.upgrades_failed == 0);
@@ -759,4 +760,5 @@ fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: 
         }
     }
     print!("{out}");
+    goals
 }

@@ -96,3 +96,35 @@ pub fn cpu_busy_1s() -> String {
     }
     format!("{:.0}%", 100.0 * (t - i) as f64 / t as f64)
 }
+
+/// A benchmark's goals, printed as PASS/FAIL lines; [`Goals::exit`] ends the
+/// process non-zero when any failed, so a script or CI sees it.
+#[derive(Debug, Default)]
+pub struct Goals {
+    failed: Vec<String>,
+}
+
+impl Goals {
+    /// Records one goal and appends its line (`what`, the measured value,
+    /// PASS or FAIL) to `out`, `width` wide before the value.
+    pub fn check(&mut self, out: &mut String, width: usize, what: &str, measured: String, pass: bool) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "  {what:<width$}{measured:>18}   {}", if pass { "PASS" } else { "FAIL" });
+        if !pass {
+            self.failed.push(what.to_string());
+        }
+    }
+
+    /// The goals that failed.
+    pub fn failed(&self) -> &[String] {
+        &self.failed
+    }
+
+    /// Exits with status 1, naming the failed goals on stderr, if any failed.
+    pub fn exit(&self) {
+        if !self.failed.is_empty() {
+            eprintln!("{} goal(s) failed: {}", self.failed.len(), self.failed.join("; "));
+            std::process::exit(1);
+        }
+    }
+}
