@@ -4,9 +4,9 @@
 # REL: where cargo put the release binaries (honours CARGO_TARGET_DIR)
 REL=${CARGO_TARGET_DIR:-target}/release
 
-# KIT: examples/bench_config.rs, the test kit's ports and proxy configs (the
+# KIT: examples/testkit.rs, the test kit's ports and proxy configs (the
 # same ones benches/*.rs use); each script builds it with its binaries
-KIT=$REL/examples/bench_config
+KIT=$REL/examples/testkit
 
 # port: a free TCP port on 127.0.0.1, kept from the kernel's own choices for
 # 60 s so that the proxy started on it gets it

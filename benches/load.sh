@@ -58,7 +58,7 @@ to_ms() {
 command -v wrk >/dev/null || die "wrk is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 echo "== building release binaries"
-run cargo build --release --bin canopy --example upstream --example bare_pingora --example bench_config
+run cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # Other work on the machine skews everything; show how busy the CPUs were

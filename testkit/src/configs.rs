@@ -1,5 +1,5 @@
 //! Configs written once for tests, benchmarks and the shell benchmarks
-//! (through examples/bench_config.rs): canopy's test template, and canopy,
+//! (through examples/testkit.rs): canopy's test template, and canopy,
 //! nginx and HAProxy as the benchmarks run them side by side.
 
 use std::fmt::Write as _;

@@ -190,5 +190,5 @@ pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
 
 /// Binds 127.0.0.1:0 and serves.
 pub async fn spawn(release: &str, service: &str) -> Upstream {
-    serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), release, service)
+    serve(crate::ports::tokio_listener().await, release, service)
 }

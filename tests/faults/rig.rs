@@ -10,7 +10,7 @@ use std::time::Duration;
 use canopy_testkit::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------
 // measuring canopy
@@ -135,7 +135,7 @@ pub(crate) async fn read_request(s: &mut TcpStream, log: &Mutex<Vec<u8>>) -> boo
 
 impl Fake {
     pub(crate) async fn spawn(act: Act) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = ports::tokio_listener().await;
         let fake = Fake {
             addr: listener.local_addr().unwrap(),
             conns: Default::default(),

@@ -1,11 +1,12 @@
-//! The shell benchmarks' ports and configs, from the test kit (so they are
-//! written once, for benches/*.rs and benches/*.sh alike):
+//! The test kit from the shell: free ports and the proxies' configs for the
+//! shell benchmarks and tests/schemathesis.sh (so they are written once, for
+//! the Rust and the shell side alike):
 //!
 //! ```text
-//! bench_config ports N                                            N free loopback ports
-//! bench_config canopy PORT ADMIN_PORT STATE_FILE UPSTREAM [PROXY_LINES]   proxy.toml: release `juniper` on UPSTREAM
-//! bench_config nginx DIR PORT UPSTREAM WORKERS [SERVER_LINES]    nginx.conf, everything under DIR
-//! bench_config haproxy PORT UPSTREAM THREADS [FRONTEND_LINES]    haproxy.cfg, one server
+//! testkit ports N                                                   N free loopback ports
+//! testkit canopy PORT ADMIN_PORT STATE_FILE UPSTREAM [PROXY_LINES]   proxy.toml: release `juniper` on UPSTREAM
+//! testkit nginx DIR PORT UPSTREAM WORKERS [SERVER_LINES]             nginx.conf, everything under DIR
+//! testkit haproxy PORT UPSTREAM THREADS [FRONTEND_LINES]             haproxy.cfg, one server
 //! ```
 //!
 //! Each prints to stdout. The ports are let go so that nothing else on the
@@ -18,10 +19,10 @@ use std::process::ExitCode;
 use canopy_testkit::configs::{CanopyBench, HaproxyBench, HaproxyServer, NginxBench};
 use canopy_testkit::reserve;
 
-const USAGE: &str = "usage: bench_config ports N
-       bench_config canopy PORT ADMIN_PORT STATE_FILE UPSTREAM [PROXY_LINES]
-       bench_config nginx DIR PORT UPSTREAM WORKERS [SERVER_LINES]
-       bench_config haproxy PORT UPSTREAM THREADS [FRONTEND_LINES]";
+const USAGE: &str = "usage: testkit ports N
+       testkit canopy PORT ADMIN_PORT STATE_FILE UPSTREAM [PROXY_LINES]
+       testkit nginx DIR PORT UPSTREAM WORKERS [SERVER_LINES]
+       testkit haproxy PORT UPSTREAM THREADS [FRONTEND_LINES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("bench_config: {e}\n{USAGE}");
+            eprintln!("testkit: {e}\n{USAGE}");
             ExitCode::from(2)
         }
     }
