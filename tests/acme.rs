@@ -81,6 +81,13 @@ retry-interval = "1s"
     let r = fresh("www.shop.test").get(url("www.shop.test")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["x-canopy-release"].to_str().unwrap()), (200, "juniper"));
     assert_eq!(serial(&served(&r)), serial(&first), "both names share the one certificate");
+    // the order is complete (certificate cached, status recorded) once /tls
+    // says when to renew: the certificate is served a moment before that
+    eventually("the first order recorded on /tls", ACME_WITHIN, || async {
+        let v: serde_json::Value = client().get(c.admin_url("/tls")).send().await.unwrap().json().await.unwrap();
+        v["acme"][0]["renew_at"].is_string()
+    })
+    .await;
     // cached on disk, the key private
     let cache = c.dir.join("acme");
     let key_mode = std::fs::metadata(cache.join("shop.test.key")).unwrap().permissions();
@@ -105,8 +112,12 @@ retry-interval = "1s"
     let (done, failures) = load.stop().await;
     assert!(failures.is_empty(), "requests failed across the renewal: {failures:?}");
     assert!(done.len() >= 20, "only {} requests during the renewal", done.len());
-    let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metric(&m, r#"canopy_acme_renewals_total{result="ok"}"#) >= 2.0, "{m}");
+    // counted once the order is complete, a moment after its certificate is served
+    eventually("the renewal counted in canopy_acme_renewals_total", Duration::from_secs(5), || async {
+        let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&m, r#"canopy_acme_renewals_total{result="ok"}"#) >= 2.0
+    })
+    .await;
 
     // the CA goes away: the next renewal fails, is retried, and is visible;
     // the certificate in service stays
