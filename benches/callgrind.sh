@@ -22,7 +22,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$TMP"; }
 trap cleanup EXIT
 
-cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -1
+cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
 . benches/common.sh
 
 start_upstream

@@ -4,8 +4,13 @@
 # REL: where cargo put the release binaries (honours CARGO_TARGET_DIR)
 REL=${CARGO_TARGET_DIR:-target}/release
 
-# port: a free TCP port on 127.0.0.1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# KIT: examples/testkit.rs, the test kit's ports and proxy configs (the
+# same ones benches/*.rs use); each script builds it with its binaries
+KIT=$REL/examples/testkit
+
+# port: a free TCP port on 127.0.0.1, kept from the kernel's own choices for
+# 60 s so that the proxy started on it gets it
+port() { "$KIT" ports 1; }
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (30 s at most)
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -44,24 +49,7 @@ PY
 # PROXY_LINES (newline-separated, default `threads = 1`) go into [proxy].
 # Prints FILE.
 canopy_cfg() {
-  cat > "$1" <<CFG
-[proxy]
-listen = "127.0.0.1:$2"
-${5:-threads = 1}
-[admin]
-listen = "127.0.0.1:$3"
-state-file = "$1.state.json"
-[releases]
-address-template = "bench-{service}--{release}.invalid"
-initial = "juniper"
-[[release]]
-name = "juniper"
-backends = { storefront = ["$4"] }
-[[service]]
-name = "storefront"
-port = 4000
-routes = ["/"]
-CFG
+  "$KIT" canopy "$2" "$3" "$1.state.json" "$4" "${5:-threads = 1}" >"$1"
   echo "$1"
 }
 
@@ -71,28 +59,7 @@ CFG
 # Prints the config path.
 nginx_conf() {
   mkdir -p "$1"
-  cat > "$1/nginx.conf" <<CFG
-daemon off;
-worker_processes $4;
-error_log $1/error.log warn;
-pid $1/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $1/body;
-  proxy_temp_path $1/proxy;
-  upstream u { server $3; keepalive 64; }
-  server {
-    listen 127.0.0.1:$2;
-${5:-}
-    location / {
-      proxy_pass http://u;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CFG
+  "$KIT" nginx "$1" "$2" "$3" "$4" "${5:-}" >"$1/nginx.conf"
   echo "$1/nginx.conf"
 }
 
@@ -101,23 +68,7 @@ CFG
 # backend to UPSTREAM (host:port); BIND_LINES (e.g. a TLS `bind`) go into
 # the frontend. Prints FILE.
 haproxy_cfg() {
-  cat >"$1" <<CFG
-global
-  nbthread $4
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$2
-${5:-}
-  default_backend b
-backend b
-  server s1 $3
-CFG
+  "$KIT" haproxy "$2" "$3" "$4" "${5:-}" >"$1"
   echo "$1"
 }
 
@@ -174,18 +125,8 @@ run() {
   return "$rc"
 }
 
-# free_ports N: N free loopback ports, all held open at once so they are distinct.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+# free_ports N: N distinct free loopback ports (see `port`).
+free_ports() { "$KIT" ports "$1"; }
 
 # wait_http NAME PID URL [CURL_ARGS...]: poll until URL answers 200, the
 # process dies, or READY_TIMEOUT seconds (default 15) pass.

@@ -9,7 +9,7 @@
 //! nginx (`/usr/sbin/nginx`) and HAProxy (`/usr/sbin/haproxy`) are skipped
 //! with a note when they are not installed.
 //!
-//! Two real upstream releases, `blue` and `green` (tests/support/upstream.rs,
+//! Two real upstream releases, `blue` and `green` (the test kit's upstream,
 //! hyper, answering JSON that names the release), run in-process on
 //! 127.0.0.1:0. For each proxy in turn: 8 client tasks, each with its own
 //! reqwest client (one keep-alive HTTP/1.1 connection), send GET /products
@@ -40,10 +40,7 @@
 //! working on canopy's flip path).
 //!
 //! Everything binds loopback only; every child process is stopped on drop.
-
-mod common;
-#[path = "../tests/support/upstream.rs"]
-mod upstream;
+//! The process exits 1 when a goal fails.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,7 +50,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{canopy_toml, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, spawn, wait_ready, Machine, Proc};
+use canopy_testkit::bench::{ms, pct, wait_ready, Goals, Machine};
+use canopy_testkit::configs::{nginx_command, CanopyBench, HaproxyBench, HaproxyServer, NginxBench};
+use canopy_testkit::{reserve, upstream, Proc};
 use serde_json::Value;
 
 /// Client tasks hammering the proxy.
@@ -158,18 +157,38 @@ struct Running {
     _tmp: tempfile::TempDir,
 }
 
+/// The bench's canopy: releases blue (live) and green, a validated switch.
+fn canopy_config(dir: &Path, port: u16, admin_port: u16, addrs: [SocketAddr; 2]) -> String {
+    CanopyBench {
+        port,
+        admin_port,
+        state_file: dir.join("state.json"),
+        releases: vec![(NAMES[0].into(), addrs[0]), (NAMES[1].into(), addrs[1])],
+        proxy_lines: "threads = 2\nshutdown-grace = \"1s\"".into(),
+        health_check: true,
+    }
+    .toml()
+}
+
+/// The bench's nginx: 2 workers, every path to `upstream`.
+fn nginx_config(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+    NginxBench { dir: dir.to_path_buf(), port, upstream, workers: 2, server_lines: String::new() }.conf()
+}
+
 async fn start_canopy(up: &Upstreams) -> Running {
     let tmp = tempfile::Builder::new().prefix("canopy-cutover-").tempdir().unwrap();
     let dir = tmp.path();
-    let [port, admin_port] = free_ports::<2>();
-    let toml = canopy_toml(dir, port, admin_port, up.addrs, "1s");
+    let (port, admin_port) = (reserve(), reserve());
     let conf = dir.join("proxy.toml");
-    std::fs::write(&conf, toml).unwrap();
-    let log = dir.join("canopy.log");
-    let mut p = spawn("canopy", Command::new(env!("CARGO_BIN_EXE_canopy")).arg("serve").arg("-c").arg(&conf), &log);
-    let url = format!("http://127.0.0.1:{port}/products");
-    wait_ready(&mut p, &url, &log).await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    std::fs::write(&conf, canopy_config(dir, port.port(), admin_port.port(), up.addrs)).unwrap();
+    let url = format!("http://{}/products", port.addr());
+    let admin = admin_port.addr();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_canopy"));
+    cmd.arg("serve").arg("-c").arg(&conf);
+    port.release();
+    admin_port.release();
+    let mut p = Proc::spawn("canopy", &mut cmd, &dir.join("canopy.log"));
+    wait_ready(&mut p, &url, NAMES[0]).await;
     // Idle: started, both releases registered, one request served; nothing else.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss_kb = rss_kb(p.pid(), "VmRSS:");
@@ -180,34 +199,32 @@ async fn start_canopy(up: &Upstreams) -> Running {
 async fn start_nginx(up: &Upstreams) -> Running {
     let tmp = tempfile::Builder::new().prefix("nginx-cutover-").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let [port] = free_ports::<1>();
-    std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, port, up.addrs[0])).unwrap();
-    let log = dir.join("stderr.log");
-    let mut p = spawn("nginx", &mut nginx_cmd(&dir), &log);
-    let url = format!("http://127.0.0.1:{port}/products");
-    wait_ready(&mut p, &url, &log).await;
-    Running {
-        name: "nginx",
-        proc_: p,
-        url,
-        control: Control::Nginx { dir, addrs: up.addrs, port },
-        idle_rss_kb: None,
-        state_file: None,
-        _tmp: tmp,
-    }
+    let port = reserve();
+    std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, port.port(), up.addrs[0])).unwrap();
+    let url = format!("http://{}/products", port.addr());
+    let control = Control::Nginx { dir: dir.clone(), addrs: up.addrs, port: port.port() };
+    port.release();
+    let mut p = Proc::spawn("nginx", &mut nginx_command(&dir), &dir.join("stderr.log"));
+    wait_ready(&mut p, &url, NAMES[0]).await;
+    Running { name: "nginx", proc_: p, url, control, idle_rss_kb: None, state_file: None, _tmp: tmp }
 }
 
 async fn start_haproxy(up: &Upstreams) -> Running {
     let tmp = tempfile::Builder::new().prefix("haproxy-cutover-").tempdir().unwrap();
     let dir = tmp.path();
-    let [port] = free_ports::<1>();
+    let port = reserve();
     let sock = dir.join("admin.sock");
-    let cfg = haproxy_cfg(&sock, port, up.addrs, "");
+    let servers =
+        NAMES.iter().zip(up.addrs).map(|(n, addr)| HaproxyServer { name: n.to_string(), addr, enabled: *n == NAMES[0] }).collect();
+    let stats_socket = Some(format!("{} level admin", sock.display()));
+    let cfg = HaproxyBench { port: port.port(), threads: 2, servers, stats_socket, frontend_lines: String::new() }.cfg();
     std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-    let log = dir.join("haproxy.log");
-    let mut p = spawn("haproxy", Command::new("/usr/sbin/haproxy").arg("-db").arg("-f").arg(dir.join("haproxy.cfg")), &log);
-    let url = format!("http://127.0.0.1:{port}/products");
-    wait_ready(&mut p, &url, &log).await;
+    let url = format!("http://{}/products", port.addr());
+    let mut cmd = Command::new("/usr/sbin/haproxy");
+    cmd.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+    port.release();
+    let mut p = Proc::spawn("haproxy", &mut cmd, &dir.join("haproxy.log"));
+    wait_ready(&mut p, &url, NAMES[0]).await;
     Running { name: "haproxy", proc_: p, url, control: Control::Haproxy { sock }, idle_rss_kb: None, state_file: None, _tmp: tmp }
 }
 
@@ -243,9 +260,9 @@ async fn flip(control: &Control, admin_http: &reqwest::Client, kind: Kind, to: u
         Control::Nginx { dir, addrs, port } => {
             let conf = dir.join("nginx.conf");
             let next = dir.join("nginx.conf.next");
-            tokio::fs::write(&next, nginx_conf(dir, *port, addrs[to as usize])).await.map_err(|e| e.to_string())?;
+            tokio::fs::write(&next, nginx_config(dir, *port, addrs[to as usize])).await.map_err(|e| e.to_string())?;
             tokio::fs::rename(&next, &conf).await.map_err(|e| e.to_string())?;
-            let out = tokio::process::Command::from(nginx_cmd(dir)).args(["-s", "reload"]).output().await.map_err(|e| e.to_string())?;
+            let out = tokio::process::Command::from(nginx_command(dir)).args(["-s", "reload"]).output().await.map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("nginx -s reload: {}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
             }
@@ -618,10 +635,11 @@ fn main() {
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     let (outcomes, probe) = outcomes;
-    report(&outcomes, &probe, cpus, busy, loadavg);
+    report(&outcomes, &probe, cpus, busy, loadavg).exit();
 }
 
-fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &str, loadavg: &str) {
+/// Prints the table and canopy's goals; returns the goals' verdict.
+fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &str, loadavg: &str) -> Goals {
     let stats: Vec<Stats> = outcomes.iter().map(analyse).collect();
     let mut out = String::new();
     let w = |out: &mut String, label: &str, vals: Vec<String>| {
@@ -720,11 +738,10 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
     }
 
     // goals from issue 5, for canopy
+    let mut goals = Goals::default();
     if let Some((o, s)) = outcomes.iter().zip(&stats).find(|(o, _)| o.name == "canopy") {
         let _ = writeln!(out, "\ncanopy goals (issue 5):");
-        let mut goal = |what: &str, measured: String, pass: bool| {
-            let _ = writeln!(out, "  {:<42}{:>17}   {}", what, measured, if pass { "PASS" } else { "FAIL" });
-        };
+        let mut goal = |what: &str, measured: String, pass: bool| goals.check(&mut out, 42, what, measured, pass);
         let sw99 = pct(&s.switch, 0.99);
         let rb99 = pct(&s.rollback, 0.99);
         goal("switch call p99 <= 25 ms (validated)", format!("{} ms", ms(sw99)), sw99.is_some_and(|d| d <= Duration::from_millis(25)));
@@ -735,4 +752,5 @@ fn report(outcomes: &[Outcome], probe: &[Vec<Duration>; 2], cpus: usize, busy: &
         goal("all flips accepted", format!("{} / {}", s.flips_ok, s.flips_ok + s.flips_failed), s.flips_failed == 0);
     }
     print!("{out}");
+    goals
 }

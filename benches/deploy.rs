@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canopy_docker::{ContainerSpec, Engine, Healthcheck};
+use canopy_testkit::reserve;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "canopy-test/server";
@@ -28,10 +29,6 @@ const RELEASES: [&str; 3] = ["juniper", "elm", "oak"];
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("docker CLI");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Bench {
@@ -93,7 +90,8 @@ async fn run(rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let mut bench = Bench { network: format!("{prefix}-net"), prefix: prefix.clone(), canopy: None, _dir: dir };
-    let (proxy, admin) = (free_port(), free_port());
+    let (proxy_port, admin_port) = (reserve(), reserve());
+    let (proxy, admin) = (proxy_port.port(), admin_port.port());
     let config = format!(
         r#"
 [proxy]
@@ -124,6 +122,8 @@ healthcheck = {{ interval = "100ms", timeout = "2s" }}
     );
     std::fs::write(path.join("proxy.toml"), config).unwrap();
     let log = std::fs::File::create(path.join("canopy.log")).unwrap();
+    proxy_port.release();
+    admin_port.release();
     let child = Command::new(env!("CARGO_BIN_EXE_canopy"))
         .args(["serve", "-c"])
         .arg(path.join("proxy.toml"))

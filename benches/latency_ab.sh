@@ -7,7 +7,7 @@
 #   bash benches/latency_ab.sh        # THREADS=1 RATE=2000 DUR=8s
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin canopy --example upstream 2>&1 | tail -1
+cargo build --release --bin canopy --example upstream --example testkit 2>&1 | tail -1
 . benches/common.sh
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/canopy-ab.XXXXXX")
 PIDS=()

@@ -22,7 +22,7 @@
 # vary by ~15%, use ROUNDS=3 for medians, and run on an otherwise idle machine
 # (the script prints how busy the CPUs were before it started).
 #
-# Needs: cargo, wrk, curl, python3 (to pick free ports). Optional: nginx,
+# Needs: cargo, wrk, curl. Optional: nginx,
 # haproxy, oha. Everything binds 127.0.0.1 only.
 
 set -euo pipefail
@@ -58,7 +58,7 @@ to_ms() {
 command -v wrk >/dev/null || die "wrk is not installed"
 command -v curl >/dev/null || die "curl is not installed"
 echo "== building release binaries"
-run cargo build --release --bin canopy --example upstream --example bare_pingora
+run cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # Other work on the machine skews everything; show how busy the CPUs were

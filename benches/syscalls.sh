@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-cargo build --release --bin canopy --example upstream --example bare_pingora 2>&1 | tail -1
+cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
 . benches/common.sh
 start_upstream
 # measure NAME PORT PID: strace the process (all threads) while N requests pass

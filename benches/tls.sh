@@ -69,7 +69,7 @@ for tool in h2load openssl curl python3; do command -v "$tool" >/dev/null || die
 
 # ---------------------------------------------------------------- build
 echo "== building release binaries"
-run cargo build --release --bin canopy --example upstream
+run cargo build --release --bin canopy --example upstream --example testkit
 
 busy_before
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -11,8 +11,8 @@
 //! nginx (`/usr/sbin/nginx`) and HAProxy (`/usr/sbin/haproxy`) are skipped
 //! with a note when they are not installed.
 //!
-//! The upstream is tests/support/upstream.rs (hyper, answering JSON that
-//! names the release) in this process on 127.0.0.1:0. For each proxy in
+//! The upstream is the test kit's (hyper, answering JSON that names the
+//! release) in this process on 127.0.0.1:0. For each proxy in
 //! turn: [`KEEPALIVE_CLIENTS`] client tasks (each a reqwest client: one
 //! keep-alive HTTP/1.1 connection, a new one when the proxy closes it) and
 //! [`FRESH_CLIENTS`] tasks opening a new TCP connection for every request
@@ -49,11 +49,8 @@
 //! upgrade that has not completed after [`UPGRADE_TIMEOUT`] ends that
 //! proxy's run, and a client waits [`RETRY_PAUSE`] after a failed request
 //! (so failure counts scale with it; the accept gap does not). Everything
-//! binds loopback only; every child process is stopped on drop.
-
-mod common;
-#[path = "../tests/support/upstream.rs"]
-mod upstream;
+//! binds loopback only; every child process is stopped on drop. The process
+//! exits 1 when a goal fails.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -63,7 +60,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{canopy_toml, free_ports, haproxy_cfg, ms, nginx_cmd, nginx_conf, pct, signal, spawn, wait_ready, Machine, Proc};
+use canopy_testkit::bench::{ms, pct, wait_ready, Goals, Machine};
+use canopy_testkit::configs::{nginx_command, CanopyBench, HaproxyBench, HaproxyServer, NginxBench};
+use canopy_testkit::process::{alive, signal};
+use canopy_testkit::{reserve, upstream, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Client tasks on keep-alive connections.
@@ -136,11 +136,6 @@ struct Upgrade {
 
 // ------------------------------------------------------------------ /proc
 
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-}
-
 /// Whether `pid` has socket `inode` among its fds.
 fn holds(pid: u32, inode: u64) -> bool {
     let want = format!("socket:[{inode}]");
@@ -206,40 +201,63 @@ fn tempdir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("{name}-upgrade-")).tempdir().unwrap()
 }
 
+fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+    Proc::spawn(name, cmd, log)
+}
+
 async fn start_canopy(how: How, name: &'static str, addrs: [SocketAddr; 2]) -> Running {
     let tmp = tempdir("canopy");
     let dir = tmp.path().to_path_buf();
-    let [port, admin_port] = free_ports::<2>();
+    let (port, admin_port) = (reserve(), reserve());
     // the default grace: draining ends when the last connection closes
-    std::fs::write(dir.join("proxy.toml"), canopy_toml(&dir, port, admin_port, addrs, "30s")).unwrap();
-    let log = dir.join("canopy-0.log");
-    let mut p = spawn("canopy", &mut canopy_cmd(&dir), &log);
-    wait_ready(&mut p, &format!("http://127.0.0.1:{port}/products"), &log).await;
+    let toml = CanopyBench {
+        port: port.port(),
+        admin_port: admin_port.port(),
+        state_file: dir.join("state.json"),
+        releases: vec![("blue".into(), addrs[0]), ("green".into(), addrs[1])],
+        proxy_lines: "threads = 2\nshutdown-grace = \"30s\"".into(),
+        health_check: true,
+    }
+    .toml();
+    std::fs::write(dir.join("proxy.toml"), toml).unwrap();
+    let url = format!("http://{}/products", port.addr());
+    let port = port.release();
+    admin_port.release();
+    let mut p = spawn("canopy", &mut canopy_cmd(&dir), &dir.join("canopy-0.log"));
+    wait_ready(&mut p, &url, "blue").await;
     Running { name, how, proc_: p, port, dir, old: Vec::new(), _tmp: tmp }
 }
 
 async fn start_haproxy(addrs: [SocketAddr; 2]) -> Running {
     let tmp = tempdir("haproxy");
     let dir = tmp.path().to_path_buf();
-    let [port] = free_ports::<1>();
-    let cfg = haproxy_cfg(&dir.join("admin.sock"), port, addrs, " expose-fd listeners");
+    let port = reserve();
+    let servers = vec![
+        HaproxyServer { name: "blue".into(), addr: addrs[0], enabled: true },
+        HaproxyServer { name: "green".into(), addr: addrs[1], enabled: false },
+    ];
+    let stats_socket = Some(format!("{} level admin expose-fd listeners", dir.join("admin.sock").display()));
+    let cfg = HaproxyBench { port: port.port(), threads: 2, servers, stats_socket, frontend_lines: String::new() }.cfg();
     std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-    let log = dir.join("haproxy.log");
     let mut cmd = Command::new("/usr/sbin/haproxy");
     cmd.arg("-W").arg("-db").arg("-S").arg(dir.join("master.sock")).arg("-f").arg(dir.join("haproxy.cfg"));
-    let mut p = spawn("haproxy", &mut cmd, &log);
-    wait_ready(&mut p, &format!("http://127.0.0.1:{port}/products"), &log).await;
+    let url = format!("http://{}/products", port.addr());
+    let port = port.release();
+    let mut p = spawn("haproxy", &mut cmd, &dir.join("haproxy.log"));
+    wait_ready(&mut p, &url, "blue").await;
     Running { name: "haproxy", how: How::Haproxy, proc_: p, port, dir, old: Vec::new(), _tmp: tmp }
 }
 
 async fn start_nginx(addrs: [SocketAddr; 2]) -> Running {
     let tmp = tempdir("nginx");
     let dir = tmp.path().to_path_buf();
-    let [port] = free_ports::<1>();
-    std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, port, addrs[0])).unwrap();
-    let log = dir.join("stderr.log");
-    let mut p = spawn("nginx", &mut nginx_cmd(&dir), &log);
-    wait_ready(&mut p, &format!("http://127.0.0.1:{port}/products"), &log).await;
+    let port = reserve();
+    let conf = NginxBench { dir: dir.clone(), port: port.port(), upstream: addrs[0], workers: 2, server_lines: String::new() }.conf();
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let url = format!("http://{}/products", port.addr());
+    let port = port.release();
+    let mut p = spawn("nginx", &mut nginx_command(&dir), &dir.join("stderr.log"));
+    wait_ready(&mut p, &url, "blue").await;
     Running { name: "nginx", how: How::Nginx, proc_: p, port, dir, old: Vec::new(), _tmp: tmp }
 }
 
@@ -331,7 +349,7 @@ async fn upgrade(r: &mut Running, n: usize, inode: u64) -> Upgrade {
         }
         How::Nginx => {
             let before = live_children(&r.proc_);
-            let out = tokio::process::Command::from(nginx_cmd(&r.dir)).args(["-s", "reload"]).output().await;
+            let out = tokio::process::Command::from(nginx_command(&r.dir)).args(["-s", "reload"]).output().await;
             match out {
                 Ok(o) if o.status.success() => u.returned = Some(t0.elapsed()),
                 Ok(o) => u.error = Some(format!("nginx -s reload: {}: {}", o.status, String::from_utf8_lossy(&o.stderr))),
@@ -642,10 +660,11 @@ fn main() {
         outcomes
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    report(&outcomes, count, cpus, busy, loadavg);
+    report(&outcomes, count, cpus, busy, loadavg).exit();
 }
 
-fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: &str) {
+/// Prints the table and canopy's goals; returns the goals' verdict.
+fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: &str) -> Goals {
     let stats: Vec<Stats> = outcomes.iter().map(analyse).collect();
     let mut out = String::new();
     let w = |out: &mut String, label: &str, vals: Vec<String>| {
@@ -724,11 +743,10 @@ fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: 
     }
 
     // issue 16's bar for canopy: nothing lost, nothing refused, no worse than HAProxy
+    let mut goals = Goals::default();
     if let Some(s) = outcomes.iter().zip(&stats).find(|(o, _)| o.name == "canopy --upgrade").map(|(_, s)| s) {
         let _ = writeln!(out, "\ncanopy --upgrade goals (issue 16):");
-        let mut goal = |what: &str, measured: String, pass: bool| {
-            let _ = writeln!(out, "  {what:<52}{measured:>18}   {}", if pass { "PASS" } else { "FAIL" });
-        };
+        let mut goal = |what: &str, measured: String, pass: bool| goals.check(&mut out, 52, what, measured, pass);
         let failed: usize = s.failed.iter().flatten().sum();
         let refused = s.failed[0][0] + s.failed[1][0];
         goal("all upgrades completed", format!("{} / {}", s.upgrades_ok, s.upgrades_ok + s.upgrades_failed), s.upgrades_failed == 0);
@@ -742,4 +760,5 @@ fn report(outcomes: &[Outcome], count: usize, cpus: usize, busy: &str, loadavg: 
         }
     }
     print!("{out}");
+    goals
 }

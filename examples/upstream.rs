@@ -1,8 +1,8 @@
 //! Demo and benchmark upstream: `upstream RELEASE SERVICE=ADDR [SERVICE=ADDR...]`
-//! serves one small HTTP server per service that says which release answered.
+//! serves one small HTTP server per service that says which release answered
+//! (the test kit's upstream, `canopy_testkit::upstream`).
 
-#[path = "../tests/support/upstream.rs"]
-mod upstream;
+use canopy_testkit::upstream;
 
 #[tokio::main]
 async fn main() {

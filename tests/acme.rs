@@ -5,17 +5,11 @@
 //! thirds of its short life under load, and when renewal fails keeps
 //! serving the certificate it has, visibly (status, metrics).
 
-mod support;
-
-#[allow(dead_code)]
-#[path = "../acme/tests/support/pebble.rs"]
-mod pebble;
-
 use std::time::Duration;
 
-use support::load::{Kind, Load, Target};
-use support::tls::{https, metric, served, tls_config};
-use support::*;
+use canopy_testkit::load::{Kind, Load, Target};
+use canopy_testkit::tls::{https, metric, served, tls_config};
+use canopy_testkit::*;
 
 /// The serial number of a DER certificate, as hex.
 fn serial(der: &[u8]) -> String {
@@ -41,28 +35,16 @@ fn names(der: &[u8]) -> Vec<String> {
     n
 }
 
-/// Polls `check` every 100 ms until it gives a value; panics with `what` after 45 s.
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out after 45s waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long canopy may take to get (or renew) a certificate from pebble.
+const ACME_WITHIN: Duration = Duration::from_secs(45);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acme_issues_serves_renews_and_keeps_the_old_certificate_when_renewal_fails() {
-    let proxy_port = pebble::free_port();
+    // pebble must know canopy's port first (it validates HTTP-01 there): held until canopy starts
+    let proxy_port = reserve();
     // 30 s certificates: renewed 20 s after issue, with 10 s to spare on a
     // busy machine before the old one expires
-    let mut ca = pebble::Pebble::start(proxy_port, Duration::from_secs(30)).await;
+    let mut ca = pebble::Pebble::start(proxy_port.port(), Duration::from_secs(30)).await;
     let tls_part = format!(
         r#"
 [tls]
@@ -88,7 +70,7 @@ retry-interval = "1s"
     let root = reqwest::Certificate::from_pem(ca.root().await.as_bytes()).unwrap();
     let fresh = |name: &str| https(name, tls, &[]).add_root_certificate(root.clone()).pool_max_idle_per_host(0).build().unwrap();
     let url = |name: &str| format!("https://{name}:{}/shop-api/acme", tls.port());
-    let first = poll("the ACME certificate is served", || async {
+    let first = until_some("the ACME certificate is served", ACME_WITHIN, || async {
         match fresh("shop.test").get(url("shop.test")).send().await {
             Ok(r) if r.status() == 200 => Some(served(&r)),
             _ => None,
@@ -99,12 +81,15 @@ retry-interval = "1s"
     let r = fresh("www.shop.test").get(url("www.shop.test")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["x-canopy-release"].to_str().unwrap()), (200, "juniper"));
     assert_eq!(serial(&served(&r)), serial(&first), "both names share the one certificate");
-    // cached on disk (written just after the certificate is installed), the key private
-    let cache = c.dir.join("acme");
-    eventually("the certificate cached on disk", Duration::from_secs(5), || async {
-        cache.join("shop.test.key").exists() && cache.join("shop.test.crt").exists()
+    // the order is complete (certificate cached, status recorded) once /tls
+    // says when to renew: the certificate is served a moment before that
+    eventually("the first order recorded on /tls", ACME_WITHIN, || async {
+        let v: serde_json::Value = client().get(c.admin_url("/tls")).send().await.unwrap().json().await.unwrap();
+        v["acme"][0]["renew_at"].is_string()
     })
     .await;
+    // cached on disk, the key private
+    let cache = c.dir.join("acme");
     let key_mode = std::fs::metadata(cache.join("shop.test.key")).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777, 0o600);
     assert!(cache.join("shop.test.crt").exists() && cache.join("account.json").exists());
@@ -119,7 +104,7 @@ retry-interval = "1s"
         builder: std::sync::Arc::new(move || https("shop.test", tls, &[]).add_root_certificate(roots.clone())),
     };
     let load = Load::start_on(&target, &[Kind::FRESH_GET, Kind::KEEPALIVE_GET]);
-    let second = poll("a renewed certificate is served", || async {
+    let second = until_some("a renewed certificate is served", ACME_WITHIN, || async {
         let der = served(&fresh("shop.test").get(url("shop.test")).send().await.unwrap());
         (serial(&der) != serial(&first)).then_some(der)
     })
@@ -127,8 +112,8 @@ retry-interval = "1s"
     let (done, failures) = load.stop().await;
     assert!(failures.is_empty(), "requests failed across the renewal: {failures:?}");
     assert!(done.len() >= 20, "only {} requests during the renewal", done.len());
-    // counted once the renewed certificate is cached, just after it is served
-    eventually("the renewal counted", Duration::from_secs(5), || async {
+    // counted once the order is complete, a moment after its certificate is served
+    eventually("the renewal counted in canopy_acme_renewals_total", Duration::from_secs(5), || async {
         let m = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
         metric(&m, r#"canopy_acme_renewals_total{result="ok"}"#) >= 2.0
     })
@@ -137,7 +122,7 @@ retry-interval = "1s"
     // the CA goes away: the next renewal fails, is retried, and is visible;
     // the certificate in service stays
     ca.stop();
-    eventually("the failed renewal shows on /tls", Duration::from_secs(45), || async {
+    eventually("the failed renewal shows on /tls", ACME_WITHIN, || async {
         let v: serde_json::Value = client().get(c.admin_url("/tls")).send().await.unwrap().json().await.unwrap();
         v["acme"][0]["last_error"].is_string()
     })

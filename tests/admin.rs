@@ -1,13 +1,11 @@
 //! Control plane end to end: validation-gated switch, rollback, retire,
 //! durability across kill -9, security. Real binary, real upstreams.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 async fn post(c: &Canopy, path: &str, body: Value) -> (u16, Value) {
     let r = client().post(c.admin_url(path)).json(&body).send().await.unwrap();
@@ -18,7 +16,7 @@ async fn post(c: &Canopy, path: &str, body: Value) -> (u16, Value) {
 async fn graphql_errors_refuse_the_switch_and_live_stays() {
     let (c, _j, elm) = two_releases("", "").await;
     elm.server.knobs.graphql_errors.store(true, Ordering::Relaxed);
-    let before = c.durable_state();
+    let before = c.durable_state(canopy_admin::load_state);
     let (code, body) = switch(&c, "elm").await;
     assert_eq!(code, 422, "{body}");
     let failed: Vec<&Value> = body["report"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
@@ -31,7 +29,7 @@ async fn graphql_errors_refuse_the_switch_and_live_stays() {
     assert_eq!(st["live"], "juniper");
     assert_eq!(st["generation"], 1);
     assert_eq!(get(&c, "/").await.1, "juniper");
-    let state_after = c.durable_state();
+    let state_after = c.durable_state(canopy_admin::load_state);
     assert_eq!(state_after["live"], before["live"]);
     assert_eq!(state_after["generation"], before["generation"]);
     // the CLI says which check failed and exits non-zero
@@ -157,28 +155,49 @@ async fn retiring_the_live_release_is_refused() {
 async fn window_expiry_drains_then_runs_the_retire_hook() {
     let dir = tempfile::tempdir().unwrap();
     let hook_log = dir.path().join("hooks.log");
-    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"echo retired {{release}} >> {}\"]]\nhook-timeout = \"5s\"", hook_log.display());
-    let text = config(&extra, "").replace("validation-window = \"10m\"", "validation-window = \"1s\"");
+    // the hook writes its own time (Unix nanoseconds) beside what it retired
+    let hook = format!("echo retired {{release}} $(date +%s%N) >> {}", hook_log.display());
+    let extra = format!("retire-hooks = [[\"sh\", \"-c\", \"{hook}\"]]\nhook-timeout = \"5s\"");
+    let text = config(&extra, "")
+        .replace("validation-window = \"10m\"", "validation-window = \"1s\"")
+        .replace("upstream-timeout = \"2s\"", "upstream-timeout = \"5s\"");
     let (c, _juniper, _elm) = two_releases_with(&text).await;
-    // a slow request on juniper, started before the flip, outlives the window
-    let slow_url = c.url("/products?ms=1500");
+    // a slow request on juniper, started before the flip, outlives the 1 s
+    // window by far (so a hook that did not wait for it would show)
+    const SLOW: Duration = Duration::from_millis(2500);
+    let slow_url = c.url(&format!("/products?ms={}", SLOW.as_millis()));
     let slow = tokio::spawn(async move {
         let r = client().get(slow_url).send().await.unwrap();
         let rel = r.headers()["x-canopy-release"].to_str().unwrap().to_string();
-        (r.status().as_u16(), rel, Instant::now())
+        let received = r.headers()[upstream::RECEIVED_HEADER].to_str().unwrap().parse::<u64>().unwrap();
+        (r.status().as_u16(), rel, received)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // let it reach the upstream
+    eventually("the slow request in flight", Duration::from_secs(5), || async { inflight(&c).await == 1 }).await;
     assert_eq!(switch(&c, "elm").await.0, 200);
-    let (code, rel, finished) = slow.await.unwrap();
+    let flipped = unix_now();
+    let (code, rel, received) = slow.await.unwrap();
     assert_eq!((code, rel.as_str()), (200, "juniper"));
-    // the hook runs only after the slow request finished
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hook_log.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let hooked_at = Instant::now();
-    assert_eq!(std::fs::read_to_string(&hook_log).unwrap(), "retired juniper\n");
-    assert!(hooked_at >= finished);
+    // when the upstream answered, at the earliest: SLOW after the request
+    // reached it (its header), on the Unix clock
+    let at_upstream = upstream::epoch() + Duration::from_micros(received);
+    let answered = unix_now() - at_upstream.elapsed() + SLOW;
+    eventually("the retire hook ran", Duration::from_secs(10), || {
+        std::future::ready(std::fs::read_to_string(&hook_log).is_ok_and(|t| t.ends_with('\n')))
+    })
+    .await;
+    let line = std::fs::read_to_string(&hook_log).unwrap();
+    let (what, nanos) = line.trim_end().rsplit_once(' ').unwrap_or_else(|| panic!("hook wrote {line:?}"));
+    assert_eq!(what, "retired juniper", "{line:?}");
+    assert_eq!(line.lines().count(), 1, "{line:?}");
+    let hooked = Duration::from_nanos(nanos.parse().unwrap_or_else(|e| panic!("hook time {nanos:?}: {e}")));
+    // the window ran out 1 s after the flip, while juniper was still busy:
+    // the hook waited for the drain, so it ran after the upstream answered
+    assert!(
+        hooked >= flipped + Duration::from_secs(1),
+        "hook ran {:?} before the window ended",
+        (flipped + Duration::from_secs(1)) - hooked
+    );
+    assert!(hooked >= answered, "hook ran {:?} before the slow request was answered: it did not drain", answered - hooked);
     let st = status(&c).await;
     assert_eq!(st["previous"], Value::Null);
     let names: Vec<&str> = st["releases"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
@@ -186,6 +205,11 @@ async fn window_expiry_drains_then_runs_the_retire_hook() {
     let events: Value = client().get(c.admin_url("/events")).send().await.unwrap().json().await.unwrap();
     let retire = events.as_array().unwrap().iter().find(|e| e["action"] == "retire").unwrap();
     assert_eq!(retire["actor"], "canopy (validation window)");
+}
+
+/// Now on the Unix clock (the one `date +%s%N` reads).
+fn unix_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +244,7 @@ async fn switch_and_kill_loop_never_loses_an_acknowledged_switch() {
         assert_eq!(code, 200, "{body}");
         acked = Some((target.to_string(), body["generation"].as_u64().unwrap()));
         c.kill9();
-        let saved = durable_state_in(&dir);
+        let saved = durable_state_in(&dir, canopy_admin::load_state);
         let (live, generation) = acked.clone().unwrap();
         assert_eq!(saved["live"], live.as_str());
         assert_eq!(saved["generation"], generation);
@@ -239,7 +263,7 @@ async fn switch_and_kill_loop_never_loses_an_acknowledged_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_and_change_nothing() {
     let (c, _j, _e) = two_releases("", "").await;
-    let before = c.durable_bytes();
+    let before = c.durable_files();
     for (method, path, body, code) in [
         ("POST", "/switch", "{not json", 400),
         ("POST", "/switch", r#"{"release": 5}"#, 400),
@@ -265,7 +289,7 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     let long = "a".repeat(1024);
     let r = client().put(c.admin_url(&format!("/releases/{long}"))).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(c.durable_bytes(), before, "state file or journal touched");
+    assert_eq!(c.durable_files(), before, "canopy's durable files changed");
     assert_eq!(status(&c).await["live"], "juniper");
 }
 
@@ -297,7 +321,7 @@ async fn token_and_origin_rules() {
         .unwrap();
     assert_eq!(r.status(), 403);
     // CLI with the token file
-    let out = std::process::Command::new(bin())
+    let out = std::process::Command::new(canopy_bin())
         .args(["status", "--token-file"])
         .arg(&token_path)
         .env("CANOPY_ADMIN", format!("http://{}", c.admin))
@@ -333,9 +357,11 @@ async fn origin_without_token_only_same_origin_loopback() {
 async fn corrupt_state_file_stops_startup_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("state.json"), "{\"version\": 1, \"live\": ").unwrap();
-    let (text, _, _) = with_ports(&config("", ""));
+    let (text, ports) = fill_ports(&config("", ""));
     std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
-    let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.path().join("proxy.toml")).output().unwrap();
+    // serve binds its ports before it reads the state file
+    ports.release();
+    let out = std::process::Command::new(canopy_bin()).args(["serve", "-c"]).arg(dir.path().join("proxy.toml")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("state file {} is corrupt", dir.path().join("state.json").display())), "{err}");
@@ -364,7 +390,7 @@ async fn journal_torn_tail_is_dropped_but_a_corrupt_entry_stops_startup() {
     assert_eq!(get(&c, "/").await.1, "elm");
     // start-up folded the journal into the state file
     assert!(std::fs::read(&journal).unwrap().iter().all(|&b| b == 0));
-    assert_eq!(c.durable_state()["live"], "elm");
+    assert_eq!(c.durable_state(canopy_admin::load_state)["live"], "elm");
     assert_eq!(post(&c, "/rollback", json!({})).await.0, 200);
     c.kill9();
     // damage that is not a torn tail: refuse to start, name the file and line, touch nothing
@@ -374,9 +400,10 @@ async fn journal_torn_tail_is_dropped_but_a_corrupt_entry_stops_startup() {
     std::fs::write(&journal, &bad).unwrap();
     let state_before = std::fs::read(dir.join("state.json")).unwrap();
     // fresh ports: the last run's may have been taken since it was killed
-    let (conf, _, _) = with_ports(&text);
+    let (conf, ports) = fill_ports(&text);
     std::fs::write(dir.join("proxy.toml"), conf).unwrap();
-    let out = std::process::Command::new(bin()).args(["serve", "-c"]).arg(dir.join("proxy.toml")).output().unwrap();
+    ports.release();
+    let out = std::process::Command::new(canopy_bin()).args(["serve", "-c"]).arg(dir.join("proxy.toml")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("state file {} is corrupt", journal.display())) && err.contains("line 1:"), "{err}");

@@ -4,13 +4,11 @@
 //! request started after a switch reply is served by the new release; every
 //! request in flight at a flip finishes on the release it started on.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::load::{assert_right_releases, count, flip_many, Kind, Load};
-use support::*;
+use canopy_testkit::load::{assert_right_releases, count, flip_many, Kind, Load};
+use canopy_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_flips_under_load_lose_nothing() {
@@ -49,4 +47,28 @@ async fn hundred_flips_under_load_lose_nothing() {
     assert!(spanned >= 10, "too few requests were in flight across a flip ({spanned}) to prove anything");
     let st = status(&c).await;
     assert_eq!(st["live"], flips.last().unwrap().to.as_str());
+}
+
+/// The load loops' own cross-check, which the test above relies on: an
+/// answer that canopy tags with one release while another release's upstream
+/// gave it is a failure. Release `oak` here is juniper's upstreams under
+/// another name, as a proxy that routed with one table and tagged with
+/// another would answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_loops_fail_an_answer_whose_upstream_is_another_release() {
+    let (c, juniper, _elm) = two_releases("", "").await;
+    juniper.register(&c, "oak").await;
+    let (code, body) = switch(&c, "oak").await;
+    assert_eq!(code, 200, "{body}");
+    let load = Load::start(c.proxy, &[Kind::KEEPALIVE_GET, Kind::POST], true);
+    eventually("every loop failed once", Duration::from_secs(10), || std::future::ready(load.failures() >= 3)).await;
+    let (done, failures) = load.stop().await;
+    assert!(done.is_empty(), "answers counted as right: {:?}", &done[..done.len().min(3)]);
+    for kind in [
+        "keepalive-get: x-canopy-release oak but the upstream of Some(\"juniper\")",
+        "post: x-canopy-release oak but the upstream of Some(\"juniper\")",
+        "ws oak m0",
+    ] {
+        assert!(failures.iter().any(|f| f.starts_with(kind)), "no failure like `{kind}`: {failures:?}");
+    }
 }

@@ -5,16 +5,15 @@
 //! panics included. The `docker` CLI is used only by the tests, to look
 //! behind canopy's back (inspect, kill).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
+use canopy_testkit::registry::Registry;
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::load::{assert_right_releases, count, Flip, Kind, Load};
-use support::*;
 
 const IMAGE: &str = "canopy-test/server";
 /// examples/upstream in a container (scripts/upstream-image.sh): echoes POST
@@ -172,48 +171,6 @@ impl Drop for Scope {
         for image in self.images.lock().unwrap().drain(..) {
             docker(&["rmi", &image]);
         }
-    }
-}
-
-/// Debian's docker-registry on 127.0.0.1, serving from a temporary directory; killed on drop.
-struct Registry {
-    host: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let binary = "/usr/bin/docker-registry";
-        assert!(std::path::Path::new(binary).exists(), "the pull test needs Debian's docker-registry (scripts/install-deps.sh --test)");
-        let dir = tempfile::tempdir().unwrap();
-        let host = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        let data = dir.path().join("data");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary).arg("serve").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-        let registry = Registry { host, child, _dir: dir };
-        let url = format!("http://{}/v2/", registry.host);
-        eventually("docker-registry answers", Duration::from_secs(10), || async {
-            client().get(&url).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -425,11 +382,29 @@ async fn a_release_missing_locally_is_pulled_from_its_registry_with_progress() {
 async fn engine_unreachable_is_a_clear_error_and_the_proxy_keeps_serving() {
     let scope = Scope::new();
     let c = Canopy::start(&scope.config("10m", 3, true, Some("unix:///nonexistent/docker.sock")));
+    // a release registered by hand (upstreams in this process) is live
+    let (server, worker) = (upstream::spawn("juniper", "server").await, upstream::spawn("juniper", "worker").await);
+    let backends = json!({"backends": {"server": [server.addr.to_string()], "worker": [worker.addr.to_string()]}});
+    let r = client().put(c.admin_url("/releases/juniper")).json(&backends).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 200, "{body:#}");
+    let (code, release, body) = get(&c, "/products").await;
+    assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")), "{body}");
+    // the deploy cannot reach the engine: a clear error, an alert
     let (code, body) = deploy(&c, "elm").await;
     assert_eq!(code, 502, "{body:#}");
     assert!(body["error"].as_str().unwrap().contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"), "{body:#}");
     let st = status(&c).await;
     assert!(st["alerts"][0].as_str().unwrap().contains("Docker engine: cannot reach"), "{st:#}");
+    assert_eq!(st["live"], "juniper", "{st:#}");
+    // and the proxy keeps serving the live release
+    let served = server.hits.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..5 {
+        let (code, release, body) = get(&c, &format!("/products/{i}")).await;
+        assert_eq!((code, release.as_str(), &body["release"]), (200, "juniper", &json!("juniper")), "{body}");
+    }
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::Relaxed), served + 5, "answered by the live release's server");
     let r = client().get(c.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -463,12 +438,12 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
     // keep-releases = 1: once oak is live and juniper stopped, elm (the oldest stopped) is removed
     // (oak fails the `not oak` check, so deploy release `bare`: no healthcheck, running is ready)
     deployed(&c, "bare").await;
+    // (elm's two containers are removed one after the other)
     eventually("elm pruned, juniper kept", Duration::from_secs(20), || async {
-        scope.state("server", "elm").is_empty() && scope.state("server", "juniper") == "exited"
+        scope.state("server", "elm").is_empty() && scope.state("worker", "elm").is_empty() && scope.state("server", "juniper") == "exited"
     })
     .await;
-    assert!(scope.state("worker", "elm").is_empty());
-    let state = c.durable_state();
+    let state = c.durable_state(canopy_admin::load_state);
     assert_eq!(state["stopped"], json!(["juniper"]));
 }
 
@@ -690,7 +665,7 @@ async fn kill_9_mid_deploy_then_restart_cleans_up_the_half_made_release() {
     let tmp = c.tmp.take();
     c.kill9();
     pending.await.unwrap();
-    assert_eq!(c.durable_state()["deploying"], "sick", "the journal says a deploy was running");
+    assert_eq!(c.durable_state(canopy_admin::load_state)["deploying"], "sick", "the journal says a deploy was running");
 
     let c = Canopy::start_in(&c.dir, &c.template);
     eventually("the half-made release's containers removed", Duration::from_secs(15), || async { scope.containers() == before }).await;
@@ -700,7 +675,10 @@ async fn kill_9_mid_deploy_then_restart_cleans_up_the_half_made_release() {
     assert_eq!(names, ["juniper"]);
     let (code, release, _) = get(&c, "/x").await;
     assert_eq!((code, release.as_str()), (200, "juniper"));
-    eventually("the interrupted deploy recorded", Duration::from_secs(5), || async { c.durable_state()["deploying"].is_null() }).await;
+    eventually("the interrupted deploy recorded", Duration::from_secs(5), || async {
+        c.durable_state(canopy_admin::load_state)["deploying"].is_null()
+    })
+    .await;
     let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
     let last = events.as_array().unwrap().iter().rev().find(|e| e["action"] == "deploy").expect("a deploy event");
     assert_eq!(last["result"], "failed");

@@ -2,14 +2,13 @@
 //! new requests go to the new release at once, in-flight ones finish on the
 //! release they started on.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::{
     AddressTemplate, CanopyProxy, Release, ReleaseName, ReleaseTable, Route, Service, ServiceName, Snapshot, Topology, Tunables,
 };
+use canopy_testkit::{client, reserve, upstream, wait_listening};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
@@ -19,8 +18,8 @@ fn name(s: &str) -> ReleaseName {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flip_moves_new_requests_and_lets_inflight_finish() {
-    let juniper = support::upstream::spawn("juniper", "storefront").await;
-    let elm = support::upstream::spawn("elm", "storefront").await;
+    let juniper = upstream::spawn("juniper", "storefront").await;
+    let elm = upstream::spawn("elm", "storefront").await;
     let topology = Arc::new(
         Topology::new(
             vec![Service { name: ServiceName::parse("storefront").unwrap(), port: 4000 }],
@@ -40,8 +39,11 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
     };
     publish(1, "juniper");
 
-    let port = support::free_port();
+    // held until the server starts; pingora binds it by number
+    let reserved = reserve();
+    let port = reserved.port();
     let server_table = table.clone();
+    reserved.release();
     std::thread::spawn(move || {
         let conf = ServerConf { threads: 2, grace_period_seconds: Some(0), ..ServerConf::default() };
         let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -51,9 +53,9 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
         server.add_service(proxy);
         server.run_forever();
     });
-    support::wait_listening(std::process::id(), port, Duration::from_secs(10), "the in-process proxy");
+    wait_listening(std::process::id(), port, Duration::from_secs(10), "the in-process proxy");
     let base = format!("http://127.0.0.1:{port}");
-    let client = support::client();
+    let client = client();
     let release_of = |r: &reqwest::Response| r.headers()["x-canopy-release"].to_str().unwrap().to_string();
 
     let r = client.get(format!("{base}/")).send().await.unwrap();

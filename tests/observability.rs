@@ -1,11 +1,9 @@
 //! Metrics text, access log and audit log as an operator reads them.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request() {

@@ -1,12 +1,10 @@
 //! Data plane end to end: the real canopy binary in front of real upstreams.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use canopy_testkit::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_longest_prefix_and_tags_release() {
@@ -164,12 +162,13 @@ async fn no_live_release_is_a_json_503() {
 #[test]
 fn bad_config_names_file_line_and_column_and_binds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (text, _, _) = with_ports(&config("", ""));
+    // its ports held by this test: a serve that got as far as binding would fail on them
+    let (text, _ports) = fill_ports(&config("", ""));
     let bad = text.replace("validation-window = \"10m\"", "validation-window = \"10 parsecs\"");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, &bad).unwrap();
     for cmd in ["check-config", "serve"] {
-        let out = std::process::Command::new(bin()).args([cmd, "-c"]).arg(&path).output().unwrap();
+        let out = std::process::Command::new(canopy_bin()).args([cmd, "-c"]).arg(&path).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         let expected = format!("error: {}:15:21: invalid duration `10 parsecs`", path.display());
@@ -181,11 +180,11 @@ fn bad_config_names_file_line_and_column_and_binds_nothing() {
 
     let unknown = text.replace("threads = 2", "threads = 2\nlisten-backlog = 5");
     std::fs::write(&path, &unknown).unwrap();
-    let out = std::process::Command::new(bin()).args(["check-config", "-c"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(canopy_bin()).args(["check-config", "-c"]).arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":5:1: unknown field `listen-backlog`"), "{err}");
 
-    let ok = std::process::Command::new(bin()).args(["check-config", "-c", "proxy.toml"]).output().unwrap();
+    let ok = std::process::Command::new(canopy_bin()).args(["check-config", "-c", "proxy.toml"]).output().unwrap();
     assert!(ok.status.success(), "shipped proxy.toml must be valid: {}", String::from_utf8_lossy(&ok.stderr));
 }
 

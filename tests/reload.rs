@@ -4,14 +4,12 @@
 //! registered and live; a bad file, an unknown key or a change that needs a
 //! new socket is refused with its reason and changes nothing.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use canopy_testkit::load::{Kind, Load};
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::load::{Kind, Load};
-use support::*;
 
 /// Rewrites the running config file of `c` with `edit` applied to its text.
 fn edit_config(c: &Canopy, edit: impl FnOnce(&str) -> String) -> String {
@@ -100,7 +98,7 @@ async fn reload_under_load_adds_a_route_and_a_service_and_changes_a_check() {
 async fn bad_reloads_are_refused_with_the_reason_and_change_nothing() {
     let (c, _juniper, _elm) = two_releases("", "").await;
     let good = std::fs::read_to_string(c.dir.join("proxy.toml")).unwrap();
-    let before = (status(&c).await, c.durable_bytes());
+    let before = (status(&c).await, c.durable_files());
     let file = c.dir.join("proxy.toml").display().to_string();
     for (what, text, expect) in [
         ("syntax error", good.replace("[[service]]\nname = \"worker\"", "[[service]\nname = \"worker\""), format!("{file}:")),
@@ -123,7 +121,7 @@ async fn bad_reloads_are_refused_with_the_reason_and_change_nothing() {
         }
         assert_eq!(get(&c, "/shop-api/x").await.0, 200, "traffic after a refused {what}");
     }
-    assert_eq!((status(&c).await, c.durable_bytes()), before, "a refused reload changed something");
+    assert_eq!((status(&c).await, c.durable_files()), before, "a refused reload changed something");
     assert_eq!(metric(&c, "canopy_config_reloads_total{result=\"refused\"}").await, 3.0);
     // the CLI says the same and fails
     let out = c.cli(&["reload"]);

@@ -22,9 +22,10 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 "$venv/bin/schemathesis" --version
 
-cargo build -q --bin canopy --example upstream
+cargo build -q --bin canopy --example upstream --example testkit
 canopy=target/debug/canopy
 upstream=target/debug/examples/upstream
+kit=target/debug/examples/testkit
 
 work=$(mktemp -d)
 pids=()
@@ -35,15 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Nine free loopback ports: proxy, admin, and three services for each release.
-read -r proxy_port admin_port j_srv j_wrk j_sf e_srv e_wrk e_sf _ < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(9)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+# Nine free loopback ports (the test kit's): proxy, admin, and three services for each release.
+read -r proxy_port admin_port j_srv j_wrk j_sf e_srv e_wrk e_sf _ < <("$kit" ports 9)
 
 "$upstream" juniper server=127.0.0.1:$j_srv worker=127.0.0.1:$j_wrk storefront=127.0.0.1:$j_sf 2> "$work/juniper.log" &
 pids+=($!)

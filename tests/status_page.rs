@@ -18,18 +18,16 @@
 //! origin fail the run: Chromium's browser and network logs are read through
 //! chromedriver's log endpoint.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::*;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::*;
 
 const TOKEN: &str = "page-token-0123456789abcdef";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -48,14 +46,12 @@ impl ChromeDriver {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y chromium chromium-driver");
         }
-        let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
+        let reserved = reserve();
+        let port = reserved.port();
+        let mut cmd = Command::new(CHROMEDRIVER);
+        cmd.arg(format!("--port={port}")).arg("--allowed-ips=127.0.0.1").stdout(Stdio::null()).stderr(Stdio::null());
+        reserved.release();
+        let child = cmd.spawn().expect("starting chromedriver");
         let mut driver = ChromeDriver { child, url: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -113,6 +109,8 @@ struct Browser {
     mutations: Vec<String>,
     /// Console errors for the expected 401/422 answers: proof that the console log is read.
     expected_errors: usize,
+    /// GET requests of the page to its own origin (its refreshes among them).
+    gets: usize,
 }
 
 impl Browser {
@@ -136,7 +134,15 @@ impl Browser {
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL", "performance": "ALL" }));
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let wd = ClientBuilder::new(connector).capabilities(caps).connect(&driver.url).await.expect("WebDriver session");
-        Browser { wd, origin: origin.to_string(), errors: Vec::new(), foreign: Vec::new(), mutations: Vec::new(), expected_errors: 0 }
+        Browser {
+            wd,
+            origin: origin.to_string(),
+            errors: Vec::new(),
+            foreign: Vec::new(),
+            mutations: Vec::new(),
+            expected_errors: 0,
+            gets: 0,
+        }
     }
 
     /// Reads (and so clears) Chromium's console and network logs into `errors`,
@@ -166,12 +172,28 @@ impl Browser {
             }
             match url.strip_prefix(self.origin.as_str()) {
                 Some(path) if path.is_empty() || path.starts_with('/') => {
-                    if method != "GET" {
+                    if method == "GET" {
+                        self.gets += 1;
+                    } else {
                         self.mutations.push(format!("{method} {path}"));
                     }
                 }
                 _ => self.foreign.push(url.to_string()),
             }
+        }
+    }
+
+    /// Reads the logs until the page has sent a GET to its origin since the
+    /// last read (its refresh, every 2 s): whatever it sent before is in the
+    /// logs then. Panics after `limit`.
+    async fn wait_for_refresh(&mut self, limit: Duration) {
+        self.read_logs().await;
+        let seen = self.gets;
+        let deadline = Instant::now() + limit;
+        while self.gets == seen {
+            assert!(Instant::now() < deadline, "the page sent no request within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.read_logs().await;
         }
     }
 
@@ -413,8 +435,8 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     b.wait_present("#confirm[open]", WAIT).await;
     b.click("#confirm-cancel").await;
     b.wait_shown("#confirm", false).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    b.read_logs().await;
+    // a request the cancel sent would come before the page's next refresh
+    b.wait_for_refresh(WAIT).await;
     assert_eq!(b.mutations[before..], [] as [String; 0], "a request was sent after cancel");
     assert_eq!(b.text("#live-name").await, "juniper", "live changed after cancel");
     step_done("cancelling the confirmation changes nothing", t);
@@ -467,10 +489,14 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     step_done("the proxy now serves elm", t);
 
     let t = Instant::now();
-    let a = b.text("#prev-left").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let later = b.text("#prev-left").await;
-    assert_ne!(a, later, "countdown did not move");
+    // "m:ss left": the page redraws every 2 s; wait for a redraw showing less time left
+    let left = |t: &str| -> Option<u64> {
+        let (m, s) = t.split_once(" left")?.0.split_once(':')?;
+        Some(m.parse::<u64>().ok()? * 60 + s.parse::<u64>().ok()?)
+    };
+    let first = b.wait_text("#prev-left", |t| left(t).is_some(), "no countdown", WAIT).await;
+    let start = left(&first).unwrap();
+    b.wait_text("#prev-left", |t| left(t).is_some_and(|l| l < start), "countdown did not move", WAIT).await;
     step_done("the countdown counts down", t);
 
     if let Some(path) = &run.screenshot {
@@ -572,7 +598,7 @@ async fn status_page_is_self_contained_html() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
-    use support::tls::{cert, tls_config};
+    use canopy_testkit::tls::{cert, tls_config};
     let (shop, wildcard) = (cert(&["shop.test", "www.shop.test"]), cert(&["*.cdn.test"]));
     let tmp = tempfile::tempdir().unwrap();
     shop.write(tmp.path(), "shop");

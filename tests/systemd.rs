@@ -4,15 +4,13 @@
 //! serving when the new one fails to start, forwards SIGHUP (reload), and
 //! stops cleanly on SIGTERM.
 
-mod support;
-
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::load::{Kind, Load};
-use support::*;
+use canopy_testkit::load::{Kind, Load};
+use canopy_testkit::*;
 
 fn deploy(file: &str) -> String {
     format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +26,7 @@ fn unit_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string(deploy("canopy.service"))
         .unwrap()
         .replace("/usr/local/lib/canopy/canopy-supervise", &deploy("canopy-supervise"))
-        .replace("/usr/local/bin/canopy", bin());
+        .replace("/usr/local/bin/canopy", &canopy_bin().to_string_lossy());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("canopy.service");
     std::fs::write(&path, unit).unwrap();
@@ -51,28 +49,22 @@ impl Drop for Supervised {
 
 impl Supervised {
     fn start(dir: &Path) -> Supervised {
-        let (text, pp, ap) = with_ports(&config("", ""));
+        let (text, ports) = fill_ports(&config("", ""));
         std::fs::write(dir.join("proxy.toml"), &text).unwrap();
         let log = std::fs::File::create(dir.join("canopy.log")).unwrap();
-        let child = Command::new(deploy("canopy-supervise"))
-            .args([bin(), "serve", "-c"])
+        let (proxy, admin) = (ports.proxy.addr(), ports.admin.addr());
+        let mut supervise = Command::new(deploy("canopy-supervise"));
+        supervise
+            .arg(canopy_bin())
+            .args(["serve", "-c"])
             .arg(dir.join("proxy.toml"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let c = Canopy {
-            child,
-            dir: dir.to_path_buf(),
-            proxy: ([127, 0, 0, 1], pp).into(),
-            admin: ([127, 0, 0, 1], ap).into(),
-            tls: None,
-            config_text: text,
-            template: String::new(),
-            tmp: None,
-        };
+            .process_group(0);
+        ports.release();
+        let child = supervise.spawn().unwrap();
+        let c = Canopy { child, dir: dir.to_path_buf(), proxy, admin, tls: None, config_text: text, template: String::new(), tmp: None };
         Supervised { c }
     }
 

@@ -5,17 +5,15 @@
 //! certificate files. Clients: reqwest (rustls) checking the served
 //! certificate, curl --http2 and h2load.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::load::{assert_right_releases, count, flip_many, Kind, Load};
-use support::tls::{cert, h1_tls_target, h2_target, https, metric, served, tls_config, TestCert};
-use support::*;
+use canopy_testkit::load::{assert_right_releases, count, flip_many, Kind, Load};
+use canopy_testkit::tls::{cert, h1_tls_target, h2_target, https, metric, served, tls_config, TestCert};
+use canopy_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The four certificates of the SNI tests: three names and a default.
@@ -461,10 +459,10 @@ async fn plaintext_redirects_to_https_and_acme_paths_are_not_redirected() {
 fn check_config(write: impl FnOnce(&Path), tls_part: &str) -> (bool, String) {
     let tmp = tempfile::tempdir().unwrap();
     write(tmp.path());
-    let (text, _, _, _) = with_all_ports(&tls_config(tls_part));
+    let (text, _ports) = fill_ports(&tls_config(tls_part));
     let path = tmp.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(bin()).args(["check-config", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(canopy_bin()).args(["check-config", "-c"]).arg(&path).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
@@ -511,16 +509,25 @@ fn bad_certificate_files_are_refused_with_file_line_and_reason() {
     let (ok, err) = check_config(|_| {}, "");
     assert!(!ok && err.contains("`listen-tls` needs a [tls] section"), "{err}");
 
-    // serve refuses the same way before binding anything
+    // serve refuses the same way before binding anything: its ports are held
+    // by this test meanwhile, so a serve that tried to bind first would fail
+    // on them and say so instead
     let tmp = tempfile::tempdir().unwrap();
     write(Some(&expired.pem), Some(&expired.key))(tmp.path());
-    let (text, pp, _, _) = with_all_ports(&tls_config(one));
+    let (text, ports) = fill_ports(&tls_config(one));
     std::fs::write(tmp.path().join("proxy.toml"), text).unwrap();
-    let out = Command::new(bin()).args(["serve", "-c"]).arg(tmp.path().join("proxy.toml")).output().unwrap();
+    let serve = || Command::new(canopy_bin()).args(["serve", "-c"]).arg(tmp.path().join("proxy.toml")).output().unwrap();
+    let out = serve();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("certificate expired"), "{err}");
-    assert!(std::net::TcpListener::bind(("127.0.0.1", pp)).is_ok(), "serve bound its port before refusing");
+    assert!(err.contains("certificate expired") && !err.contains("cannot listen"), "{err}");
+    // the held ports do stop a serve that gets as far as binding: with a good
+    // certificate the same command fails on the first of them
+    write(Some(&good.pem), Some(&good.key))(tmp.path());
+    let out = serve();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot listen"), "{err}");
+    drop(ports);
     let _ = std::io::stderr().flush();
 }
 

@@ -6,21 +6,19 @@
 //! refused connection, no failed request, no flip lost or applied twice, and
 //! no answer from a release that a flip acknowledged before it had replaced.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
+use canopy_testkit::*;
 use serde_json::{json, Value};
-use support::load::{assert_right_releases, count, Flip, Kind, Load};
-use support::*;
 
 /// Starts `canopy serve --upgrade` on `c`'s config; its log goes to `canopy-<n>.log`.
 fn spawn_upgrade(c: &Canopy, n: usize) -> Child {
     let log = std::fs::File::create(c.dir.join(format!("canopy-{n}.log"))).unwrap();
-    Command::new(bin())
+    Command::new(canopy_bin())
         .args(["serve", "-c"])
         .arg(c.dir.join("proxy.toml"))
         .arg("--upgrade")
@@ -62,6 +60,9 @@ async fn upgrade(c: &mut Canopy, n: usize) -> Child {
     std::mem::replace(&mut c.child, new)
 }
 
+/// Most switch calls a [`FlipLoop`] makes.
+const MAX_FLIPS: usize = 100_000;
+
 /// What a [`FlipLoop`] saw: acknowledged flips with their generations, how
 /// many 503s, and any other failure.
 type Flips = (Vec<(Flip, u64)>, usize, Vec<String>);
@@ -84,7 +85,9 @@ impl FlipLoop {
         let task = tokio::spawn(async move {
             let (admin, mut flips, mut unavailable, mut failures) = (client(), Vec::new(), 0, Vec::new());
             let mut k = 0usize;
-            while !stop2.load(Ordering::Relaxed) && k < 100_000 {
+            while !stop2.load(Ordering::Relaxed) {
+                // bounded: a loop that ran out before the upgrades did would prove less than it says
+                assert!(k < MAX_FLIPS, "the flip loop reached {MAX_FLIPS} flips before the test stopped it");
                 let to = if flips.len() % 2 == 0 { "elm" } else { "juniper" };
                 k += 1;
                 let sent = Instant::now();
@@ -195,7 +198,7 @@ async fn upgrade_without_a_running_canopy_is_refused_clearly() {
     let pid_file = c.dir.join("state.json.pid");
     eventually("the pid file", Duration::from_secs(5), || async { pid_file.exists() }).await;
     std::fs::write(&pid_file, "1\n").unwrap(); // init: alive, but not a canopy
-    let out = Command::new(bin()).args(["serve", "-c"]).arg(c.dir.join("proxy.toml")).arg("--upgrade").output().unwrap();
+    let out = Command::new(canopy_bin()).args(["serve", "-c"]).arg(c.dir.join("proxy.toml")).arg("--upgrade").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: --upgrade: no running canopy to take over from: pid 1 from"), "{err}");
@@ -269,7 +272,7 @@ async fn new_process_killed_after_the_handover_is_recovered_by_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrades_hand_over_the_tls_listener_under_h2_and_https_load() {
-    use support::tls::{cert, h1_tls_target, h2_target, https, served, tls_config};
+    use canopy_testkit::tls::{cert, h1_tls_target, h2_target, https, served, tls_config};
     let shop = cert(&["shop.test"]);
     let tmp = tempfile::tempdir().unwrap();
     shop.write(tmp.path(), "shop");

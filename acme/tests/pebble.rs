@@ -3,7 +3,6 @@
 //! renewals that keep the old certificate.
 
 mod support {
-    pub mod pebble;
     pub mod sink;
 }
 
@@ -13,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use canopy_acme::{AcmeManager, AcmeSettings};
-use support::pebble::{free_port, Pebble};
+use canopy_testkit::dead_addr;
+use canopy_testkit::pebble::Pebble;
 use support::sink::TestSink;
 use x509_parser::pem::Pem;
 
@@ -105,7 +105,7 @@ async fn issues_installs_and_caches_then_restarts_from_the_cache_without_the_ca(
     task.abort();
 
     // A restart with the CA unreachable still serves the cached certificate.
-    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let dead = format!("https://{}/dir", dead_addr());
     let restarted = TestSink::start().await;
     let (manager, task) = spawn(settings(&dead, &cache, &pebble), &restarted);
     let again = restarted.wait_installs(1, Duration::from_secs(5), String::new).await.remove(0);

@@ -13,8 +13,10 @@ use canopy_docker::{
     ContainerSpec, ContainerState, DockerError, Engine, EventKind, Health, Healthcheck, ImageStatus, ManagedContainer, NetworkStatus,
     Readiness, LABEL_MANAGED, LABEL_RELEASE, LABEL_SERVICE,
 };
+use canopy_testkit::dead_addr;
+use canopy_testkit::registry::Registry;
 use futures_util::StreamExt;
-use support::{engine, free_port, get_json, get_text, raw, Registry, Scope, REPO};
+use support::{engine, get_json, get_text, raw, Scope, REPO};
 
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -222,7 +224,7 @@ async fn a_missing_image_is_named_with_its_tag() {
     let scope = Scope::new("missing");
     let engine = engine().await;
     // A registry address where nothing listens: the pull fails without leaving the machine.
-    let port = free_port();
+    let port = dead_addr().port();
     let reference = format!("127.0.0.1:{port}/canopy-test/missing:elm");
     let mut progress = Vec::new();
     let err = engine.ensure_image(&reference, |line| progress.push(line)).await.unwrap_err();
@@ -435,7 +437,7 @@ async fn an_unreachable_engine_is_a_clear_error() {
     let err = Engine::connect("unix:///nonexistent/docker.sock").await.unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("cannot reach the Docker engine at unix:///nonexistent/docker.sock: "), "{text}");
-    let port = free_port();
+    let port = dead_addr().port();
     let err = Engine::connect(&format!("tcp://127.0.0.1:{port}")).await.unwrap_err();
     assert!(err.to_string().starts_with(&format!("cannot reach the Docker engine at tcp://127.0.0.1:{port}: ")), "{err}");
     let err = Engine::connect("ssh://host").await.unwrap_err();

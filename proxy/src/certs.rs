@@ -365,5 +365,20 @@ mod tests {
         assert_eq!(t.certificates().len(), 2);
         assert_eq!(t.pick(Some("shop.test")).unwrap().cert[0].as_ref(), file.leaf_der());
         assert_eq!(t.pick(Some("www.shop.test")).unwrap().cert[0].as_ref(), second.leaf_der());
+        // a renewal whose CA lists the same names in another order (pebble
+        // does at times) replaces it too, though its first name differs
+        let reordered = cert(&["www.shop.test", "shop.test"]);
+        assert_eq!(reordered.names(), ["www.shop.test", "shop.test"], "the names in the certificate's own order");
+        store.set_acme(reordered.clone());
+        let t = store.load();
+        assert_eq!(t.certificates().len(), 2, "the earlier ACME certificate stayed beside its renewal");
+        assert_eq!(t.pick(Some("www.shop.test")).unwrap().cert[0].as_ref(), reordered.leaf_der());
+        assert_eq!(t.pick(Some("shop.test")).unwrap().cert[0].as_ref(), file.leaf_der());
+        // and so does one that shares a single name with it
+        let overlapping = cert(&["www.shop.test", "m.shop.test"]);
+        store.set_acme(overlapping.clone());
+        let t = store.load();
+        assert_eq!(t.certificates().len(), 2);
+        assert_eq!(t.pick(Some("www.shop.test")).unwrap().cert[0].as_ref(), overlapping.leaf_der());
     }
 }

@@ -75,7 +75,7 @@ pub struct TestSink {
 impl TestSink {
     /// Binds 127.0.0.1:0 and serves challenges on it.
     pub async fn start() -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = canopy_testkit::ports::tokio_listener().await;
         let sink = Arc::new(Self {
             port: listener.local_addr().unwrap().port(),
             challenges: Mutex::new(HashMap::new()),

@@ -1,14 +1,13 @@
-//! Test rig for the real engine: the test images, a per-test scope that owns
-//! (and on drop removes) its network, containers and images, and a local
-//! registry from Debian's docker-registry package.
+//! Test rig for the real engine: the test images and a per-test scope that
+//! owns (and on drop removes) its network, containers and images. Ports and
+//! the local registry come from the test kit.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, Once};
-use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions, RemoveImageOptions};
 use bollard::Docker;
@@ -136,62 +135,4 @@ pub async fn get_text(ip: IpAddr, path: &str) -> String {
     let response = reqwest::get(&url).await.unwrap_or_else(|err| panic!("GET {url}: {err}"));
     assert!(response.status().is_success(), "GET {url}: {}", response.status());
     response.text().await.unwrap()
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Debian's docker-registry serving on 127.0.0.1 from a temporary directory;
-/// killed on drop.
-pub struct Registry {
-    /// `127.0.0.1:<port>`, the registry part of image references.
-    pub host: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Starts the registry and waits (at most 10s) until `/v2/` answers.
-    pub async fn start() -> Registry {
-        let binary = Path::new("/usr/bin/docker-registry");
-        assert!(binary.exists(), "the pull test needs Debian's docker-registry package: apt-get install docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let host = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        let config_text = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(&config, config_text).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { host, child, _dir: dir };
-        let url = format!("http://{}/v2/", registry.host);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(response) = reqwest::get(&url).await {
-                if response.status().is_success() {
-                    return registry;
-                }
-            }
-            assert!(Instant::now() < deadline, "docker-registry did not answer on {url} within 10s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

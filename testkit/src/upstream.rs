@@ -1,8 +1,9 @@
-//! A small real HTTP/1.1 upstream for tests, benchmarks and the demo: it
-//! reports which release and service answered, echoes bodies byte for byte,
-//! answers health and GraphQL probes, sleeps on request, and echoes WebSocket
-//! messages. Binds whatever listener it is given (tests pass 127.0.0.1:0).
-#![allow(dead_code)]
+//! A small real HTTP/1.1 upstream for tests, benchmarks and the demo
+//! (examples/upstream.rs, and in a container for tests/deploy.rs): it reports
+//! which release and service answered (JSON `release`, or `x-release` on
+//! echoed bodies), echoes bodies byte for byte, answers health and GraphQL
+//! probes, sleeps on request (`?ms=N`), and echoes WebSocket messages. Serves
+//! whatever listener it is given (tests pass 127.0.0.1:0).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,10 @@ use tokio_tungstenite::WebSocketStream;
 /// Header on every response: when the request reached this upstream, in
 /// microseconds since [`epoch`] (comparable with the test's own `Instant`s).
 pub const RECEIVED_HEADER: &str = "x-upstream-received-us";
+
+/// Header on echoed bodies (`/echo...`): the release that answered (other
+/// answers say it in their JSON body's `release`).
+pub const RELEASE_HEADER: &str = "x-release";
 
 /// Header added when the environment has `UPSTREAM_UNIX_RECEIVED=1` (the
 /// container image of tests/deploy.rs): when the request arrived, in
@@ -136,7 +141,7 @@ async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<F
         p if p.starts_with("/echo") => Response::builder()
             .status(200)
             .header("content-type", "application/octet-stream")
-            .header("x-release", ctx.release.as_str())
+            .header(RELEASE_HEADER, ctx.release.as_str())
             .body(Full::new(body))
             .unwrap(),
         "/shop-api" | "/admin-api" if method == hyper::Method::POST => {
@@ -185,5 +190,5 @@ pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
 
 /// Binds 127.0.0.1:0 and serves.
 pub async fn spawn(release: &str, service: &str) -> Upstream {
-    serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), release, service)
+    serve(crate::ports::tokio_listener().await, release, service)
 }

@@ -2,6 +2,12 @@
 //! upgrades): keep-alive and fresh-connection GETs, POSTs whose bodies must
 //! come back byte for byte, slow requests, WebSockets; and the check that
 //! every answer came from a release that was allowed to serve it.
+//!
+//! Every answer names its release twice: canopy's `x-canopy-release` header
+//! and the upstream's own word (the JSON body's `release`, `x-release` on an
+//! echoed body, the prefix of a WebSocket echo). The loops count an answer
+//! whose two names differ as a failure, so a proxy that routes with one
+//! release table and tags with another cannot pass [`assert_right_releases`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 
-use super::upstream;
+use crate::upstream;
 
 /// Most requests one client loop sends.
 pub const MAX_REQUESTS: u32 = 100_000;
@@ -93,7 +99,19 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Done>>>,
     failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each loop's name and task, which returns why it ended.
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<Ended>)>,
+}
+
+/// Why a client loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// [`Load::stop`] asked it to: it ran for the whole change.
+    Stopped,
+    /// It sent [`MAX_REQUESTS`] requests first.
+    MaxRequests,
+    /// It ran [`MAX_TIME`] first.
+    MaxTime,
 }
 
 /// When the upstream read the request: [`upstream::RECEIVED_HEADER`] from
@@ -119,7 +137,7 @@ impl Load {
         let load = Load::start_on(&Target::plain(proxy), kinds);
         if websockets {
             let ws = tokio::spawn(websocket_loop(proxy, load.stop.clone(), load.log.clone(), load.failures.clone()));
-            return Load { tasks: load.tasks.into_iter().chain([ws]).collect(), ..load };
+            return Load { tasks: load.tasks.into_iter().chain([("websocket", ws)]).collect(), ..load };
         }
         load
     }
@@ -131,7 +149,7 @@ impl Load {
         let failures = Arc::new(Mutex::new(Vec::new()));
         let tasks = kinds
             .iter()
-            .map(|kind| tokio::spawn(client_loop(target.clone(), *kind, stop.clone(), log.clone(), failures.clone())))
+            .map(|kind| (kind.name, tokio::spawn(client_loop(target.clone(), *kind, stop.clone(), log.clone(), failures.clone()))))
             .collect();
         Load { stop, log, failures, tasks }
     }
@@ -147,19 +165,57 @@ impl Load {
     }
 
     /// Stops every loop (each finishes its current request); returns the
-    /// completed requests and the failures.
+    /// completed requests and the failures. Panics if a loop had already
+    /// ended by itself at its cap ([`MAX_REQUESTS`], [`MAX_TIME`]): its
+    /// requests would not cover what happened after, and the test would
+    /// prove less than it says.
     pub async fn stop(self) -> (Vec<Done>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
+        let mut capped = Vec::new();
+        for (name, task) in self.tasks {
+            let ended = task.await.expect("client loop panicked");
+            if ended != Ended::Stopped {
+                capped.push(format!("{name}: {ended:?}"));
+            }
         }
+        assert!(capped.is_empty(), "client loops ended before the test stopped them: {capped:?}");
         let done = self.log.lock().unwrap().clone();
         let failures = self.failures.lock().unwrap().clone();
         (done, failures)
     }
 }
 
-async fn client_loop(target: Target, kind: Kind, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Done>>>, failures: Arc<Mutex<Vec<String>>>) {
+/// The release an upstream says answered: `x-release` on an echoed body,
+/// else the JSON body's `release`.
+fn upstream_release(headers: &reqwest::header::HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(v) = headers.get(upstream::RELEASE_HEADER) {
+        return v.to_str().ok().map(str::to_string);
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["release"].as_str().map(str::to_string)
+}
+
+/// Whether a loop that has sent `sent` requests since `started` goes on,
+/// and if not, why.
+fn next(stop: &AtomicBool, sent: u32, started: Instant) -> Option<Ended> {
+    if stop.load(Ordering::Relaxed) {
+        Some(Ended::Stopped)
+    } else if sent >= MAX_REQUESTS {
+        Some(Ended::MaxRequests)
+    } else if started.elapsed() >= MAX_TIME {
+        Some(Ended::MaxTime)
+    } else {
+        None
+    }
+}
+
+async fn client_loop(
+    target: Target,
+    kind: Kind,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Done>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+) -> Ended {
     let base = &target.base;
     let mut b = (target.builder)().no_proxy().timeout(Duration::from_secs(10));
     if kind.fresh {
@@ -168,7 +224,10 @@ async fn client_loop(target: Target, kind: Kind, stop: Arc<AtomicBool>, log: Arc
     let http = b.build().unwrap();
     let fail = |msg: String| failures.lock().unwrap().push(format!("{}: {msg}", kind.name));
     let (mut i, started) = (0u32, Instant::now());
-    while !stop.load(Ordering::Relaxed) && i < MAX_REQUESTS && started.elapsed() < MAX_TIME {
+    loop {
+        if let Some(why) = next(&stop, i, started) {
+            return why;
+        }
         i += 1;
         let body: Vec<u8> = (0..(1000 + i % 7000)).map(|x| (x * 31 + i) as u8).collect();
         let start = Instant::now();
@@ -183,11 +242,15 @@ async fn client_loop(target: Target, kind: Kind, stop: Arc<AtomicBool>, log: Arc
             Ok(r) if r.status() == 200 => {
                 let rel = r.headers()["x-canopy-release"].to_str().unwrap().to_string();
                 let arrived = arrival(r.headers());
+                let headers = r.headers().clone();
                 match r.bytes().await {
-                    Ok(got) if !kind.post || got[..] == body[..] => {
-                        log.lock().unwrap().push(Done { kind: kind.name, start, arrived, end: Instant::now(), release: rel })
-                    }
-                    Ok(_) => fail("body changed".into()),
+                    Ok(got) if kind.post && got[..] != body[..] => fail("body changed".into()),
+                    Ok(got) => match upstream_release(&headers, &got) {
+                        Some(said) if said == rel => {
+                            log.lock().unwrap().push(Done { kind: kind.name, start, arrived, end: Instant::now(), release: rel })
+                        }
+                        said => fail(format!("x-canopy-release {rel} but the upstream of {said:?} answered")),
+                    },
                     Err(e) => fail(format!("body: {e}")),
                 }
             }
@@ -197,10 +260,14 @@ async fn client_loop(target: Target, kind: Kind, stop: Arc<AtomicBool>, log: Arc
     }
 }
 
-async fn websocket_loop(proxy: SocketAddr, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Done>>>, failures: Arc<Mutex<Vec<String>>>) {
+async fn websocket_loop(proxy: SocketAddr, stop: Arc<AtomicBool>, log: Arc<Mutex<Vec<Done>>>, failures: Arc<Mutex<Vec<String>>>) -> Ended {
     let fail = |msg: String| failures.lock().unwrap().push(msg);
     let started = Instant::now();
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_TIME {
+    // the upstream's own word is each echo's prefix (`juniper:m0`), checked against canopy's header
+    loop {
+        if let Some(why) = next(&stop, 0, started) {
+            return why;
+        }
         let start = Instant::now();
         let (mut ws, resp) = match tokio_tungstenite::connect_async(format!("ws://{proxy}/ws")).await {
             Ok(x) => x,

@@ -4,10 +4,11 @@
 //! ports and temporary directory; dropping it kills both processes.
 
 use std::fs::File;
-use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ports::{dead_addr, reserve, reserve_tcp_and_udp};
 
 /// How long pebble may take to answer its directory after start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,6 +35,7 @@ impl Pebble {
     /// `127.0.0.1:http_port` and issues certificates valid for `validity`
     /// (whole seconds), with no random validation delay, no bad-nonce
     /// rejections and no authorization reuse (every order validates again).
+    /// Its own ports are held until just before it starts.
     pub async fn start(http_port: u16, validity: Duration) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
@@ -43,13 +45,15 @@ impl Pebble {
         std::fs::write(&ca_root, cert.cert.pem()).unwrap();
         std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
 
-        let (listen, management, tls, dns_port, dns_management) =
-            (free_port(), free_port(), free_port(), free_udp_and_tcp_port(), free_port());
+        let (listen, management, dns_management) = (reserve(), reserve(), reserve());
+        let (dns_port, dns_udp) = reserve_tcp_and_udp();
+        // TLS-ALPN-01 is never used: a port where nothing answers
+        let tls = dead_addr().port();
         let config = dir.path().join("pebble-config.json");
         let json = serde_json::json!({
             "pebble": {
-                "listenAddress": format!("127.0.0.1:{listen}"),
-                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "listenAddress": listen.addr().to_string(),
+                "managementListenAddress": management.addr().to_string(),
                 "certificate": ca_root,
                 "privateKey": key_path,
                 "httpPort": http_port,
@@ -61,26 +65,32 @@ impl Pebble {
         });
         std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
 
-        let dns = format!("127.0.0.1:{dns_port}");
-        let challtestsrv = Command::new("pebble-challtestsrv")
+        let dns = dns_port.addr().to_string();
+        let dns_management_url = format!("http://{}/", dns_management.addr());
+        let mut challtestsrv = Command::new("pebble-challtestsrv");
+        challtestsrv
             .args(["-dns01", &dns, "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_management}"), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-management", &dns_management.addr().to_string(), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdin(Stdio::null())
             .stdout(log_file(&dir, "challtestsrv.log"))
-            .stderr(log_file(&dir, "challtestsrv.log"))
-            .spawn()
-            .expect("pebble-challtestsrv runs (scripts/install-deps.sh --test installs it)");
+            .stderr(log_file(&dir, "challtestsrv.log"));
+        drop(dns_udp);
+        dns_port.release();
+        dns_management.release();
+        let challtestsrv = challtestsrv.spawn().expect("pebble-challtestsrv runs (scripts/install-deps.sh --test installs it)");
         let mut pebble = Self {
             config,
             dns,
-            directory: format!("https://127.0.0.1:{listen}/dir"),
-            management: format!("https://127.0.0.1:{management}"),
+            directory: format!("https://{}/dir", listen.addr()),
+            management: format!("https://{}", management.addr()),
             ca_root,
             pebble: None,
             challtestsrv,
             dir,
         };
-        wait_http(&format!("http://127.0.0.1:{dns_management}/"), None, &mut pebble.challtestsrv, &pebble.dir, "challtestsrv.log").await;
+        wait_http(&dns_management_url, None, &mut pebble.challtestsrv, &pebble.dir, "challtestsrv.log").await;
+        listen.release();
+        management.release();
         pebble.restart().await;
         pebble
     }
@@ -132,22 +142,6 @@ impl Drop for Pebble {
         self.stop();
         let _ = self.challtestsrv.kill();
         let _ = self.challtestsrv.wait();
-    }
-}
-
-/// A port free on 127.0.0.1 now (for a process that binds it itself).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A port free for both TCP and UDP (the DNS server binds both).
-fn free_udp_and_tcp_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::load::Target;
+use crate::load::Target;
 
 /// A certificate and its key, PEM and DER.
 #[derive(Clone)]
@@ -37,11 +37,11 @@ impl TestCert {
     }
 }
 
-/// The shared test config (see [`super::config`]) with a TLS listener on
+/// The shared test config (see [`crate::config`]) with a TLS listener on
 /// `{tls_port}`, h2c on the plaintext one, `client-timeout` 2s, and `tls`
 /// appended (a `[tls]` section and its certificates).
 pub fn tls_config(tls: &str) -> String {
-    super::config("", "").replace(
+    crate::configs::config("", "").replace(
         "listen = \"127.0.0.1:{proxy_port}\"",
         "listen = \"127.0.0.1:{proxy_port}\"\nlisten-tls = \"127.0.0.1:{tls_port}\"\nh2c = true\nclient-timeout = \"2s\"",
     ) + tls
