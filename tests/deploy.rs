@@ -439,7 +439,7 @@ async fn redeploy_restarts_a_stopped_release_overlap_false_stops_at_the_switch_a
     // (oak fails the `not oak` check, so deploy release `bare`: no healthcheck, running is ready)
     deployed(&c, "bare").await;
     // (elm's two containers are removed one after the other)
-    eventually("elm pruned, juniper kept", Duration::from_secs(20), || async {
+    eventually("elm pruned, juniper kept", Duration::from_secs(45), || async {
         scope.state("server", "elm").is_empty() && scope.state("worker", "elm").is_empty() && scope.state("server", "juniper") == "exited"
     })
     .await;
