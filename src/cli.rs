@@ -27,6 +27,19 @@ pub struct ClientOpts {
     pub json: bool,
 }
 
+/// How a switch or deploy goes live: at once (guarded), or as a canary.
+#[derive(Debug, Clone, Args)]
+pub struct GoLiveOpts {
+    /// Send this share of the traffic to the release step by step (percent,
+    /// e.g. `5,25,50`), each step judged by the guard, then switch; without
+    /// a value: the steps of `[releases.canary]`.
+    #[arg(long, value_delimiter = ',', num_args = 0.., value_name = "PERCENT,...")]
+    pub canary: Option<Vec<f64>>,
+    /// Do not judge the new release after it goes live (no automatic rollback).
+    #[arg(long)]
+    pub no_guard: bool,
+}
+
 /// Options shared by `switch` and `rollback`.
 #[derive(Debug, Clone, Args)]
 pub struct FlipOpts {
@@ -87,6 +100,8 @@ pub enum Cmd {
         #[command(flatten)]
         flip: FlipOpts,
         #[command(flatten)]
+        live: GoLiveOpts,
+        #[command(flatten)]
         opts: ClientOpts,
     },
     /// Deploy a release from its image tags: pull, create and start its
@@ -97,6 +112,8 @@ pub enum Cmd {
         /// Keep the containers of a failed deploy for inspection.
         #[arg(long)]
         keep_failed: bool,
+        #[command(flatten)]
+        live: GoLiveOpts,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -111,6 +128,18 @@ pub enum Cmd {
     Retire {
         /// Release name.
         name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show what the guard watches now (the new release's figures against
+    /// the previous release's), its latest verdict and the rollback readiness.
+    Guard(#[command(flatten)] ClientOpts),
+    /// The canary in progress: `show` (default), `promote` (switch to its
+    /// release now, validated) or `abort` (everyone back on the live release).
+    Canary {
+        /// `show`, `promote` or `abort`.
+        #[arg(value_enum, default_value_t = CanaryAction::Show)]
+        action: CanaryAction,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -140,4 +169,15 @@ pub enum TlsAction {
     Show,
     /// Re-read the certificate files.
     Reload,
+}
+
+/// What `canopy canary` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CanaryAction {
+    /// Show the canary in progress.
+    Show,
+    /// Switch to the canary's release now (validated).
+    Promote,
+    /// Send everyone back to the live release.
+    Abort,
 }

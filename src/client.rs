@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 
 use canopy_admin::{
-    DeployReply, DeployStep, ErrorReply, Event, FlipReply, ReleaseView, ReloadReply, Report, RetireReply, StatusView, TlsView,
+    CanaryView, DeployReply, DeployStep, ErrorReply, Event, FlipReply, GuardView, Readiness, ReleaseView, ReloadReply, Report, RetireReply,
+    StatusView, TlsView,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cli::{ClientOpts, Cmd, TlsAction};
+use crate::cli::{CanaryAction, ClientOpts, Cmd, GoLiveOpts, TlsAction};
 
 /// A refusal or transport failure, printed by main.
 #[derive(Debug, thiserror::Error)]
@@ -167,10 +168,87 @@ fn print_status(v: &StatusView) -> String {
     if v.switch_in_progress {
         out += "a switch is in progress\n";
     }
+    if let Some(c) = &v.canary {
+        out += &print_canary(c);
+    }
+    if let Some(g) = &v.guard {
+        out += &print_guard(g);
+    }
     out + "releases:\n" + &print_releases(&v.releases) + &print_containers(v)
 }
 
+fn print_canary(c: &CanaryView) -> String {
+    let steps: Vec<String> = c.steps.iter().map(|s| format!("{s}%")).collect();
+    let ends = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.step_ends_at));
+    let guard = if c.guarded { "judged by the guard" } else { "not judged" };
+    format!(
+        "canary: {}% of the traffic to {} (step {} of {}: {}), {guard}; this step ends at {ends}\n",
+        c.weight,
+        c.release,
+        c.step + 1,
+        c.steps.len(),
+        steps.join(", ")
+    )
+}
+
+fn print_readiness(r: &Readiness) -> String {
+    if r.ready {
+        format!("rollback-ready: yes ({} passed its checks after {} started)\n", r.release, r.candidate)
+    } else {
+        format!("rollback-ready: NO ({})\n", r.why)
+    }
+}
+
+fn print_guard(g: &GuardView) -> String {
+    let mut out = if g.enabled { String::new() } else { "guard: off ([releases.guard] enabled = false)\n".to_string() };
+    match &g.watching {
+        Some(w) => {
+            out += &format!(
+                "guard: watching {} against {} ({}; {} evaluations, {} with enough answers; {} of {} bad in a row)\n",
+                w.release, w.against, w.kind, w.evaluations, w.conclusive, w.consecutive_bad, w.failure_limit
+            );
+            for s in w.last.iter().flat_map(|e| &e.services) {
+                let latency = |l: Option<f64>| l.map_or_else(|| "-".to_string(), |l| format!("{:.1} ms", l * 1e3));
+                let base = s.baseline.as_ref().map_or_else(
+                    || "no baseline".to_string(),
+                    |b| format!("{}: {} answers, {:.2}% errors, {}", w.against, b.requests, b.error_ratio * 100.0, latency(b.latency)),
+                );
+                let verdict = if s.inconclusive {
+                    "too few answers".to_string()
+                } else if s.broken.is_empty() {
+                    "ok".to_string()
+                } else {
+                    s.broken.iter().map(|b| b.evidence.clone()).collect::<Vec<_>>().join("; ")
+                };
+                out += &format!(
+                    "  {:<12} {} answers, {:.2}% errors, {} | {base} | {verdict}\n",
+                    s.service,
+                    s.candidate.requests,
+                    s.candidate.error_ratio * 100.0,
+                    latency(s.candidate.latency)
+                );
+            }
+        }
+        None if g.enabled => out += "guard: watching nothing (no release went live since the previous one retired)\n",
+        None => {}
+    }
+    if let Some(v) = &g.verdict {
+        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.at));
+        out += &match &v.refused {
+            None => format!("last verdict: {} of {} at {at}: {}\n", v.action, v.release, v.evidence),
+            Some(why) => format!("ALERT: {} is bad ({}) but the {} was refused: {why}\n", v.release, v.evidence, v.action),
+        };
+    }
+    if let Some(r) = &g.rollback_ready {
+        out += &print_readiness(r);
+    }
+    out
+}
+
 fn print_flip(verb: &str, r: &FlipReply) -> String {
+    if let Some(c) = &r.canary {
+        return format!("{}live stays {} (generation {})\n", print_canary(c), r.live, r.generation);
+    }
     let mut out = format!("{verb} to {} (generation {}) in {:.1} ms", r.live, r.generation, r.duration_ms);
     if r.forced {
         out += " — FORCED, validation skipped";
@@ -182,7 +260,14 @@ fn print_flip(verb: &str, r: &FlipReply) -> String {
         let done = if c.action == "start" { "started" } else { "stopped" };
         out += &format!("\n{done} {} ({}, overlap = false) in {:.0} ms", c.name, c.service, c.ms);
     }
-    out + "\n"
+    out += "\n";
+    if let Some(ready) = &r.rollback_ready {
+        out += &print_readiness(ready);
+    }
+    for w in &r.warnings {
+        out += &format!("WARNING: {w}\n");
+    }
+    out
 }
 
 fn print_events(events: &[Event]) -> String {
@@ -236,11 +321,21 @@ fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
         Cmd::Deploy { name, .. } => {
             let r: DeployReply = typed(v)?;
             let mut out = format!("deploying {name}\n{}", print_steps(&r.steps));
+            if let Some(c) = &r.canary {
+                return Ok(out + &print_canary(c));
+            }
             out += &format!("{name} is live (generation {}) after {:.1} s", r.generation, r.duration_ms / 1e3);
             if let Some(p) = &r.previous {
                 out += &format!("; {p} stays warm for the validation window, then its containers are stopped");
             }
-            out + "\n"
+            out += "\n";
+            if let Some(ready) = &r.rollback_ready {
+                out += &print_readiness(ready);
+            }
+            for w in &r.warnings {
+                out += &format!("WARNING: {w}\n");
+            }
+            out
         }
         Cmd::Register { name, .. } => format!("registered {name}\n{}", print_releases(&[typed(v)?])),
         Cmd::Check { .. } => print_report(&typed(v)?),
@@ -264,6 +359,15 @@ fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
             }
         }
         Cmd::Tls { action, .. } => print_tls(*action, &typed(v)?),
+        Cmd::Guard(_) => print_guard(&typed(v)?),
+        Cmd::Canary { action: CanaryAction::Show, .. } => match typed::<Option<CanaryView>>(v)? {
+            Some(c) => print_canary(&c),
+            None => "no canary is running\n".to_string(),
+        },
+        Cmd::Canary { action: CanaryAction::Promote, .. } => print_flip("promoted: switched", &typed(v)?),
+        Cmd::Canary { action: CanaryAction::Abort, .. } => {
+            format!("canary aborted: everyone is on {} again\n", typed::<FlipReply>(v)?.live)
+        }
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     })
 }
@@ -282,6 +386,16 @@ fn refusal(status: u16, v: &Value) -> String {
         msg += &print_report(report);
     }
     msg
+}
+
+/// Adds `--canary` and `--no-guard` to a switch or deploy body.
+fn go_live(body: &mut Value, live: &GoLiveOpts) {
+    if let Some(steps) = &live.canary {
+        body["canary"] = json!(steps);
+    }
+    if live.no_guard {
+        body["guard"] = json!(false);
+    }
 }
 
 fn backends(list: &[String]) -> Result<Value, ClientError> {
@@ -303,15 +417,20 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
         Cmd::Events(o) => (o, Method::GET, "/events".into(), None),
         Cmd::Register { name, backends: b, opts } => (opts, Method::PUT, format!("/releases/{name}"), Some(backends(b)?)),
         Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
-        Cmd::Switch { name, flip, opts } => (
-            opts,
-            Method::POST,
-            "/switch".into(),
-            Some(json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation })),
-        ),
-        Cmd::Deploy { name, keep_failed, opts } => {
-            (opts, Method::POST, "/deploy".into(), Some(json!({ "release": name, "keep_failed": keep_failed })))
+        Cmd::Switch { name, flip, live, opts } => {
+            let mut body = json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation });
+            go_live(&mut body, live);
+            (opts, Method::POST, "/switch".into(), Some(body))
         }
+        Cmd::Deploy { name, keep_failed, live, opts } => {
+            let mut body = json!({ "release": name, "keep_failed": keep_failed });
+            go_live(&mut body, live);
+            (opts, Method::POST, "/deploy".into(), Some(body))
+        }
+        Cmd::Guard(o) => (o, Method::GET, "/guard".into(), None),
+        Cmd::Canary { action: CanaryAction::Show, opts } => (opts, Method::GET, "/canary".into(), None),
+        Cmd::Canary { action: CanaryAction::Promote, opts } => (opts, Method::POST, "/canary/promote".into(), None),
+        Cmd::Canary { action: CanaryAction::Abort, opts } => (opts, Method::POST, "/canary/abort".into(), None),
         Cmd::Rollback { flip, opts } => {
             (opts, Method::POST, "/rollback".into(), Some(json!({ "force": flip.force, "expect_generation": flip.expect_generation })))
         }

@@ -133,8 +133,17 @@ impl Config {
     /// The controller's settings: the reloadable `[releases]` settings with
     /// the fixed state file and admin priority.
     pub fn control(&self) -> ControlSettings {
-        let ReleaseSettings { preview, validation_window, drain_timeout, retire_hooks, hook_timeout, warm_check_interval } =
-            self.live.releases.clone();
+        let ReleaseSettings {
+            preview,
+            validation_window,
+            drain_timeout,
+            retire_hooks,
+            hook_timeout,
+            warm_check_interval,
+            require_rollback_ready,
+            guard,
+            canary,
+        } = self.live.releases.clone();
         ControlSettings {
             state_file: self.fixed.state_file.clone(),
             validation_window,
@@ -144,6 +153,9 @@ impl Config {
             preview,
             warm_check_interval,
             admin_priority: self.fixed.admin_priority,
+            guard,
+            canary,
+            require_rollback_ready,
         }
     }
 }

@@ -64,7 +64,12 @@ struct ControlLoops(Arc<Controller>);
 #[async_trait]
 impl BackgroundService for ControlLoops {
     async fn start(&self, shutdown: ShutdownWatch) {
-        tokio::join!(self.0.run_window_timer(shutdown.clone()), self.0.run_warm_watch(shutdown.clone()), self.0.run_discovery(shutdown));
+        tokio::join!(
+            self.0.run_window_timer(shutdown.clone()),
+            self.0.run_warm_watch(shutdown.clone()),
+            self.0.run_guard(shutdown.clone()),
+            self.0.run_discovery(shutdown)
+        );
     }
 }
 

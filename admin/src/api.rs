@@ -44,6 +44,12 @@ struct SwitchBody {
     expect_generation: Option<u64>,
     #[serde(default)]
     force: bool,
+    /// `false`: no guard after this switch.
+    #[serde(default)]
+    guard: Option<bool>,
+    /// Canary steps in percent (`[]`: the configured ones) instead of a switch.
+    #[serde(default)]
+    canary: Option<Vec<f64>>,
 }
 
 /// Body of `POST /deploy`.
@@ -53,6 +59,10 @@ struct DeployBody {
     release: ReleaseName,
     #[serde(default)]
     keep_failed: bool,
+    #[serde(default)]
+    guard: Option<bool>,
+    #[serde(default)]
+    canary: Option<Vec<f64>>,
 }
 
 /// `DeployBody` behind an Option so `parse_body` can require it.
@@ -210,14 +220,18 @@ impl AdminApi {
                 let body: SwitchBodyOpt = parse_body(&read_body(s).await?, true)?;
                 let body = body.0.expect("required body");
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
-                let req = SwitchRequest { release: body.release, expect_generation: body.expect_generation, force };
+                let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
+                let req =
+                    SwitchRequest { release: body.release, expect_generation: body.expect_generation, force, guard, canary: body.canary };
                 Reply::json(200, c.switch(req, &actor).await?)
             }
             (["deploy"], &Method::POST) => {
                 let body: DeployBodyOpt = parse_body(&read_body(s).await?, true)?;
                 let body = body.0.expect("required body");
                 let keep_failed = query_flag(query.as_deref(), "keep_failed")?.unwrap_or(false) || body.keep_failed;
-                Reply::json(200, c.deploy(DeployRequest { release: body.release, keep_failed }, &actor).await?)
+                let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
+                let req = DeployRequest { release: body.release, keep_failed, guard, canary: body.canary };
+                Reply::json(200, c.deploy(req, &actor).await?)
             }
             (["rollback"], &Method::POST) => {
                 let body: RollbackBody = parse_body(&read_body(s).await?, false)?;
@@ -227,6 +241,16 @@ impl AdminApi {
             (["reload"], &Method::POST) => {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.reload(&actor).await?)
+            }
+            (["guard"], &Method::GET) => Reply::json(200, c.guard_view()),
+            (["canary"], &Method::GET) => Reply::json(200, c.status().await.canary),
+            (["canary", "promote"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.promote_canary(&actor).await?)
+            }
+            (["canary", "abort"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.abort_canary_by_hand(&actor).await?)
             }
             (["tls"], &Method::GET) => Reply::json(200, c.tls_status()?),
             (["tls", "reload"], &Method::POST) => {
@@ -242,6 +266,10 @@ impl AdminApi {
                 | ["metrics"]
                 | ["openapi.json"]
                 | ["tls"]
+                | ["guard"]
+                | ["canary"]
+                | ["canary", "promote"]
+                | ["canary", "abort"]
                 | ["releases", _]
                 | ["releases", _, "check"]
                 | ["switch"]
@@ -261,9 +289,17 @@ impl AdminApi {
 fn allowed_methods(path: &str) -> Option<&'static str> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     Some(match segments.as_slice() {
-        [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] | ["tls"] => "GET",
+        [""] | ["healthz"] | ["status"] | ["releases"] | ["events"] | ["metrics"] | ["openapi.json"] | ["tls"] | ["guard"] | ["canary"] => {
+            "GET"
+        }
         ["releases", _] => "GET, PUT, DELETE",
-        ["releases", _, "check"] | ["switch"] | ["rollback"] | ["reload"] | ["deploy"] | ["tls", "reload"] => "POST",
+        ["releases", _, "check"]
+        | ["switch"]
+        | ["rollback"]
+        | ["reload"]
+        | ["deploy"]
+        | ["tls", "reload"]
+        | ["canary", "promote" | "abort"] => "POST",
         _ => return None,
     })
 }
@@ -343,6 +379,10 @@ mod tests {
             ("/deploy", "post"),
             ("/tls", "get"),
             ("/tls/reload", "post"),
+            ("/guard", "get"),
+            ("/canary", "get"),
+            ("/canary/promote", "post"),
+            ("/canary/abort", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),

@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::clock::now_ms;
 use crate::error::ControlError;
+use crate::guard::GuardBook;
 use crate::metrics::ControlMetrics;
 use crate::persist::{Entry, StateStore, Store};
 use crate::report::Report;
@@ -32,10 +33,12 @@ use crate::state::{BackendMap, Command, Event, State};
 use crate::validate::{Mode, Validator};
 use crate::view::StatusView;
 
+mod canary;
 mod containers;
 mod deploy;
 mod discovery;
 mod flip;
+mod guard;
 mod loops;
 mod releases;
 mod reload;
@@ -112,6 +115,11 @@ pub struct Controller {
     docker: Option<Docker>,
     /// With TLS listeners.
     tls: Option<TlsState>,
+    /// The guard: counter readings, the watch over a new release, verdicts.
+    guard: std::sync::Mutex<GuardBook>,
+    /// Restarts the guard's interval at a flip, so its judgements fall a
+    /// whole interval apart from the first answer on.
+    guard_tick: Notify,
 }
 
 /// Proof that the caller holds the one-flip-at-a-time lock.
@@ -149,7 +157,7 @@ impl Controller {
         };
         let resolving = state.releases.iter().map(|(n, r)| resolve(&topology, &table, n, &r.backends));
         let releases = futures_util::future::try_join_all(resolving).await?;
-        table.update(|cur| Snapshot::new(state.generation, topology.clone(), releases, state.live.as_ref(), cur.tunables().clone()));
+        table.update(|cur| snapshot_of(&state, topology.clone(), releases, cur.tunables().clone()));
         let metrics = ControlMetrics::new(table.clone());
         for c in collectors {
             metrics.register(c);
@@ -171,6 +179,8 @@ impl Controller {
             held: AtomicBool::new(hold_changes),
             docker,
             tls,
+            guard: std::sync::Mutex::new(GuardBook::default()),
+            guard_tick: Notify::new(),
         })
     }
 
@@ -232,7 +242,7 @@ impl Controller {
                 .map(|r| fresh.iter().find(|f| f.name() == r.name()).unwrap_or(r).clone())
                 .collect();
             releases.extend(fresh.iter().filter(|f| st.releases.contains_key(f.name()) && cur.find(f.name()).is_none()).cloned());
-            Snapshot::new(st.generation, cur.topology().clone(), releases, st.live.as_ref(), cur.tunables().clone())
+            snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone())
         });
     }
 
@@ -283,6 +293,7 @@ impl Controller {
             view.docker = Some(discovered);
         }
         view.tls = self.tls_view();
+        view.guard = Some(self.guard_view());
         view
     }
 
@@ -304,7 +315,8 @@ impl Controller {
             (st.live.clone(), st.previous.as_ref().map(|p| p.release.clone()))
         };
         let watched = self.watched(previous.as_ref()).map(|r| (r.release, r.passed));
-        self.metrics.encode(live.as_ref(), watched)
+        let canary = self.state.lock().await.canary.as_ref().map(|c| (c.release.clone(), c.weight()));
+        self.metrics.encode(live.as_ref(), watched, canary.as_ref().map(|(r, w)| (r, *w)))
     }
 }
 
@@ -322,10 +334,19 @@ fn seed_state(seed: Seed) -> Result<State, ControlError> {
     }
     if let Some(initial) = seed.initial {
         let detail = "initial release from config".to_string();
-        let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0, detail };
+        let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0, detail, action: None };
         s = s.apply(cmd, now, "canopy (initial)")?;
     }
     Ok(s)
+}
+
+/// The snapshot of `st` over `releases`: live, generation and the canary.
+fn snapshot_of(st: &State, topology: Arc<Topology>, releases: Vec<Arc<Release>>, tunables: Arc<canopy_proxy::Tunables>) -> Snapshot {
+    let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables);
+    match &st.canary {
+        Some(c) => snapshot.with_canary(&c.release, c.weight()),
+        None => snapshot,
+    }
 }
 
 /// An audit event about `subject`, at the state's live release and generation.

@@ -34,6 +34,10 @@ pub enum ControlError {
     /// Validation failed; the report says which check and why.
     #[error("validation of release `{}` failed: {}", .0.release, .0.summary())]
     Validation(Box<Report>),
+    /// The candidate's start broke the live release (its checks fail now), so
+    /// a rollback would not work; refused with `require-rollback-ready`.
+    #[error("{0}")]
+    NotRollbackReady(String),
     /// A config or certificate reload was refused: the message names the
     /// file, line and column, or the setting that needs `serve --upgrade`.
     #[error("{0}")]

@@ -29,6 +29,7 @@ mod checks;
 mod clock;
 mod controller;
 mod error;
+mod guard;
 mod metrics;
 mod persist;
 mod priority;
@@ -50,16 +51,19 @@ pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, S
 pub use clock::{now_ms, UnixMillis};
 pub use controller::{Controller, Parts, Runtime};
 pub use error::ControlError;
+pub use guard::{Broken, Evaluation, Figures, GuardView, Readiness, Rule, ServiceJudgement, Verdict, WatchView};
 pub use persist::{journal_path, load as load_state, Entry, PersistError, StateStore, Store};
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use replies::{
-    CertView, ContainerStep, ContainerView, DeployFailure, DeployReply, DeployStep, Discovered, ErrorReply, FlipReply, HookResult,
-    ReloadReply, RetireReply, TlsView,
+    CanaryView, CertView, ContainerStep, ContainerView, DeployFailure, DeployReply, DeployStep, Discovered, ErrorReply, FlipReply,
+    HookResult, ReloadReply, RetireReply, TlsView,
 };
 pub use report::{CheckResult, Report};
 pub use requests::{DeployRequest, SwitchRequest};
-pub use settings::{ControlSettings, DeploySettings, Seed, ServiceContainer};
+pub use settings::{CanarySettings, ControlSettings, DeploySettings, GuardSettings, Seed, ServiceContainer};
 pub use sources::{CertSource, ConfigSource, Reload, TlsParts};
-pub use state::{BackendMap, Command, ContainerChange, Event, Previous, ReleaseRecord, State, StateError, STATE_VERSION};
+pub use state::{
+    BackendMap, CanaryState, Command, ContainerChange, Event, Failure, Previous, ReleaseRecord, State, StateError, STATE_VERSION,
+};
 pub use validate::{Mode, Validator};
 pub use view::{PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};

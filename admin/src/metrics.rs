@@ -35,6 +35,13 @@ pub struct ControlMetrics {
     rollback_target: IntGaugeVec,
     reloads: IntCounterVec,
     last_reload: Gauge,
+    /// Set from the state at each scrape: the canary's candidate and weight (percent).
+    canary_weight: GaugeVec,
+    guard_evaluations: IntCounterVec,
+    auto_rollbacks: IntCounterVec,
+    /// The guard's latest figures per release and service (`role`: candidate or baseline).
+    guard_error_ratio: GaugeVec,
+    guard_latency: GaugeVec,
     /// Serialises scrapes: the two gauges above are reset and refilled by each.
     scrape: Mutex<()>,
 }
@@ -71,6 +78,37 @@ impl ControlMetrics {
         let last_reload =
             Gauge::new("canopy_config_last_reload_timestamp_seconds", "Unix time of the last successful config reload (0 if none).")
                 .expect(VALID);
+        let canary_weight = GaugeVec::new(
+            opts!("canopy_canary_weight", "Share of the traffic (percent) the running canary's candidate takes."),
+            &["release"],
+        )
+        .expect(VALID);
+        let guard_evaluations = IntCounterVec::new(
+            opts!("canopy_guard_evaluations_total", "Guard evaluations of a new release by rule and result (pass, fail, inconclusive)."),
+            &["release", "rule", "result"],
+        )
+        .expect(VALID);
+        let auto_rollbacks = IntCounterVec::new(
+            opts!("canopy_auto_rollbacks_total", "Releases rolled back (or canaries aborted) by the guard, by the rule broken."),
+            &["rule"],
+        )
+        .expect(VALID);
+        for rule in ["error-ratio", "latency"] {
+            auto_rollbacks.with_label_values(&[rule]);
+        }
+        let guard_error_ratio = GaugeVec::new(
+            opts!("canopy_guard_error_ratio", "The guard's latest error ratio per service of the release judged (candidate) and of the one it is compared with (baseline)."),
+            &["release", "service", "role"],
+        )
+        .expect(VALID);
+        let guard_latency = GaugeVec::new(
+            opts!(
+                "canopy_guard_latency_seconds",
+                "The guard's latest latency at its quantile, per service of the candidate and the baseline."
+            ),
+            &["release", "service", "role"],
+        )
+        .expect(VALID);
         let build = GaugeVec::new(opts!("canopy_build_info", "The running canopy build (value 1)."), &["version"]).expect(VALID);
         for result in RESULTS {
             // every result is exported from the start, as 0
@@ -93,6 +131,11 @@ impl ControlMetrics {
             Box::new(access_log_dropped),
             Box::new(reloads.clone()),
             Box::new(last_reload.clone()),
+            Box::new(canary_weight.clone()),
+            Box::new(guard_evaluations.clone()),
+            Box::new(auto_rollbacks.clone()),
+            Box::new(guard_error_ratio.clone()),
+            Box::new(guard_latency.clone()),
             Box::new(build),
             Box::new(RequestCollector::new(table)),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -111,6 +154,11 @@ impl ControlMetrics {
             rollback_target,
             reloads,
             last_reload,
+            canary_weight,
+            guard_evaluations,
+            auto_rollbacks,
+            guard_error_ratio,
+            guard_latency,
             scrape: Mutex::new(()),
         }
     }
@@ -144,6 +192,37 @@ impl ControlMetrics {
         }
     }
 
+    /// Counts one guard evaluation of `release` and sets its figures.
+    pub fn guard_evaluated(&self, release: &ReleaseName, against: &ReleaseName, e: &crate::guard::Evaluation) {
+        for rule in [crate::guard::Rule::ErrorRatio, crate::guard::Rule::Latency] {
+            let result = if e.inconclusive {
+                "inconclusive"
+            } else if e.services.iter().any(|s| s.broken.iter().any(|b| b.rule == rule)) {
+                "fail"
+            } else {
+                "pass"
+            };
+            self.guard_evaluations.with_label_values(&[release.as_str(), rule.as_str(), result]).inc();
+        }
+        self.guard_error_ratio.reset();
+        self.guard_latency.reset();
+        for s in &e.services {
+            let service = s.service.as_str();
+            for (role, name, figures) in [("candidate", release, Some(&s.candidate)), ("baseline", against, s.baseline.as_ref())] {
+                let Some(f) = figures else { continue };
+                self.guard_error_ratio.with_label_values(&[name.as_str(), service, role]).set(f.error_ratio);
+                if let Some(l) = f.latency {
+                    self.guard_latency.with_label_values(&[name.as_str(), service, role]).set(l);
+                }
+            }
+        }
+    }
+
+    /// Counts a release rolled back (or a canary aborted) by the guard.
+    pub fn auto_rolled_back(&self, rule: crate::guard::Rule) {
+        self.auto_rollbacks.with_label_values(&[rule.as_str()]).inc();
+    }
+
     /// Counts every check result of a report.
     pub fn record_checks(&self, r: &Report) {
         let release = r.release.as_str();
@@ -156,11 +235,13 @@ impl ControlMetrics {
     /// Drops the series of a retired release (label values stay bounded by
     /// what is registered).
     pub fn forget(&self, release: &ReleaseName) {
-        for family in self.checks.collect() {
-            for m in family.get_metric() {
-                let labels: HashMap<&str, &str> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
-                if labels.get("release") == Some(&release.as_str()) {
-                    let _ = self.checks.remove(&labels);
+        for vec in [&self.checks, &self.guard_evaluations] {
+            for family in vec.collect() {
+                for m in family.get_metric() {
+                    let labels: HashMap<&str, &str> = m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+                    if labels.get("release") == Some(&release.as_str()) {
+                        let _ = vec.remove(&labels);
+                    }
                 }
             }
         }
@@ -168,9 +249,14 @@ impl ControlMetrics {
 
     /// Every metric as Prometheus text ([`CONTENT_TYPE`]): `live` is the live
     /// release, `watched` the warm previous release and whether its latest
-    /// background check passed.
-    pub fn encode(&self, live: Option<&ReleaseName>, watched: Option<(ReleaseName, bool)>) -> String {
+    /// background check passed, `canary` the running canary's candidate and
+    /// weight (in buckets of 10,000).
+    pub fn encode(&self, live: Option<&ReleaseName>, watched: Option<(ReleaseName, bool)>, canary: Option<(&ReleaseName, u16)>) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.canary_weight.reset();
+        if let Some((release, weight)) = canary {
+            self.canary_weight.with_label_values(&[release.as_str()]).set(f64::from(weight) / 100.0);
+        }
         self.live.reset();
         if let Some(l) = live {
             self.live.with_label_values(&[l.as_str()]).set(1);

@@ -372,7 +372,14 @@ mod tests {
     }
 
     fn switch(to: &str) -> Command {
-        Command::Switch { to: to.parse().unwrap(), expect_generation: None, forced: true, window_ms: 1000, detail: String::new() }
+        Command::Switch {
+            to: to.parse().unwrap(),
+            expect_generation: None,
+            forced: true,
+            window_ms: 1000,
+            detail: String::new(),
+            action: None,
+        }
     }
 
     /// Applies `cmds` to `st` and commits them the way the controller does.

@@ -6,6 +6,7 @@ use canopy_docker::{ContainerState, Health};
 use canopy_proxy::ReleaseName;
 use serde::{Deserialize, Serialize};
 
+use crate::guard::Readiness;
 use crate::report::Report;
 use crate::state::Previous;
 
@@ -34,6 +35,51 @@ pub struct FlipReply {
     /// flip, and of the old one stopped after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerStep>,
+    /// For a switch: whether the release live before still passes its checks
+    /// now that the new one has started (a rollback to it would work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_ready: Option<Readiness>,
+    /// Things the operator should know (the release was rolled back by
+    /// canopy before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// With `canary`: the canary started (nothing flipped yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryView>,
+}
+
+/// A canary in progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryView {
+    /// The candidate.
+    pub release: ReleaseName,
+    /// Its share of the traffic now, in percent.
+    pub weight: f64,
+    /// The current step (0-based) of `steps`.
+    pub step: usize,
+    /// Every step's share, in percent; the last passing step ends in the switch.
+    pub steps: Vec<f64>,
+    /// When the current step began (Unix ms).
+    pub step_started_at: u64,
+    /// When it ends (Unix ms), unless the guard or an operator acts first.
+    pub step_ends_at: u64,
+    /// The guard judges each step against the live release in the same period.
+    pub guarded: bool,
+}
+
+impl CanaryView {
+    /// The view of `c`.
+    pub fn of(c: &crate::state::CanaryState) -> Self {
+        CanaryView {
+            release: c.release.clone(),
+            weight: f64::from(c.weight()) / 100.0,
+            step: c.step,
+            steps: c.steps.iter().map(|w| f64::from(*w) / 100.0).collect(),
+            step_started_at: c.step_started_at,
+            step_ends_at: c.step_started_at + c.step_ms,
+            guarded: c.guarded,
+        }
+    }
 }
 
 /// A container started or stopped by a flip (`overlap = false`).
@@ -115,6 +161,15 @@ pub struct DeployReply {
     pub report: Option<Report>,
     /// The whole deploy, in milliseconds.
     pub duration_ms: f64,
+    /// Whether the release live before still works (see [`FlipReply::rollback_ready`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_ready: Option<Readiness>,
+    /// Things the operator should know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// With `canary`: the canary started instead of the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryView>,
 }
 
 /// A refused or failed deploy: why, the steps done (all undone since), and

@@ -11,6 +11,11 @@ pub struct SwitchRequest {
     pub expect_generation: Option<u64>,
     /// Skip validation.
     pub force: bool,
+    /// Judge the new release afterwards (`None`: as `[releases.guard]` says).
+    pub guard: Option<bool>,
+    /// Start a canary with these steps (percent of the traffic) instead of
+    /// switching at once; an empty list takes `[releases.canary]`'s.
+    pub canary: Option<Vec<f64>>,
 }
 
 /// A `POST /deploy` request.
@@ -20,4 +25,8 @@ pub struct DeployRequest {
     pub release: ReleaseName,
     /// Keep the containers of a failed deploy for inspection instead of removing them.
     pub keep_failed: bool,
+    /// Judge the new release afterwards (`None`: as `[releases.guard]` says).
+    pub guard: Option<bool>,
+    /// End in a canary with these steps instead of a switch (empty: the configured steps).
+    pub canary: Option<Vec<f64>>,
 }

@@ -32,6 +32,76 @@ pub struct ControlSettings {
     pub warm_check_interval: Duration,
     /// How the admin thread asks to be scheduled; see [`crate::prioritise_current_thread`].
     pub admin_priority: AdminPriority,
+    /// `[releases.guard]`: judging a new release against the one it replaced.
+    pub guard: GuardSettings,
+    /// `[releases.canary]`: the default canary steps.
+    pub canary: CanarySettings,
+    /// Refuse a switch when the candidate's start broke the live release
+    /// (its checks fail once the candidate runs): a rollback would not work.
+    pub require_rollback_ready: bool,
+}
+
+/// `[releases.guard]`: after a switch (while the previous release is warm)
+/// and at each canary step, the new release is compared, per service, with
+/// the release it replaces; a bad verdict rolls back (or aborts the canary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardSettings {
+    /// Judge new releases at all (a switch or deploy may still turn it off).
+    pub enabled: bool,
+    /// How often the counters are read and judged.
+    pub interval: Duration,
+    /// The sliding window each judgement looks at.
+    pub window: Duration,
+    /// How far back before a switch the previous release's figures (its
+    /// baseline) are taken from.
+    pub baseline: Duration,
+    /// Answers a service needs in the window before it is judged at all.
+    pub min_requests: u64,
+    /// Consecutive bad judgements before canopy acts.
+    pub failure_limit: u32,
+    /// Error ratio (5xx answers and upstream failures over all answers)
+    /// above which a release is bad, when it is also above the baseline's.
+    pub max_error_ratio: f64,
+    /// Latency above this many times the baseline's is bad...
+    pub max_latency_ratio: f64,
+    /// ...at this quantile (0.99: p99)...
+    pub latency_quantile: f64,
+    /// ...when it is also above this floor (2 ms against 1 ms is no regression).
+    pub latency_floor: Duration,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(10),
+            baseline: Duration::from_secs(60),
+            min_requests: 20,
+            failure_limit: 2,
+            max_error_ratio: 0.05,
+            max_latency_ratio: 2.0,
+            latency_quantile: 0.99,
+            latency_floor: Duration::from_millis(25),
+        }
+    }
+}
+
+/// `[releases.canary]`: what `--canary` without steps, and a deploy with a
+/// canary, use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySettings {
+    /// Each step's share of the traffic, in percent (the last passing step
+    /// ends in the switch).
+    pub steps: Vec<f64>,
+    /// How long each step runs.
+    pub step_duration: Duration,
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        Self { steps: vec![10.0, 50.0], step_duration: Duration::from_secs(60) }
+    }
 }
 
 /// How the state is seeded when no state file exists.

@@ -31,6 +31,49 @@ pub struct ReleaseRecord {
     /// The last validation report, if it was ever checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<Report>,
+    /// Set when canopy took this release out of service by itself (an
+    /// automatic rollback, an aborted canary): a later switch or deploy of
+    /// it warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failure>,
+}
+
+/// Why canopy took a release out of service by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    /// When.
+    pub at: UnixMillis,
+    /// `auto-rollback` or `canary-abort`.
+    pub action: String,
+    /// The evidence: the rule and the numbers.
+    pub detail: String,
+}
+
+/// A canary in progress: the candidate takes `steps[step]` of
+/// [`canopy_proxy::CANARY_BUCKETS`] buckets of the traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryState {
+    /// The candidate.
+    pub release: ReleaseName,
+    /// The weight of each step, in buckets (of 10,000).
+    pub steps: Vec<u16>,
+    /// The current step (index into `steps`).
+    pub step: usize,
+    /// How long each step lasts before the next (the last ends in a switch).
+    pub step_ms: u64,
+    /// When the current step began.
+    pub step_started_at: UnixMillis,
+    /// Whether the guard judges each step (else steps advance by time only).
+    pub guarded: bool,
+}
+
+impl CanaryState {
+    /// The candidate's weight now, in buckets.
+    pub fn weight(&self) -> u16 {
+        self.steps.get(self.step).copied().unwrap_or(0)
+    }
 }
 
 /// The release that was live before the last flip, kept warm until `retire_at`.
@@ -100,6 +143,10 @@ pub struct State {
     /// oldest first; pruning removes from the front.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<ReleaseName>,
+    /// A canary in progress (its weight is in every snapshot, so a restart
+    /// resumes it where it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryState>,
 }
 
 /// A change to the control state (also the journal's record of it).
@@ -125,6 +172,9 @@ pub enum Command {
         window_ms: u64,
         /// Audit summary (validation result).
         detail: String,
+        /// The audit action when not a plain `switch` (`canary-promote`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
     },
     /// Make `previous` live again; the current live release becomes `previous`.
     Rollback {
@@ -136,6 +186,9 @@ pub enum Command {
         window_ms: u64,
         /// Audit summary (re-check result).
         detail: String,
+        /// The audit action when not a plain `rollback` (`auto-rollback`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
     },
     /// Drop a release (never the live one).
     Retire {
@@ -167,6 +220,31 @@ pub enum Command {
         /// Why, or the step summary.
         detail: String,
     },
+    /// A canary of `canary.release` begins at its first step.
+    CanaryStart {
+        /// The canary (its step is 0).
+        canary: CanaryState,
+    },
+    /// The running canary moves to `step`.
+    CanaryStep {
+        /// The new step.
+        step: usize,
+    },
+    /// The running canary ends: `promoted` (committed with the switch to
+    /// its candidate) or `aborted` (everyone back on the live release).
+    CanaryEnd {
+        /// `promoted` or `aborted`.
+        result: String,
+        /// Why (for an abort: the rule and the numbers, or who asked).
+        detail: String,
+    },
+    /// canopy took `release` out of service by itself.
+    MarkFailed {
+        /// The release.
+        release: ReleaseName,
+        /// Why.
+        failure: Failure,
+    },
     /// The containers of `release` were stopped (kept) or started again
     /// (`stopped = false`), or removed (`removed = true`).
     Containers {
@@ -182,11 +260,11 @@ impl Command {
     /// validation result, known only once the checks have run).
     pub fn with_detail(self, detail: String) -> Self {
         match self {
-            Command::Switch { to, expect_generation, forced, window_ms, .. } => {
-                Command::Switch { to, expect_generation, forced, window_ms, detail }
+            Command::Switch { to, expect_generation, forced, window_ms, action, .. } => {
+                Command::Switch { to, expect_generation, forced, window_ms, detail, action }
             }
-            Command::Rollback { expect_generation, forced, window_ms, .. } => {
-                Command::Rollback { expect_generation, forced, window_ms, detail }
+            Command::Rollback { expect_generation, forced, window_ms, action, .. } => {
+                Command::Rollback { expect_generation, forced, window_ms, detail, action }
             }
             other => other,
         }
@@ -247,6 +325,18 @@ pub enum StateError {
         /// The live release.
         name: ReleaseName,
     },
+    /// A canary runs: other flips wait until it is promoted or aborted.
+    #[error("a canary of release `{name}` is running: promote or abort it first (`canopy canary promote|abort`)")]
+    CanaryRunning {
+        /// The canary's candidate.
+        name: ReleaseName,
+    },
+    /// No canary runs.
+    #[error("no canary is running")]
+    NoCanary,
+    /// A canary needs a live release to compare with and share traffic with.
+    #[error("a canary needs a live release; switch to a first release instead")]
+    NoLive,
     /// A deploy is already running (or was, when canopy stopped).
     #[error("a deploy of release `{name}` is in progress")]
     DeployRunning {
@@ -268,6 +358,14 @@ impl State {
             events: VecDeque::new(),
             deploying: None,
             stopped: Vec::new(),
+            canary: None,
+        }
+    }
+
+    fn no_canary_but(&self, allowed: Option<&ReleaseName>) -> Result<(), StateError> {
+        match &self.canary {
+            Some(c) if Some(&c.release) != allowed => Err(StateError::CanaryRunning { name: c.release.clone() }),
+            _ => Ok(()),
         }
     }
 
@@ -293,6 +391,8 @@ impl State {
             Command::Switch { to, expect_generation, .. } => {
                 self.check_generation(*expect_generation)?;
                 self.require(to)?;
+                // a canary ends in a switch to its candidate (with CanaryEnd)
+                self.no_canary_but(Some(to))?;
                 if self.live.as_ref() == Some(to) {
                     return Err(StateError::AlreadyLive { name: to.clone() });
                 }
@@ -300,6 +400,7 @@ impl State {
             }
             Command::Rollback { expect_generation, .. } => {
                 self.check_generation(*expect_generation)?;
+                self.no_canary_but(None)?;
                 match &self.previous {
                     Some(p) if self.releases.contains_key(&p.release) => Ok(()),
                     _ => Err(StateError::NoPrevious),
@@ -307,6 +408,9 @@ impl State {
             }
             Command::Retire { name } => {
                 self.require(name)?;
+                if self.canary.as_ref().is_some_and(|c| &c.release == name) {
+                    return Err(StateError::CanaryRunning { name: name.clone() });
+                }
                 if self.live.as_ref() == Some(name) {
                     return Err(StateError::RetireLive { name: name.clone() });
                 }
@@ -318,6 +422,21 @@ impl State {
                 None => Ok(()),
             },
             Command::DeployEnded { .. } | Command::Containers { .. } => Ok(()),
+            Command::CanaryStart { canary } => {
+                self.no_canary_but(None)?;
+                self.require(&canary.release)?;
+                match &self.live {
+                    None => Err(StateError::NoLive),
+                    Some(live) if live == &canary.release => Err(StateError::AlreadyLive { name: live.clone() }),
+                    Some(_) => Ok(()),
+                }
+            }
+            Command::CanaryStep { step } => match &self.canary {
+                Some(c) if *step < c.steps.len() => Ok(()),
+                Some(_) | None => Err(StateError::NoCanary),
+            },
+            Command::CanaryEnd { .. } => self.canary.as_ref().map(drop).ok_or(StateError::NoCanary),
+            Command::MarkFailed { release, .. } => self.require(release),
         }
     }
 
@@ -330,21 +449,27 @@ impl State {
             Command::Register { name, backends } => {
                 let registered_at = self.releases.get(&name).map_or(now, |r| r.registered_at);
                 let last_check = None; // new backends invalidate the last report
-                next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check });
+                                       // a release canopy took out of service stays marked until it is retired
+                let failed = self.releases.get(&name).and_then(|r| r.failed.clone());
+                next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check, failed });
                 next.push(now, "register", actor, None, Some(name), false, String::new());
             }
-            Command::Switch { to, forced, window_ms, detail, .. } => {
+            Command::Switch { to, forced, window_ms, detail, action, .. } => {
+                // a canary's candidate going live ends the canary (its CanaryEnd records how)
+                if next.canary.as_ref().is_some_and(|c| c.release == to) {
+                    next.canary = None;
+                }
                 let from = next.live.replace(to.clone());
                 next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
                 next.generation += 1;
-                next.push(now, "switch", actor, from, Some(to), forced, detail);
+                next.push(now, action.as_deref().unwrap_or("switch"), actor, from, Some(to), forced, detail);
             }
-            Command::Rollback { forced, window_ms, detail, .. } => {
+            Command::Rollback { forced, window_ms, detail, action, .. } => {
                 let prev = next.previous.take().expect("prechecked").release;
                 let from = next.live.replace(prev.clone());
                 next.previous = from.clone().map(|release| Previous { release, retire_at: now + window_ms });
                 next.generation += 1;
-                next.push(now, "rollback", actor, from, Some(prev), forced, detail);
+                next.push(now, action.as_deref().unwrap_or("rollback"), actor, from, Some(prev), forced, detail);
             }
             Command::Retire { name } => {
                 next.releases.remove(&name);
@@ -379,6 +504,29 @@ impl State {
                 };
                 next.push_event(event);
             }
+            Command::CanaryStart { canary } => {
+                let live = next.live.clone();
+                let detail = format!("steps {}", percents(&canary.steps));
+                next.push(now, "canary-start", actor, live, Some(canary.release.clone()), false, detail);
+                next.canary = Some(canary);
+            }
+            Command::CanaryStep { step } => {
+                let c = next.canary.as_mut().expect("prechecked");
+                c.step = step;
+                c.step_started_at = now;
+                let (release, detail) = (c.release.clone(), format!("{} of the traffic", percents(&[c.weight()])));
+                let live = next.live.clone();
+                next.push(now, "canary-step", actor, live, Some(release), false, detail);
+            }
+            Command::CanaryEnd { result, detail } => {
+                let c = next.canary.take().expect("prechecked");
+                let live = next.live.clone();
+                let action = if result == "promoted" { "canary-promote" } else { "canary-abort" };
+                next.push(now, action, actor, live, Some(c.release), false, detail);
+            }
+            Command::MarkFailed { release, failure } => {
+                next.releases.get_mut(&release).expect("prechecked").failed = Some(failure);
+            }
             Command::Containers { release, change } => {
                 next.stopped.retain(|r| r != &release);
                 if change == ContainerChange::Stopped {
@@ -392,7 +540,7 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(
+    pub(crate) fn push(
         &mut self,
         at: UnixMillis,
         action: &str,
@@ -424,128 +572,10 @@ impl State {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(s: &str) -> ReleaseName {
-        ReleaseName::parse(s).unwrap()
-    }
-
-    fn reg(s: State, name: &str) -> State {
-        s.apply(Command::Register { name: n(name), backends: BackendMap::new() }, 1, "t").unwrap()
-    }
-
-    fn switch(to: &str, expect: Option<u64>) -> Command {
-        Command::Switch { to: n(to), expect_generation: expect, forced: false, window_ms: 1000, detail: String::new() }
-    }
-
-    fn two() -> State {
-        let s = reg(reg(State::empty(), "juniper"), "elm");
-        s.apply(switch("juniper", None), 10, "t").unwrap()
-    }
-
-    #[test]
-    fn switch_moves_live_and_keeps_previous_warm() {
-        let s = two().apply(switch("elm", Some(1)), 100, "ops").unwrap();
-        assert_eq!(s.live, Some(n("elm")));
-        assert_eq!(s.previous, Some(Previous { release: n("juniper"), retire_at: 1100 }));
-        assert_eq!(s.generation, 2);
-        let e = s.events.back().unwrap();
-        assert_eq!((e.action.as_str(), e.actor.as_str(), e.result.as_str()), ("switch", "ops", "ok"));
-        assert_eq!((e.from.clone(), e.to.clone()), (Some(n("juniper")), Some(n("elm"))));
-    }
-
-    #[test]
-    fn refusals_leave_state_alone() {
-        let s = two();
-        assert_eq!(s.apply(switch("oak", None), 5, "t"), Err(StateError::NotFound { name: n("oak") }));
-        assert_eq!(s.apply(switch("juniper", None), 5, "t"), Err(StateError::AlreadyLive { name: n("juniper") }));
-        assert_eq!(s.apply(switch("elm", Some(0)), 5, "t"), Err(StateError::StaleGeneration { expected: 0, current: 1 }));
-        assert_eq!(s.apply(Command::Retire { name: n("juniper") }, 5, "t"), Err(StateError::RetireLive { name: n("juniper") }));
-        let fresh = reg(State::empty(), "elm");
-        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0, detail: String::new() };
-        assert_eq!(fresh.apply(rb, 5, "t"), Err(StateError::NoPrevious));
-    }
-
-    #[test]
-    fn rollback_swaps_live_and_previous() {
-        let s = two().apply(switch("elm", None), 100, "t").unwrap();
-        let rb = Command::Rollback { expect_generation: Some(2), forced: false, window_ms: 50, detail: String::new() };
-        let r = s.apply(rb, 200, "t").unwrap();
-        assert_eq!(r.live, Some(n("juniper")));
-        assert_eq!(r.previous, Some(Previous { release: n("elm"), retire_at: 250 }));
-        assert_eq!(r.generation, 3);
-    }
-
-    #[test]
-    fn retiring_previous_clears_it() {
-        let s = two().apply(switch("elm", None), 100, "t").unwrap();
-        let r = s.apply(Command::Retire { name: n("juniper") }, 200, "t").unwrap();
-        assert!(r.previous.is_none());
-        assert!(!r.releases.contains_key(&n("juniper")));
-        let rb = Command::Rollback { expect_generation: None, forced: false, window_ms: 0, detail: String::new() };
-        assert_eq!(r.apply(rb, 300, "t"), Err(StateError::NoPrevious));
-    }
-
-    #[test]
-    fn reregistering_keeps_registration_time_and_drops_report() {
-        let s = reg(State::empty(), "elm");
-        let mut b = BackendMap::new();
-        b.insert(ServiceName::parse("server").unwrap(), vec![Endpoint::parse("127.0.0.1:1").unwrap()]);
-        let s2 = s.apply(Command::Register { name: n("elm"), backends: b.clone() }, 99, "t").unwrap();
-        assert_eq!(s2.releases[&n("elm")].registered_at, 1);
-        assert_eq!(s2.releases[&n("elm")].backends, b);
-    }
-
-    #[test]
-    fn audit_log_is_bounded() {
-        let mut s = State::empty();
-        for i in 0..(MAX_EVENTS + 10) {
-            s = reg(s, if i % 2 == 0 { "elm" } else { "oak" });
-        }
-        assert_eq!(s.events.len(), MAX_EVENTS);
-    }
-
-    #[test]
-    fn one_deploy_at_a_time_and_its_end_is_audited() {
-        let s = two();
-        let s = s.apply(Command::DeployStarted { release: n("oak") }, 20, "ops").unwrap();
-        assert_eq!(s.deploying, Some(n("oak")));
-        assert_eq!(s.apply(Command::DeployStarted { release: n("elm") }, 21, "ops"), Err(StateError::DeployRunning { name: n("oak") }));
-        let end = Command::DeployEnded { release: n("oak"), result: "failed".into(), detail: "crashed".into() };
-        let s = s.apply(end, 22, "ops").unwrap();
-        assert_eq!(s.deploying, None);
-        let e = s.events.back().unwrap();
-        assert_eq!((e.action.as_str(), e.result.as_str(), e.detail.as_str()), ("deploy", "failed", "crashed"));
-    }
-
-    #[test]
-    fn stopped_releases_are_kept_oldest_first() {
-        let stop = |r: &str| Command::Containers { release: n(r), change: ContainerChange::Stopped };
-        let s = two().apply(stop("juniper"), 1, "t").unwrap().apply(stop("elm"), 2, "t").unwrap();
-        assert_eq!(s.stopped, vec![n("juniper"), n("elm")]);
-        let s = s.apply(stop("juniper"), 3, "t").unwrap();
-        assert_eq!(s.stopped, vec![n("elm"), n("juniper")]);
-        let s = s.apply(Command::Containers { release: n("elm"), change: ContainerChange::Started }, 4, "t").unwrap();
-        assert_eq!(s.stopped, vec![n("juniper")]);
-        let s = s.apply(Command::Containers { release: n("juniper"), change: ContainerChange::Removed }, 5, "t").unwrap();
-        assert!(s.stopped.is_empty());
-        assert_eq!(s.events.back().unwrap().action, "remove-containers");
-    }
-
-    #[test]
-    fn state_files_without_deploy_fields_still_load() {
-        let mut json = serde_json::to_value(two()).unwrap();
-        json.as_object_mut().unwrap().remove("deploying");
-        json.as_object_mut().unwrap().remove("stopped");
-        assert_eq!(serde_json::from_value::<State>(json).unwrap(), two());
-    }
-
-    #[test]
-    fn round_trips_through_json() {
-        let s = two();
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
-    }
+/// Weights in buckets (of 10,000) as percentages: `5%, 25%, 50%`.
+pub fn percents(steps: &[u16]) -> String {
+    steps.iter().map(|w| format!("{}%", f64::from(*w) / 100.0)).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests;

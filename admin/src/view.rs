@@ -8,9 +8,10 @@ use canopy_proxy::{Release, ReleaseName, Snapshot, Topology};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
-use crate::replies::{Discovered, TlsView};
+use crate::guard::GuardView;
+use crate::replies::{CanaryView, Discovered, TlsView};
 use crate::report::Report;
-use crate::state::State;
+use crate::state::{Failure, State};
 
 /// One service's backends in a release.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +83,10 @@ pub struct ReleaseView {
     /// Its containers (with `[docker]`; none for a release registered by hand).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ReleaseContainer>,
+    /// canopy took it out of service by itself (an automatic rollback, an
+    /// aborted canary): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failure>,
 }
 
 /// The previous release and its window.
@@ -122,6 +127,12 @@ pub struct StatusView {
     /// With TLS: the served certificates and ACME's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsView>,
+    /// The canary in progress.
+    #[serde(default)]
+    pub canary: Option<CanaryView>,
+    /// The guard: what it watches, its latest verdict, the rollback readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardView>,
 }
 
 /// Builds the view of one release from the state and its resolved form.
@@ -156,6 +167,7 @@ pub fn release_view(st: &State, release: &Release, topology: &Topology) -> Relea
         services,
         last_check: rec.and_then(|r| r.last_check.clone()),
         containers: Vec::new(),
+        failed: rec.and_then(|r| r.failed.clone()),
     }
 }
 
@@ -178,6 +190,8 @@ impl StatusView {
             docker: None,
             alerts: None,
             tls: None,
+            canary: st.canary.as_ref().map(CanaryView::of),
+            guard: None,
         }
     }
 }

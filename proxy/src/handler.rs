@@ -53,6 +53,8 @@ pub struct RequestCtx {
     failure: Option<UpstreamErrorKind>,
     upstream: Option<std::net::SocketAddr>,
     tls: bool,
+    /// A canary bucket the answer gives the shopper as a cookie (they had none).
+    set_bucket: Option<u16>,
 }
 
 impl RequestCtx {
@@ -259,7 +261,17 @@ impl ProxyHttp for CanopyProxy {
         let preview = req.headers.get(&RELEASE_NAME).map(|v| v.as_bytes());
         let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
         match routed {
-            Ok(target) => {
+            Ok(mut target) => {
+                if let (Some(canary), false) = (snapshot.canary(), target.previewed) {
+                    let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+                    let bucket = crate::canary::bucket(&session.req_header().headers, client);
+                    if !bucket.from_cookie {
+                        ctx.set_bucket = Some(bucket.value);
+                    }
+                    if canary.takes(bucket.value) {
+                        target.release = canary.release;
+                    }
+                }
                 let release = snapshot.release(target.release);
                 release.stats().start();
                 ctx.rr_start = release.backends(target.service).start();
@@ -317,6 +329,9 @@ impl ProxyHttp for CanopyProxy {
             if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
+        }
+        if let Some(bucket) = ctx.set_bucket {
+            resp.append_header(http::header::SET_COOKIE, crate::canary::set_cookie(bucket, ctx.tls))?;
         }
         // pingora passes chunked upstream bodies on as chunked (and turns
         // close-delimited ones into chunked) whatever the client speaks; an

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod canary;
 mod certs;
 mod downstream;
 mod drain;
@@ -26,6 +27,7 @@ mod tls;
 mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use canary::{Bucket, Canary, BUCKETS as CANARY_BUCKETS, COOKIE as CANARY_COOKIE};
 pub use certs::{CertError, CertStore, Certificate, SniTable};
 pub use downstream::ClientTimeouts;
 pub use drain::{Drain, SHUTDOWN_LINGER};
@@ -41,7 +43,7 @@ pub use resolver::Resolver;
 pub use routing::{request_host, Route, RouteError, RouteTable};
 pub use settings::{ProxySettings, Tunables};
 pub use snapshot::{Miss, Snapshot, Target};
-pub use stats::{ReleaseStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
+pub use stats::{ReleaseStats, ServiceSample, ServiceStats, StatsRegistry, UpstreamErrorKind, DURATION_BUCKETS};
 pub use table::ReleaseTable;
 pub use tls::{HandshakeCounts, TlsOptions, TlsTerminator};
 pub use topology::{AddressTemplate, Service, TemplateError, Topology, TopologyError};

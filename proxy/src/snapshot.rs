@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::canary::Canary;
 use crate::names::ReleaseName;
 use crate::release::Release;
 use crate::settings::Tunables;
@@ -18,6 +19,8 @@ pub struct Snapshot {
     /// `tunables.preview`, kept beside the routes (read on every request).
     preview: bool,
     tunables: Arc<Tunables>,
+    /// The canary in progress, if any: its candidate takes the buckets below its weight.
+    canary: Option<Canary>,
 }
 
 /// Where a request goes: indexes into its snapshot.
@@ -27,6 +30,8 @@ pub struct Target {
     pub release: usize,
     /// Index of the service in the topology.
     pub service: usize,
+    /// Chosen by the request's preview header (a canary does not move it).
+    pub previewed: bool,
 }
 
 /// Why a request could not be routed.
@@ -51,7 +56,16 @@ impl Snapshot {
         tunables: Arc<Tunables>,
     ) -> Self {
         let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
-        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables }
+        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables, canary: None }
+    }
+
+    /// This snapshot with a canary of `release` at `weight` (of
+    /// [`crate::canary::BUCKETS`]); none when `release` is not registered
+    /// here, is live, or the weight is 0.
+    pub fn with_canary(mut self, release: &ReleaseName, weight: u16) -> Self {
+        let index = self.releases.iter().position(|r| r.name() == release);
+        self.canary = index.filter(|i| Some(*i) != self.live && weight > 0).map(|release| Canary { release, weight });
+        self
     }
 
     /// An empty snapshot: nothing registered, nothing live.
@@ -61,17 +75,23 @@ impl Snapshot {
 
     /// Routes a request: longest-prefix route to a service, then the live
     /// release, or the preview release named by `preview_header` when preview
-    /// is enabled and that release is registered (unknown names fall back to live).
-    /// Pure and allocation-free.
+    /// is enabled and that release is registered (unknown names fall back to
+    /// live). While a canary runs, the caller moves a non-preview request to
+    /// the candidate by its bucket ([`Self::canary`]). Pure and allocation-free.
     #[inline]
     pub fn route(&self, host: Option<&[u8]>, path: &[u8], preview_header: Option<&[u8]>) -> Result<Target, Miss> {
         let service = self.topology.routes().route(host, path).ok_or(Miss::NoRoute)?;
-        let release = preview_header
+        let previewed = preview_header
             .filter(|_| self.preview)
-            .and_then(|want| self.releases.iter().position(|r| r.name().as_str().as_bytes() == want))
-            .or(self.live)
-            .ok_or(Miss::NoLiveRelease { service })?;
-        Ok(Target { release, service })
+            .and_then(|want| self.releases.iter().position(|r| r.name().as_str().as_bytes() == want));
+        let release = previewed.or(self.live).ok_or(Miss::NoLiveRelease { service })?;
+        Ok(Target { release, service, previewed: previewed.is_some() })
+    }
+
+    /// The canary in progress, if any.
+    #[inline]
+    pub fn canary(&self) -> Option<&Canary> {
+        self.canary.as_ref()
     }
 
     /// The generation this snapshot was built for (bumped by every switch).

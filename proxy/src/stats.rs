@@ -80,6 +80,44 @@ impl Histogram {
     }
 }
 
+/// What the counters of one service of one release say at one moment,
+/// totals since they began: the guard's raw material (it subtracts two
+/// samples to see an interval). Read on the control path only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceSample {
+    /// Answers with a status (100-599).
+    pub answered: u64,
+    /// Of which 5xx: the upstream's, and canopy's own 502/504 for upstream failures.
+    pub server_errors: u64,
+    /// Request durations per bucket of [`DURATION_BUCKETS`] (not cumulative),
+    /// the last entry counting those above the last bound.
+    pub durations: [u64; DURATION_BUCKETS.len() + 1],
+}
+
+impl ServiceSample {
+    /// What happened between `earlier` and this sample.
+    pub fn since(&self, earlier: &ServiceSample) -> ServiceSample {
+        let mut durations = [0; DURATION_BUCKETS.len() + 1];
+        for (d, (now, then)) in durations.iter_mut().zip(self.durations.iter().zip(&earlier.durations)) {
+            *d = now.saturating_sub(*then);
+        }
+        ServiceSample {
+            answered: self.answered.saturating_sub(earlier.answered),
+            server_errors: self.server_errors.saturating_sub(earlier.server_errors),
+            durations,
+        }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ServiceSample) {
+        self.answered += other.answered;
+        self.server_errors += other.server_errors;
+        for (d, o) in self.durations.iter_mut().zip(&other.durations) {
+            *d += o;
+        }
+    }
+}
+
 /// Counters for one service of one release.
 #[derive(Debug)]
 pub struct ServiceStats {
@@ -99,6 +137,24 @@ impl ServiceStats {
         let i = if (status as usize) < CODES { status as usize } else { 0 };
         self.by_code[i].fetch_add(1, Relaxed);
         self.duration.observe(elapsed);
+    }
+
+    /// The counters now, for the guard.
+    pub fn sample(&self) -> ServiceSample {
+        let answered = self.by_code[100..].iter().map(|c| c.load(Relaxed)).sum();
+        let server_errors = self.by_code[500..].iter().map(|c| c.load(Relaxed)).sum();
+        let mut durations = [0; DURATION_BUCKETS.len() + 1];
+        for (d, b) in durations.iter_mut().zip(&self.duration.buckets) {
+            *d = b.load(Relaxed);
+        }
+        let within: u64 = durations.iter().sum();
+        durations[DURATION_BUCKETS.len()] = self.duration.count.load(Relaxed).saturating_sub(within);
+        ServiceSample { answered, server_errors, durations }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &ServiceName {
+        &self.name
     }
 
     /// Records an upstream failure.
@@ -140,6 +196,11 @@ impl ReleaseStats {
     /// The stats of the service at `index` (topology order).
     pub fn service(&self, index: usize) -> &ServiceStats {
         &self.services[index]
+    }
+
+    /// The stats of every service (topology order).
+    pub fn services(&self) -> &[Arc<ServiceStats>] {
+        &self.services
     }
 }
 

@@ -94,7 +94,17 @@ impl Reloadable {
     /// audit log name them.
     pub fn changes(&self, new: &Reloadable) -> Vec<&'static str> {
         let Reloadable { topology, checks, proxy, certificates, releases, access_log, token } = self;
-        let ReleaseSettings { preview, validation_window, drain_timeout, retire_hooks, hook_timeout, warm_check_interval } = releases;
+        let ReleaseSettings {
+            preview,
+            validation_window,
+            drain_timeout,
+            retire_hooks,
+            hook_timeout,
+            warm_check_interval,
+            require_rollback_ready,
+            guard,
+            canary,
+        } = releases;
         let n = &new.releases;
         [
             ("services, routes and address template", *topology != new.topology),
@@ -106,6 +116,9 @@ impl Reloadable {
             ("drain timeout", *drain_timeout != n.drain_timeout),
             ("retire hooks", (retire_hooks, hook_timeout) != (&n.retire_hooks, &n.hook_timeout)),
             ("warm check interval", *warm_check_interval != n.warm_check_interval),
+            ("rollback readiness requirement", *require_rollback_ready != n.require_rollback_ready),
+            ("guard", *guard != n.guard),
+            ("canary defaults", *canary != n.canary),
             ("access log", *access_log != new.access_log),
             ("admin token", *token != new.token),
         ]

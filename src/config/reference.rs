@@ -35,6 +35,12 @@ listen-tls = "127.0.0.1:8443"
 address-template = "app-{service}--{release}"
 @{releases}
 
+[releases.guard]
+@{releases-guard}
+
+[releases.canary]
+@{releases-canary}
+
 [[release]]
 name = "juniper"
 backends = { server = ["127.0.0.1:3000"] }
@@ -86,6 +92,8 @@ const TABLES: &[Table] = &[
     Table { section: "proxy", inline: false, parent: Some(("root", "proxy")) },
     Table { section: "admin", inline: false, parent: Some(("root", "admin")) },
     Table { section: "releases", inline: false, parent: Some(("root", "releases")) },
+    Table { section: "releases-guard", inline: false, parent: Some(("releases", "guard")) },
+    Table { section: "releases-canary", inline: false, parent: Some(("releases", "canary")) },
     Table { section: "release", inline: false, parent: Some(("root", "release")) },
     Table { section: "service", inline: false, parent: Some(("root", "service")) },
     Table { section: "check", inline: true, parent: Some(("service", "checks")) },
@@ -305,7 +313,8 @@ fn other_value(ty: &str, default: &str) -> Option<String> {
         "duration" => if default == Some("\"7s\"") { "\"8s\"" } else { "\"7s\"" }.to_string(),
         "bool" => (default != Some("true")).to_string(),
         "integer" => default.and_then(|d| d.parse::<i64>().ok()).map_or(1023, |d| d + 1).to_string(),
-        "float" => default.and_then(|d| d.parse::<f64>().ok()).map_or(1.5, |d| d + 1.0).to_string(),
+        // a ratio stays a ratio (halved), anything else grows by one
+        "float" => default.and_then(|d| d.parse::<f64>().ok()).map_or(1.5, |d| if d < 1.0 { d / 2.0 } else { d + 1.0 }).to_string(),
         "release name" => "\"oak\"".to_string(),
         _ => return None,
     })

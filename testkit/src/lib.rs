@@ -20,6 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod registry;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;
 mod wait;
 

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,52 @@ pub struct Knobs {
     pub graphql_errors: AtomicBool,
     /// `/health` answers 503.
     pub unhealthy: AtomicBool,
+    /// Answer 500 to this many of every 1,000 requests (spread evenly; the
+    /// `/health` and GraphQL probes excepted, so checks still pass: a release
+    /// that is sick only under traffic).
+    pub error_permille: AtomicU32,
+    /// Wait this many milliseconds before answering (probes excepted)...
+    pub delay_ms: AtomicU64,
+    /// ...plus up to this many more, spread evenly.
+    pub jitter_ms: AtomicU64,
+}
+
+impl Knobs {
+    /// Knobs from `UPSTREAM_FAULTS` for `release` (containers, where a test
+    /// cannot reach the knobs): `oak:error=200,delay=40,jitter=10;elm:...`
+    /// sets them for the releases it names.
+    pub fn from_env(release: &str) -> Knobs {
+        let knobs = Knobs::default();
+        let faults = std::env::var("UPSTREAM_FAULTS").unwrap_or_default();
+        for spec in faults.split(';') {
+            let Some((name, settings)) = spec.split_once(':') else { continue };
+            if name.trim() != release {
+                continue;
+            }
+            for setting in settings.split(',') {
+                let (key, value) = setting.split_once('=').unwrap_or((setting, "0"));
+                let n: u64 = value.trim().parse().unwrap_or(0);
+                match key.trim() {
+                    "error" => knobs.error_permille.store(n as u32, Ordering::Relaxed),
+                    "delay" => knobs.delay_ms.store(n, Ordering::Relaxed),
+                    "jitter" => knobs.jitter_ms.store(n, Ordering::Relaxed),
+                    _ => {}
+                }
+            }
+        }
+        knobs
+    }
+
+    /// Whether the `n`th request gets a 500, and how long it waits first.
+    fn fault(&self, n: usize) -> (bool, Duration) {
+        let permille = u64::from(self.error_permille.load(Ordering::Relaxed));
+        // a fixed scramble of the request number: errors and jitter spread evenly, not in runs
+        let r = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let fail = permille > 0 && r % 1000 < permille;
+        let jitter = self.jitter_ms.load(Ordering::Relaxed);
+        let extra = if jitter > 0 { (r >> 10) % (jitter + 1) } else { 0 };
+        (fail, Duration::from_millis(self.delay_ms.load(Ordering::Relaxed) + extra))
+    }
 }
 
 /// A running upstream.
@@ -91,8 +137,18 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
 }
 
 async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    ctx.hits.fetch_add(1, Ordering::Relaxed);
+    let n = ctx.hits.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
+    let probe = path == "/health" || ((path == "/shop-api" || path == "/admin-api") && req.method() == hyper::Method::POST);
+    if !probe {
+        let (fail, wait) = ctx.knobs.fault(n);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if fail {
+            return Ok(json(500, serde_json::json!({"error": "induced failure", "release": ctx.release})));
+        }
+    }
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     if path == "/ws" && header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         let key = header("sec-websocket-key").unwrap_or_default();
@@ -173,7 +229,7 @@ async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<F
 pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let knobs = Arc::new(Knobs::default());
+    let knobs = Arc::new(Knobs::from_env(release));
     let ctx = Arc::new(Ctx { release: release.into(), service: service.into(), hits: hits.clone(), knobs: knobs.clone() });
     tokio::spawn(async move {
         loop {

@@ -10,10 +10,10 @@ use canopy_docker::{ContainerSpec, ContainerState, DockerError, Engine, ImageSta
 use canopy_proxy::{Endpoint, ReleaseName, ServiceName};
 
 use super::containers::{first_line, RunService};
-use super::flip::{Checks, Flip, Target};
+use super::flip::Flip;
 use super::{Controller, FlipGuard};
 use crate::error::ControlError;
-use crate::replies::{DeployFailure, DeployReply, DeployStep};
+use crate::replies::{DeployFailure, DeployReply, DeployStep, FlipReply};
 use crate::report::Report;
 use crate::requests::DeployRequest;
 use crate::settings::ServiceContainer;
@@ -134,7 +134,7 @@ impl Controller {
         }
         let mut steps = Steps { steps: Vec::new(), phases: BTreeMap::new() };
         let mut touched = Vec::new();
-        let outcome = self.deploy_steps(&one, docker, &engine, &release, actor, &mut steps, &mut touched).await;
+        let outcome = self.deploy_steps(&one, docker, &engine, &req, actor, &mut steps, &mut touched).await;
         let total = started.elapsed();
         let (result, ended) = match outcome {
             Ok(reply) => {
@@ -161,14 +161,26 @@ impl Controller {
             }
         }
         match result {
-            Ok((report, previous, generation)) => {
+            Ok(flip) => {
                 docker.deploys.with_label_values(&["ok"]).inc();
                 for (phase, took) in &steps.phases {
                     docker.phases.with_label_values(&[phase]).observe(took.as_secs_f64());
                 }
                 docker.phases.with_label_values(&["total"]).observe(total.as_secs_f64());
-                let duration_ms = total.as_secs_f64() * 1e3;
-                Ok(DeployReply { release, previous, generation, steps: steps.steps, report, duration_ms })
+                let FlipReply { previous, generation, report, rollback_ready, warnings, canary, .. } = flip;
+                // with a canary, nothing flipped: the live release stays (it is not "previous")
+                let previous = if canary.is_some() { None } else { previous.map(|p| p.release) };
+                Ok(DeployReply {
+                    release,
+                    previous,
+                    generation,
+                    steps: steps.steps,
+                    report,
+                    duration_ms: total.as_secs_f64() * 1e3,
+                    rollback_ready,
+                    warnings,
+                    canary,
+                })
             }
             Err((result, stop)) => {
                 docker.deploys.with_label_values(&[result]).inc();
@@ -184,12 +196,13 @@ impl Controller {
         one: &FlipGuard<'_>,
         docker: &Docker,
         engine: &Engine,
-        release: &ReleaseName,
+        req: &DeployRequest,
         actor: &str,
         steps: &mut Steps,
         touched: &mut Vec<Touched>,
-    ) -> Result<(Option<Report>, Option<ReleaseName>, u64), Stop> {
+    ) -> Result<FlipReply, Stop> {
         let settings = &docker.settings;
+        let release = &req.release;
         let deadline = Instant::now() + settings.deploy_timeout;
         let services = self.run_services(docker);
         if services.is_empty() {
@@ -257,8 +270,18 @@ impl Controller {
 
         // the one flip routine: checks, durable switch, the old release's overlap = false containers stopped
         let clock = Instant::now();
-        let flip = Flip { target: Target::Release(release.clone()), expect_generation: None, checks: Checks::Full };
-        match self.validated_flip(one, flip, actor).await {
+        let guard = req.guard.unwrap_or(true) && self.rt().settings.guard.enabled;
+        let flipped = match &req.canary {
+            Some(steps) => self.start_canary(one, release.clone(), steps.clone(), guard, actor).await,
+            None => self.validated_flip(one, Flip::switch(release.clone(), None, false, guard), actor).await,
+        };
+        match flipped {
+            Ok(reply) if reply.canary.is_some() => {
+                let canary = reply.canary.as_ref().expect("a canary");
+                let detail = format!("{}% of the traffic to {release} (steps {:?})", canary.weight, canary.steps);
+                steps.record("canary", None, detail, clock.elapsed());
+                Ok(reply)
+            }
             Ok(reply) => {
                 let validation = Duration::from_secs_f64(reply.validation_ms / 1e3);
                 let summary = reply.report.as_ref().map_or_else(String::new, Report::summary);
@@ -270,7 +293,7 @@ impl Controller {
                     let took = Duration::from_secs_f64(c.ms / 1e3);
                     steps.record("stop", service.as_ref(), format!("{} stopped (overlap = false)", c.name), took);
                 }
-                Ok((reply.report, reply.previous.map(|p| p.release), reply.generation))
+                Ok(reply)
             }
             Err(ControlError::Validation(report)) => {
                 steps.record("checks", None, report.summary(), clock.elapsed());

@@ -9,11 +9,13 @@ use canopy_proxy::{Release, ReleaseName};
 
 use super::containers::Started;
 use super::{Controller, FlipGuard, WATCH_MODE};
+use crate::clock::now_ms;
 use crate::error::ControlError;
+use crate::guard::Readiness;
 use crate::replies::{ContainerStep, FlipReply};
 use crate::report::Report;
 use crate::requests::SwitchRequest;
-use crate::state::Command;
+use crate::state::{Command, State};
 use crate::validate::Mode;
 
 /// Which release a flip makes live.
@@ -46,34 +48,65 @@ pub(crate) struct Flip {
     pub expect_generation: Option<u64>,
     /// How to validate the target.
     pub checks: Checks,
+    /// The audit action and metric word when not a plain `switch` or
+    /// `rollback` (`auto-rollback`, `canary-promote`).
+    pub action: Option<&'static str>,
+    /// Commands committed with the flip, atomically (a canary's end).
+    pub also: Vec<Command>,
+    /// Watch the new live release afterwards and roll back on a bad verdict
+    /// (a switch's `guard`, when `[releases.guard]` is enabled).
+    pub guard: bool,
+    /// Why this flip happens, first in its audit detail (the guard's evidence).
+    pub reason: Option<String>,
 }
 
 impl Flip {
-    /// `switch` or `rollback`: the audit action and the metric it counts in.
+    /// A switch to `release` (or a deploy's), fully checked unless forced.
+    pub fn switch(release: ReleaseName, expect_generation: Option<u64>, force: bool, guard: bool) -> Self {
+        let checks = if force { Checks::Skip } else { Checks::Full };
+        Flip { target: Target::Release(release), expect_generation, checks, action: None, also: Vec::new(), guard, reason: None }
+    }
+
+    /// A rollback to the warm previous release.
+    pub fn rollback(expect_generation: Option<u64>, force: bool) -> Self {
+        let checks = if force { Checks::Skip } else { Checks::Rollback };
+        Flip { target: Target::Previous, expect_generation, checks, action: None, also: Vec::new(), guard: false, reason: None }
+    }
+
+    /// The audit action and the metric it counts in.
     fn action(&self) -> &'static str {
-        match self.target {
-            Target::Release(_) => "switch",
-            Target::Previous => "rollback",
+        match (self.action, &self.target) {
+            (Some(action), _) => action,
+            (None, Target::Release(_)) => "switch",
+            (None, Target::Previous) => "rollback",
         }
     }
 }
 
 impl Controller {
-    /// Validates `req.release` (unless forced), then persists and flips.
+    /// Validates `req.release` (unless forced), then persists and flips; or,
+    /// with `req.canary`, starts a canary of it.
     pub async fn switch(&self, req: SwitchRequest, actor: &str) -> Result<FlipReply, ControlError> {
         let one = self.flip_lock()?;
-        let checks = if req.force { Checks::Skip } else { Checks::Full };
-        let flip = Flip { target: Target::Release(req.release), expect_generation: req.expect_generation, checks };
-        self.validated_flip(&one, flip, actor).await
+        let guard = req.guard.unwrap_or(true) && self.rt().settings.guard.enabled;
+        if let Some(steps) = req.canary {
+            return self.start_canary(&one, req.release, steps, guard, actor).await;
+        }
+        self.validated_flip(&one, Flip::switch(req.release, req.expect_generation, req.force, guard), actor).await
     }
 
     /// Flips back to the previous release unless it is unhealthy: trusts the
     /// background watch's passing report when it is at most two watch
-    /// intervals old, otherwise re-checks it quickly inline. `force` skips both.
+    /// intervals old, otherwise re-checks it quickly inline. `force` skips
+    /// both. While a canary runs, a rollback aborts it instead: everyone goes
+    /// back to the live release at once.
     pub async fn rollback(&self, expect_generation: Option<u64>, force: bool, actor: &str) -> Result<FlipReply, ControlError> {
         let one = self.flip_lock()?;
-        let checks = if force { Checks::Skip } else { Checks::Rollback };
-        self.validated_flip(&one, Flip { target: Target::Previous, expect_generation, checks }, actor).await
+        if self.state.lock().await.canary.is_some() {
+            self.abort_canary(&one, actor, format!("aborted by {actor} (rollback)"), None).await?;
+            return self.current_reply().await;
+        }
+        self.validated_flip(&one, Flip::rollback(expect_generation, force), actor).await
     }
 
     /// The one-flip-at-a-time lock; refused at once while another flip runs
@@ -115,9 +148,10 @@ impl Controller {
         let (command, target, from) = {
             let st = self.state.lock().await;
             let (expect_generation, detail) = (flip.expect_generation, String::new());
+            let action = flip.action.map(String::from);
             let command = match &flip.target {
-                Target::Release(to) => Command::Switch { to: to.clone(), expect_generation, forced, window_ms, detail },
-                Target::Previous => Command::Rollback { expect_generation, forced, window_ms, detail },
+                Target::Release(to) => Command::Switch { to: to.clone(), expect_generation, forced, window_ms, detail, action },
+                Target::Previous => Command::Rollback { expect_generation, forced, window_ms, detail, action },
             };
             st.precheck(&command)?;
             let target = match &flip.target {
@@ -154,15 +188,30 @@ impl Controller {
             self.record_refusal(action, actor, &target, refused).await;
             return Err(ControlError::Validation(Box::new(refused.clone())));
         }
+        // rollback readiness: the candidate has started; does the live release still work?
+        let rollback_ready = match (&flip.target, &from, flip.checks) {
+            (Target::Release(_), Some(live), Checks::Full) => Some(self.rollback_readiness(live, &target).await),
+            _ => None,
+        };
+        if let Some(r) = rollback_ready.as_ref().filter(|r| !r.ready && self.rt().settings.require_rollback_ready) {
+            self.undo_start(&start).await;
+            let why = format!("not rollback-ready: {}", r.why);
+            self.audit(action, actor, Some(target), "refused", why.clone()).await;
+            return Err(ControlError::NotRollbackReady(why));
+        }
 
         // durable, then the table swap (both in commit)
-        let summary = report.as_ref().map_or_else(|| "forced: validation skipped".to_string(), Report::summary);
+        let mut summary = report.as_ref().map_or_else(|| "forced: validation skipped".to_string(), Report::summary);
+        if let Some(reason) = &flip.reason {
+            summary = format!("{reason}; {summary}");
+        }
         let mut commands = Vec::new();
         if let Some(fresh) = &start.readdressed {
             commands.push(Command::Register { name: target.clone(), backends: fresh.explicit().clone() });
         }
         commands.push(command.with_detail(summary));
         commands.extend(report.iter().filter(|r| r.mode != WATCH_MODE).map(|r| Command::RecordCheck { report: r.clone() }));
+        commands.extend(flip.also.iter().cloned());
         let fresh: Vec<Arc<Release>> = start.readdressed.iter().cloned().collect();
         let committed = {
             let mut st = self.state.lock().await;
@@ -185,12 +234,15 @@ impl Controller {
         }
         self.wake.notify_one();
         self.warm_wake.notify_one();
+        // the guard watches the new live release (a rollback ends the watch of the one left)
+        self.guard_after_flip(&target, from.as_ref(), flip.guard);
 
         // stop what must stop: the old live release's overlap = false containers
         let mut containers: Vec<ContainerStep> = start.steps();
         if let Some(from) = &from {
             containers.extend(self.stop_exclusive(from).await);
         }
+        let warnings = self.failed_warning(&st, &target).into_iter().collect();
         Ok(FlipReply {
             live: st.live.clone().expect("a flip sets live"),
             previous: st.previous.clone(),
@@ -201,6 +253,65 @@ impl Controller {
             validation_ms: validation.as_secs_f64() * 1e3,
             persist_ms: persisted.as_secs_f64() * 1e3,
             containers,
+            rollback_ready,
+            warnings,
+            canary: None,
+        })
+    }
+
+    /// Re-runs every check of the live release once `candidate` has
+    /// started: if they fail now, the candidate's start (its migrations)
+    /// broke the release a rollback would go back to.
+    async fn rollback_readiness(&self, live: &ReleaseName, candidate: &ReleaseName) -> Readiness {
+        let report = match self.release(live) {
+            Ok(release) => Some(self.run_validation(&release, Mode::Full).await),
+            Err(_) => None,
+        };
+        let (ready, why) = match &report {
+            Some(r) if r.passed => (true, String::new()),
+            Some(r) => (
+                false,
+                format!(
+                    "{live} fails its checks now that {candidate} has started ({}): {candidate}'s start (its migrations?) broke the running release, so a rollback to {live} would not work",
+                    r.summary()
+                ),
+            ),
+            None => (false, format!("{live} is not in the release table")),
+        };
+        if !ready {
+            log::warn!("rollback readiness: {why}");
+        }
+        let readiness = Readiness { release: live.clone(), candidate: candidate.clone(), ready, why, at: now_ms() };
+        self.guard.lock().expect("guard lock").readiness = Some(readiness.clone());
+        readiness
+    }
+
+    /// A warning when `target` was taken out of service by canopy before.
+    fn failed_warning(&self, st: &State, target: &ReleaseName) -> Option<String> {
+        let failure = st.releases.get(target)?.failed.as_ref()?;
+        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(failure.at));
+        let warning = format!("{target} was taken out of service by canopy ({}) at {at}: {}", failure.action, failure.detail);
+        log::warn!("{warning}");
+        Some(warning)
+    }
+
+    /// The live state as a flip reply (after a canary abort, which flips nothing).
+    pub(super) async fn current_reply(&self) -> Result<FlipReply, ControlError> {
+        let st = self.state.lock().await;
+        let live = st.live.clone().ok_or(crate::state::StateError::NoLive)?;
+        Ok(FlipReply {
+            live,
+            previous: st.previous.clone(),
+            generation: st.generation,
+            forced: false,
+            report: None,
+            duration_ms: 0.0,
+            validation_ms: 0.0,
+            persist_ms: 0.0,
+            containers: Vec::new(),
+            rollback_ready: None,
+            warnings: Vec::new(),
+            canary: None,
         })
     }
 

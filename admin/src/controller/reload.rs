@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use canopy_proxy::{Snapshot, Topology};
+use canopy_proxy::Topology;
 
 use super::{resolve, Controller, Runtime};
 use crate::error::ControlError;
@@ -65,7 +65,7 @@ impl Controller {
         let event = super::event(&st, "reload", actor, None, "ok", detail.clone());
         self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).inspect_err(|_| restore())?;
         let tunables = Arc::new(new.tunables);
-        self.table.update(|_| Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables));
+        self.table.update(|_| super::snapshot_of(&st, topology, releases, tunables));
         self.runtime.store(Arc::new(Runtime { validator: new.validator, settings: new.settings }));
         (new.on_applied)();
         self.wake.notify_one();
