@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds canopy-test/upstream:{juniper,elm,oak}: examples/upstream (the test
+# Builds canopy-test/upstream:{juniper,elm,oak,pine}: examples/upstream (the test
 # upstream of tests/support/upstream.rs: echoes bodies, WebSockets, slow
 # requests, /health) with the libraries `ldd` lists, imported as a rootfs.
 # tests/deploy.rs runs it as the containers of the release switched under load.
@@ -21,7 +21,7 @@ cargo build --quiet --example upstream
 bin="$target/debug/examples/upstream"
 repo=canopy-test/upstream
 hash=$(cat "$bin" scripts/upstream-image.sh | sha256sum | cut -c1-16)
-tags=(juniper elm oak)
+tags=(juniper elm oak pine)
 
 current() {
   [ "$(docker image inspect -f '{{index .Config.Labels "canopy-test.hash"}}' "$repo:$1" 2> /dev/null)" = "$hash" ]

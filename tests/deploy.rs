@@ -80,8 +80,11 @@ impl Scope {
 
     /// The releases whose `worker` container runs now.
     fn running_workers(&self) -> Vec<String> {
-        let mut running: Vec<String> =
-            ["juniper", "elm", "oak"].into_iter().filter(|r| self.state("worker", r) == "running").map(str::to_string).collect();
+        let mut running: Vec<String> = ["juniper", "elm", "oak", "bare", "pine"]
+            .into_iter()
+            .filter(|r| self.state("worker", r) == "running")
+            .map(str::to_string)
+            .collect();
         running.sort();
         running
     }
@@ -560,6 +563,49 @@ async fn a_refused_switch_stops_the_worker_it_started_and_keeps_the_live_one() {
     let (code, body) = switch(&c, "elm").await;
     assert_eq!(code, 200, "{body:#}");
     assert_eq!(scope.running_workers(), ["elm"]);
+}
+
+/// Issue 22 through `canopy deploy`: a deployed release failing under
+/// traffic is rolled back by the guard (its worker stopped, the old one
+/// started again); a deploy can end in a canary, promoted by hand, with one
+/// worker running throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployed_release_failing_under_traffic_is_rolled_back_and_a_deploy_can_end_in_a_canary() {
+    use canopy_testkit::traffic::{Shoppers, Traffic};
+    let scope = Scope::new();
+    // elm's containers answer 500 to 30% of the traffic (checks pass: only the traffic sees it)
+    let config = scope
+        .config_with(UPSTREAM_IMAGE, "10m", 3, false, None)
+        .replace(r#"env = { CANOPY_SERVICE = "server" }"#, r#"env = { CANOPY_SERVICE = "server", UPSTREAM_FAULTS = "elm:error=300" }"#);
+    let c = Canopy::start(&config);
+    deployed(&c, "juniper").await;
+    let traffic = Traffic::start(c.proxy, &Shoppers::new(6, "/products", Duration::from_millis(15)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let body = deployed(&c, "elm").await;
+    assert_eq!(body["rollback_ready"]["ready"], true, "{body:#}");
+    eventually("the guard rolled elm back", Duration::from_secs(15), || async { status(&c).await["live"] == "juniper" }).await;
+    let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
+    let auto = events.as_array().unwrap().iter().rev().find(|e| e["action"] == "auto-rollback").expect("an auto-rollback event");
+    assert!(auto["detail"].as_str().unwrap().contains("error ratio"), "{auto:#}");
+    // the rollback started juniper's worker before it flipped, and stops elm's after
+    eventually("only juniper's worker runs", Duration::from_secs(10), || async { scope.running_workers() == ["juniper"] }).await;
+
+    // a deploy ending in a canary: pine goes out to 50%, judged, promoted by hand
+    let r = slow_client().post(c.admin_url("/deploy")).json(&json!({"release": "pine", "canary": [50]})).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((&body["canary"]["release"], &body["canary"]["weight"]), (&json!("pine"), &json!(50.0)), "{body:#}");
+    assert_eq!(steps(&body).last().unwrap(), "canary");
+    assert_eq!(status(&c).await["live"], "juniper");
+    assert_eq!(scope.running_workers(), ["juniper"], "during the canary only the live release's worker runs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = c.cli(&["canary", "promote"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&c).await["live"], "pine");
+    assert_eq!(scope.running_workers(), ["pine"], "the promotion started pine's worker and stopped juniper's");
+    let answers = traffic.stop().await;
+    let odd: Vec<_> = answers.iter().filter(|a| !(a.status == 200 || (a.status == 500 && a.release == "elm"))).take(5).collect();
+    assert!(odd.is_empty(), "only elm's induced failures: {odd:?}");
+    assert!(answers.iter().any(|a| a.release == "pine") && answers.iter().any(|a| a.release == "elm"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,8 @@ async fn grafana_dashboard_queries_run_on_prometheus() {
     // a switch, seen by Prometheus with elm serving, then a rollback
     assert_eq!(switch(&c, "elm").await.0, 200);
     wait_for(&prom, "canopy_requests_total{release=\"elm\"}", |r| !r.is_empty()).await;
+    // the guard has judged elm (its panels need a judgement) before the rollback
+    wait_for(&prom, "canopy_guard_latency_seconds{release=\"elm\"}", |r| !r.is_empty()).await;
     let r = client().post(c.admin_url("/rollback")).send().await.unwrap();
     assert_eq!(r.status(), 200, "rollback: {}", r.text().await.unwrap());
 

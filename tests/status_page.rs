@@ -624,3 +624,41 @@ async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
     let _ = b.wd.clone().close().await;
     assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
 }
+
+/// Issue 22: the page shows the canary's weight and the guard's figures
+/// live, then the verdict that aborted the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_the_canary_weight_and_the_guard_verdict() {
+    use canopy_testkit::traffic::{Shoppers, Traffic as ShopperTraffic};
+    let (c, _juniper, elm) = two_releases("[releases.canary]\nstep-duration = \"10m\"", "").await;
+    let shoppers = ShopperTraffic::start(
+        c.proxy,
+        &Shoppers { distinct_addresses: true, ..Shoppers::new(40, "/shop-api/x", Duration::from_millis(40)) },
+    );
+    let (code, body) = admin_json(
+        &Run { c: &c, token: None, screenshot: None },
+        reqwest::Method::POST,
+        "/switch",
+        Some(json!({"release": "elm", "canary": [20]})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let driver = ChromeDriver::start().await;
+    let origin = format!("http://{}", c.admin);
+    let mut b = Browser::open(&driver, &origin).await;
+    b.wd.goto(&format!("{origin}/")).await.expect("open the status page");
+    b.wait_shown("#guard-card", true).await;
+    let weight = b.wait_text("#canary", |t| t.contains("20%"), "the canary's weight", Duration::from_secs(20)).await;
+    assert!(weight.contains("of the traffic to elm"), "{weight}");
+    let figures = b.wait_text("#guard-table", |t| t.contains("server"), "the guard's figures per service", Duration::from_secs(20)).await;
+    assert!(figures.contains("juniper"), "compared with the live release: {figures}");
+    // elm starts failing: the guard aborts the canary and the page says why
+    elm.server.knobs.error_permille.store(500, Ordering::Relaxed);
+    let verdict = b.wait_text("#guard-verdict", |t| t.contains("canary-abort"), "the verdict", Duration::from_secs(20)).await;
+    assert!(verdict.contains("error ratio") && verdict.contains("elm"), "{verdict}");
+    b.wait_shown("#canary", false).await;
+    shoppers.stop().await;
+    b.read_logs().await;
+    let _ = b.wd.clone().close().await;
+    assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
+}

@@ -455,7 +455,8 @@ impl State {
                 next.push(now, "register", actor, None, Some(name), false, String::new());
             }
             Command::Switch { to, forced, window_ms, detail, action, .. } => {
-                // a canary's candidate going live ends the canary (its CanaryEnd records how)
+                // a canary's candidate going live ends the canary (a CanaryEnd
+                // committed before the switch records how)
                 if next.canary.as_ref().is_some_and(|c| c.release == to) {
                     next.canary = None;
                 }

@@ -70,6 +70,8 @@ impl Controller {
         if guarded {
             self.guard_canary(&release, &live);
         }
+        // overlap = false: only the live release's container runs until the promotion starts the candidate's
+        self.stop_exclusive(&release).await;
         log::info!("canary of {release} started by {actor}: {}", percents(&self.canary_now().await.map(|c| c.steps).unwrap_or_default()));
         self.canary_reply().await
     }
@@ -110,8 +112,13 @@ impl Controller {
     /// `canopy canary promote`: the validated flip to the candidate now.
     pub async fn promote_canary(&self, actor: &str) -> Result<FlipReply, ControlError> {
         let one = self.flip_lock()?;
+        self.promote_canary_locked(&one, actor).await
+    }
+
+    /// [`Self::promote_canary`] under the flip lock the caller holds.
+    pub(super) async fn promote_canary_locked(&self, one: &FlipGuard<'_>, actor: &str) -> Result<FlipReply, ControlError> {
         let c = self.canary_now().await.ok_or(StateError::NoCanary)?;
-        self.promote(&one, &c, actor).await
+        self.promote(one, &c, actor).await
     }
 
     /// `canopy canary abort`: everyone back on the live release.

@@ -92,6 +92,10 @@ impl Controller {
         if let Some(steps) = req.canary {
             return self.start_canary(&one, req.release, steps, guard, actor).await;
         }
+        // switching to the canary's own release promotes it
+        if self.state.lock().await.canary.as_ref().is_some_and(|c| c.release == req.release) {
+            return self.promote_canary_locked(&one, actor).await;
+        }
         self.validated_flip(&one, Flip::switch(req.release, req.expect_generation, req.force, guard), actor).await
     }
 
@@ -209,9 +213,10 @@ impl Controller {
         if let Some(fresh) = &start.readdressed {
             commands.push(Command::Register { name: target.clone(), backends: fresh.explicit().clone() });
         }
+        // (a canary's end before the switch to its candidate, which it allows)
+        commands.extend(flip.also.iter().cloned());
         commands.push(command.with_detail(summary));
         commands.extend(report.iter().filter(|r| r.mode != WATCH_MODE).map(|r| Command::RecordCheck { report: r.clone() }));
-        commands.extend(flip.also.iter().cloned());
         let fresh: Vec<Arc<Release>> = start.readdressed.iter().cloned().collect();
         let committed = {
             let mut st = self.state.lock().await;

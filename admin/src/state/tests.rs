@@ -131,8 +131,10 @@ fn a_canary_holds_other_flips_and_ends_in_its_switch_or_an_abort() {
     let stepped = s.apply(Command::CanaryStep { step: 1 }, 30, "canopy").unwrap();
     assert_eq!((stepped.canary.as_ref().unwrap().weight(), stepped.canary.as_ref().unwrap().step_started_at), (5000, 30));
     assert_eq!(stepped.apply(Command::CanaryStep { step: 2 }, 31, "t"), Err(StateError::NoCanary));
-    // promotion: the switch to the candidate and the end, in one commit
-    let promoted = stepped.apply(switch("elm", None), 40, "canopy").unwrap();
+    // promotion: the end, then the switch to the candidate, in one commit
+    let ended = stepped.apply(Command::CanaryEnd { result: "promoted".into(), detail: String::new() }, 40, "canopy").unwrap();
+    assert_eq!(ended.events.back().unwrap().action, "canary-promote");
+    let promoted = ended.apply(switch("elm", None), 40, "canopy").unwrap();
     assert_eq!((promoted.live.clone(), promoted.canary.clone()), (Some(n("elm")), None));
     let aborted = stepped.apply(Command::CanaryEnd { result: "aborted".into(), detail: "error ratio".into() }, 40, "canopy").unwrap();
     assert_eq!((aborted.live.clone(), aborted.canary.clone()), (Some(n("juniper")), None));
