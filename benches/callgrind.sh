@@ -7,7 +7,9 @@
 #   bash benches/callgrind.sh            # N1=500 N2=2500 requests
 #   KEEP=1 bash benches/callgrind.sh     # keep callgrind.out files for callgrind_annotate
 #   FRESH=1 bash benches/callgrind.sh    # a new TCP connection per request (Connection: close)
-#   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics
+#   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics canopy-canary
+#                                        # (canopy-canary: a canary at 50% is running; the client sends no
+#                                        # cookie, so every answer sets one: the canary's worst case)
 #   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
 #                                        # before/after: another canopy build on the same config, same run
 #
@@ -35,6 +37,7 @@ run() {
   local pid=$!
   PIDS+=($pid)
   wait_port "$port"
+  [ -z "${SETUP:-}" ] || $SETUP   # e.g. start a canary through the admin API
   drive "$port" 20   # warm the upstream connection pool
   drive "$port" "$n"
   kill -INT "$pid"
@@ -47,6 +50,22 @@ run_canopy() {
   local cfg
   cfg=$(canopy_cfg "$TMP/canopy-$5.toml" "$5" "$(port)" "127.0.0.1:$UP" "threads = 1"$'\n'"metrics = $3")
   run "$1" "$4" "$5" "$2" serve -c "$cfg"
+}
+
+# canary_on ADMIN_PORT: registers `elm` on the same upstream and starts a 50% canary of it
+canary_on() {
+  curl -sf -X PUT "http://127.0.0.1:$1/releases/elm" -H 'content-type: application/json' \
+    -d "{\"backends\": {\"storefront\": [\"127.0.0.1:$UP\"]}}" > /dev/null
+  curl -sf -X POST "http://127.0.0.1:$1/switch" -H 'content-type: application/json' \
+    -d '{"release": "elm", "canary": [50]}' > /dev/null
+}
+
+# run_canary NAME BINARY N PORT: `run_canopy` with a canary running
+run_canary() {
+  local admin cfg
+  admin=$(port)
+  cfg=$(canopy_cfg "$TMP/canopy-$4.toml" "$4" "$admin" "127.0.0.1:$UP" "threads = 1")
+  SETUP="canary_on $admin" run "$1" "$3" "$4" "$2" serve -c "$cfg"
 }
 
 per_request() { echo "scale=0; ($2 - $1) / ($N2 - $N1)" | bc; }
@@ -62,6 +81,7 @@ for variant in ${VARIANTS:-bare bare-forward canopy canopy-nometrics}; do
       canopy) totals+=("$(run_canopy canopy $REL/canopy true "$n" "$p")") ;;
       canopy-base) totals+=("$(run_canopy canopy-base "${CANOPY_BASE:?CANOPY_BASE=path of the canopy binary to compare with}" true "$n" "$p")") ;;
       canopy-nometrics) totals+=("$(run_canopy canopy-nm $REL/canopy false "$n" "$p")") ;;
+      canopy-canary) totals+=("$(run_canary canopy-canary $REL/canopy "$n" "$p")") ;;
     esac
   done
   R[$variant]=$(per_request "${totals[0]}" "${totals[1]}")
@@ -72,4 +92,6 @@ echo
 [ -z "${R[canopy]:-}" ] || [ -z "${R[bare-forward]:-}" ] || printf 'canopy / bare-forward:    %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[bare-forward]}" | bc)"
 [ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-nometrics]:-}" ] || printf 'canopy metrics on / off:  %s\n' "$(echo "scale=3; ${R[canopy]} / ${R[canopy-nometrics]}" | bc)"
 [ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-base]:-}" ] || printf 'canopy / canopy-base:     %s\n' "$(echo "scale=4; ${R[canopy]} / ${R[canopy-base]}" | bc)"
+[ -z "${R[canopy-canary]:-}" ] || [ -z "${R[canopy]:-}" ] || printf 'canary active / idle:     %s\n' "$(echo "scale=4; ${R[canopy-canary]} / ${R[canopy]}" | bc)"
+[ -z "${R[canopy-canary]:-}" ] || [ -z "${R[canopy-base]:-}" ] || printf 'canary / canopy-base:     %s\n' "$(echo "scale=4; ${R[canopy-canary]} / ${R[canopy-base]}" | bc)"
 [ -z "${KEEP:-}" ] || echo "callgrind files kept in $TMP"
