@@ -103,7 +103,8 @@ async fn a_canary_moves_shoppers_one_way_step_by_step_and_ends_in_the_switch() {
         "{cookie}"
     );
 
-    eventually("the canary promoted", Duration::from_secs(30), || async { status(&c).await["live"] == "elm" }).await;
+    eventually("the canary ended", Duration::from_secs(40), || async { status(&c).await["canary"].is_null() }).await;
+    assert_eq!(status(&c).await["live"], "elm", "promoted, not aborted: {:#?}", events(&c).await.iter().rev().take(4).collect::<Vec<_>>());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answers = traffic.stop().await;
 

@@ -101,6 +101,11 @@ impl Evaluation {
     }
 }
 
+/// Answers a latency quantile needs above it to mean more than one slow
+/// request: with 50 answers in the window the guard compares p90, not the
+/// maximum it would call p99 (both releases at the same quantile).
+const TAIL: f64 = 5.0;
+
 /// Judges `candidate` (per service, over the window) against `baseline`
 /// (the same services of the release it replaces: before the switch, or in
 /// the same window during a canary). `against` names that release in the
@@ -115,13 +120,10 @@ pub fn evaluate(
     let mut judged = Vec::new();
     for (i, service) in services.iter().enumerate() {
         let Some(sample) = candidate.get(i) else { continue };
-        let cand = Figures::of(sample, rules.latency_quantile);
-        let base = baseline
-            .get(i)
-            .copied()
-            .flatten()
-            .map(|b| Figures::of(&b, rules.latency_quantile))
-            .filter(|b| b.requests >= rules.min_requests);
+        // the quantile a window this small can tell: at least TAIL answers above it
+        let quantile = rules.latency_quantile.min(1.0 - TAIL / sample.answered.max(1) as f64).max(0.5);
+        let cand = Figures::of(sample, quantile);
+        let base = baseline.get(i).copied().flatten().map(|b| Figures::of(&b, quantile)).filter(|b| b.requests >= rules.min_requests);
         let inconclusive = cand.requests < rules.min_requests;
         let mut broken = Vec::new();
         if !inconclusive {
@@ -140,7 +142,7 @@ pub fn evaluate(
             if let (Some(c), Some(Some(b))) = (cand.latency, base.map(|b| b.latency)) {
                 let floor = rules.latency_floor.as_secs_f64();
                 if c > rules.max_latency_ratio * b && c > floor {
-                    let q = quantile_name(rules.latency_quantile);
+                    let q = quantile_name(quantile);
                     let evidence = format!("{q} {} > {} × {against}'s {} and > {}", ms(c), rules.max_latency_ratio, ms(b), ms(floor));
                     broken.push(Broken { rule: Rule::Latency, evidence });
                 }
@@ -449,6 +451,10 @@ mod tests {
         let e = evaluate(&rules, &server(), &[slow], &[Some(fast)], "juniper");
         assert_eq!(e.first_rule(), Some(Rule::Latency), "{e:?}");
         assert!(e.evidence().starts_with("server: p99 "), "{}", e.evidence());
+        // 60 answers: a p99 would be the slowest one; the guard compares p92 instead
+        let (fast, slow) = (sample(60, 0, Duration::from_millis(20)), sample(60, 0, Duration::from_millis(80)));
+        let e = evaluate(&rules, &server(), &[slow], &[Some(fast)], "juniper");
+        assert!(e.evidence().starts_with("server: p92 "), "{}", e.evidence());
         // 4x slower but under the floor: no regression worth a rollback
         let (tiny, small) = (sample(500, 0, Duration::from_micros(400)), sample(500, 0, Duration::from_millis(2)));
         assert!(!evaluate(&rules, &server(), &[small], &[Some(tiny)], "j").bad);
