@@ -176,15 +176,20 @@ impl Controller {
         };
         let release: Arc<Release> = start.readdressed.clone().unwrap_or(registered);
 
-        // a container just started may take a moment to listen: full checks (with their retries)
-        let report = match flip.checks {
-            Checks::Skip => None,
-            Checks::Full => Some(self.run_validation(&release, Mode::Full).await),
-            Checks::Rollback if !start.is_empty() => Some(self.run_validation(&release, Mode::Full).await),
-            Checks::Rollback => match self.fresh_watch(&target) {
-                Some(watched) => Some(watched),
-                None => Some(self.run_validation(&release, Mode::Quick).await),
-            },
+        let (report, rollback_ready) = match flip.checks {
+            Checks::Full => {
+                // for a switch, the live release's checks again beside the candidate's
+                // (rollback readiness: the candidate has started; does the live release still work?)
+                let readiness = async {
+                    match (&flip.target, &from) {
+                        (Target::Release(_), Some(live)) => Some(self.rollback_readiness(live, &target).await),
+                        _ => None,
+                    }
+                };
+                let (report, ready) = tokio::join!(self.run_validation(&release, Mode::Full), readiness);
+                (Some(report), ready)
+            }
+            checks => (self.rollback_report(checks, &release, &target, &start).await, None),
         };
         let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
         if let Some(refused) = report.as_ref().filter(|r| !r.passed) {
@@ -192,11 +197,6 @@ impl Controller {
             self.record_refusal(action, actor, &target, refused).await;
             return Err(ControlError::Validation(Box::new(refused.clone())));
         }
-        // rollback readiness: the candidate has started; does the live release still work?
-        let rollback_ready = match (&flip.target, &from, flip.checks) {
-            (Target::Release(_), Some(live), Checks::Full) => Some(self.rollback_readiness(live, &target).await),
-            _ => None,
-        };
         if let Some(r) = rollback_ready.as_ref().filter(|r| !r.ready && self.rt().settings.require_rollback_ready) {
             self.undo_start(&start).await;
             let why = format!("not rollback-ready: {}", r.why);
@@ -262,6 +262,21 @@ impl Controller {
             warnings,
             canary: None,
         })
+    }
+
+    /// A rollback's report (or none, forced): full checks when it had to
+    /// start containers (they may take a moment to listen), else the warm
+    /// watch's fresh report, else quick checks.
+    async fn rollback_report(&self, checks: Checks, release: &Release, target: &ReleaseName, start: &Started) -> Option<Report> {
+        match checks {
+            Checks::Skip => None,
+            Checks::Full => Some(self.run_validation(release, Mode::Full).await),
+            Checks::Rollback if !start.is_empty() => Some(self.run_validation(release, Mode::Full).await),
+            Checks::Rollback => match self.fresh_watch(target) {
+                Some(watched) => Some(watched),
+                None => Some(self.run_validation(release, Mode::Quick).await),
+            },
+        }
     }
 
     /// Re-runs every check of the live release once `candidate` has
