@@ -102,6 +102,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 sed -i 's|^# listen-tls = "0.0.0.0:8443"|listen-tls = "0.0.0.0:8443"|' "$work/proxy.toml"
 printf '\n[tls]\n[[tls.certificate]]\ncert = "demo.pem"\nkey = "demo.key"\n' >> "$work/proxy.toml"
 mkdir -p "$work/deploy" && cp deploy/vendure.env "$work/deploy/" # its [service.container] env-file
+# `initial = "juniper"` with juniper's local ports: live from the first start
+printf '\n[[release]]\nname = "juniper"\nbackends = { server = ["127.0.0.1:13000"], worker = ["127.0.0.1:13020"], storefront = ["127.0.0.1:14000"] }\n' >> "$work/proxy.toml"
 $canopy check-config -c "$work/proxy.toml"
 # deploy/check-migrations asks the release's database; the demo has none.
 CANOPY_DEMO_MIGRATIONS=ok $canopy serve -c "$work/proxy.toml" 2> "$work/canopy.log" &

@@ -13,16 +13,27 @@ pub struct Cli {
     pub command: Cmd,
 }
 
-/// How client commands reach the admin API.
+/// How client commands reach the admin API. Flags win over environment
+/// variables; an explicit address or token file wins over one read from a
+/// config file: `--admin`, then `-c`, then `CANOPY_ADMIN`, then
+/// `CANOPY_CONFIG`, then `127.0.0.1:9901` (and the same order for the token
+/// file). Every connection or authentication error names these.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
-    /// Admin API base URL.
-    #[arg(long, env = "CANOPY_ADMIN", default_value = "http://127.0.0.1:9901", global = true)]
-    pub admin: String,
-    /// File holding the admin bearer token.
-    #[arg(long, env = "CANOPY_TOKEN_FILE", global = true)]
+    /// canopy's config file: the admin address (`[admin] listen`) and token
+    /// file (`token-file`) are read from it [env: CANOPY_CONFIG].
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Admin API address: `host:port` or `http://host:port` [env:
+    /// CANOPY_ADMIN] [default: from -c, else 127.0.0.1:9901].
+    #[arg(long, value_name = "ADDRESS", global = true)]
+    pub admin: Option<String>,
+    /// File holding the admin bearer token [env: CANOPY_TOKEN_FILE]
+    /// [default: `token-file` from -c].
+    #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// Print the raw JSON reply instead of text.
+    /// Print the raw JSON reply instead of text (a refusal too, on stdout,
+    /// with a non-zero exit).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -57,7 +68,7 @@ pub enum Cmd {
     /// Run the proxy and admin API.
     Serve {
         /// Config file.
-        #[arg(short, long, default_value = "proxy.toml")]
+        #[arg(short, long, env = "CANOPY_CONFIG", default_value = "proxy.toml")]
         config: PathBuf,
         /// Take over from the canopy running with this config (same state
         /// file): it stops taking changes and hands its listening sockets
@@ -69,7 +80,7 @@ pub enum Cmd {
     /// Validate a config file and exit (0 = valid).
     CheckConfig {
         /// Config file.
-        #[arg(short, long, default_value = "proxy.toml")]
+        #[arg(short, long, env = "CANOPY_CONFIG", default_value = "proxy.toml")]
         config: PathBuf,
     },
     /// Show the live release, the previous one and every registered release.
@@ -83,6 +94,10 @@ pub enum Cmd {
         /// Explicit backend `service=host:port` (repeatable); other services use the address template.
         #[arg(long = "backend", value_name = "SERVICE=HOST:PORT")]
         backends: Vec<String>,
+        /// Register even if a backend's host name does not resolve yet (its
+        /// containers start later); otherwise that is refused, naming it.
+        #[arg(long)]
+        allow_unresolved: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },

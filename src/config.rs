@@ -14,6 +14,7 @@ use canopy_proxy::{ProxySettings, Topology};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod access;
 mod admin;
 mod check;
 mod diff;
@@ -30,6 +31,7 @@ mod tests;
 mod tls;
 mod value;
 
+pub use access::{admin_access, AdminAccess};
 pub use error::{ConfigError, Located};
 pub use proxy::AccessLogTarget;
 pub use releases::ReleaseSettings;
@@ -143,6 +145,7 @@ impl Config {
             require_rollback_ready,
             guard,
             canary,
+            live_check_interval,
         } = self.live.releases.clone();
         ControlSettings {
             state_file: self.fixed.state_file.clone(),
@@ -152,6 +155,7 @@ impl Config {
             hook_timeout,
             preview,
             warm_check_interval,
+            live_check_interval,
             admin_priority: self.fixed.admin_priority,
             guard,
             canary,

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod handover;
+pub mod preflight;
 pub mod reload;
 pub mod serve;

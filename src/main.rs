@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use canopy::cli::{Cli, Cmd};
-use canopy::{client, config, serve};
+use canopy::client::ClientError;
+use canopy::{client, config, preflight, serve};
 use clap::Parser;
 
 #[global_allocator]
@@ -21,23 +22,36 @@ fn main() -> ExitCode {
             },
         },
         Cmd::CheckConfig { config } => match config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
+            Ok(cfg) => {
+                let warnings = runtime().block_on(preflight::unresolved_seeds(&cfg));
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                match warnings.len() {
+                    0 => println!("{}: ok", config.display()),
+                    n => println!("{}: ok, with {n} warning(s) above", config.display()),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
-        cmd => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            match rt.block_on(client::run(cmd)) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
+        cmd => match runtime().block_on(client::run(cmd)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
             }
-        }
+            // --json: the error object on stdout, for `| jq`
+            Err(ClientError::Json(out)) => {
+                print!("{out}");
+                ExitCode::FAILURE
+            }
+            Err(e) => fail(&e),
+        },
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {

@@ -49,6 +49,10 @@ impl FileSource {
 }
 
 impl ConfigSource for FileSource {
+    fn file(&self) -> String {
+        self.path.display().to_string()
+    }
+
     fn read(&self) -> Result<Reload, String> {
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());

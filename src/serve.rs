@@ -57,8 +57,9 @@ pub enum ServeError {
     Acme(String),
 }
 
-/// Runs the validation-window timer, the warm release's health watch and
-/// (with `[docker]`) container discovery as a pingora background service.
+/// Runs the validation-window timer, the warm and live releases' health
+/// watches and (with `[docker]`) container discovery as a pingora
+/// background service.
 struct ControlLoops(Arc<Controller>);
 
 #[async_trait]
@@ -68,6 +69,7 @@ impl BackgroundService for ControlLoops {
             self.0.run_window_timer(shutdown.clone()),
             self.0.run_warm_watch(shutdown.clone()),
             self.0.run_guard(shutdown.clone()),
+            self.0.run_live_watch(shutdown.clone()),
             self.0.run_discovery(shutdown)
         );
     }
@@ -321,7 +323,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
     if let Some(acme) = acme {
         server.add_service(background_service("ACME certificates", acme));
     }
-    server.add_service(background_service("validation window and warm watch", ControlLoops(controller.clone())));
+    server.add_service(background_service("validation window and health watches", ControlLoops(controller.clone())));
     log::info!(
         "canopy serving on {} (admin on {})",
         config

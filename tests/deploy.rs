@@ -626,9 +626,12 @@ async fn releases_registered_by_hand_still_switch_and_roll_back_beside_deployed_
         assert_eq!(r.status(), 200, "rollback to {to}: {}", r.text().await.unwrap());
         assert_eq!(status(&c).await["live"], expected);
     }
-    // no alert for a live release canopy does not run
+    // no container alert for a live release canopy does not run (the live
+    // watch may rightly say elm's worker is down: the juniper worker it
+    // borrows is stopped while juniper is not live, overlap = false)
     let st = status(&c).await;
-    assert_eq!(st["alerts"], json!([]), "{st:#}");
+    let alerts = st["alerts"].as_array().unwrap_or_else(|| panic!("no alerts list with [docker]: {st:#}"));
+    assert!(alerts.iter().all(|a| a.as_str().is_some_and(|a| a.starts_with("live release elm is failing its health checks"))), "{st:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,10 @@ async fn a_release_four_times_slower_is_rolled_back_by_the_latency_rule() {
     let events = events(&c).await;
     let auto = events.iter().rev().find(|e| e["action"] == "auto-rollback").expect("an auto-rollback event");
     let detail = auto["detail"].as_str().unwrap();
-    assert!(detail.contains("p99") && detail.contains("rule latency") && detail.contains("juniper's"), "{detail}");
+    // the quantile is the highest the window's answers can tell (p99 with
+    // 500 answers, p98 with 250, ...): some pNN, the same for both releases
+    let quantile = detail.split_whitespace().find(|w| w.len() == 3 && w.starts_with('p') && w[1..].parse::<u8>().is_ok());
+    assert!(quantile.is_some() && detail.contains("rule latency") && detail.contains("juniper's"), "{detail}");
     eprintln!("latency verdict: {detail}");
 }
 

@@ -7,12 +7,15 @@
 //! `scripts/install-deps.sh --test` installs them).
 //!
 //! What the browser run does: opens the page and sees `juniper` live (after
-//! the token prompt when a token is set); registers `oak` (backends that
+//! a locked page that shows nothing but the token prompt, when a token is
+//! set) and healthy; registers `oak` (backends that
 //! refuse connections) through the admin API; checks elm with the page's check
 //! button; cancels a switch (no request is sent); switches to oak and sees the
 //! refusal with the failed checks (live stays juniper); switches to elm,
-//! confirms, waits for the page to show `elm` live and asserts the proxy now
-//! answers with `x-canopy-release: elm`. Traffic runs through the proxy
+//! confirms, waits for the page to show `elm` live (the warm `juniper`'s
+//! background check the same in its panel and on its card) and asserts the
+//! proxy now answers with `x-canopy-release: elm`. Another run kills the live
+//! release's backend and sees the page raise the alert, then clear it. Traffic runs through the proxy
 //! meanwhile so the chart has something to draw. Console errors (other than
 //! the expected 401/422 answers), uncaught exceptions and requests to another
 //! origin fail the run: Chromium's browser and network logs are read through
@@ -371,8 +374,17 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     if let Some(token) = run.token {
         let t = Instant::now();
         b.wait_shown("#auth", true).await;
+        // locked: only the token form, no empty state that reads like "nothing registered"
+        for hidden in [".hero", "#releases", "#events", "#chart-rate"] {
+            b.wait_shown(hidden, false).await;
+        }
         assert_ne!(b.text("#live-name").await, "juniper", "live release shown without a token");
-        step_done("asks for the token after a 401", t);
+        let locked = b.wd.execute("return document.body.classList.contains('locked')", vec![]).await.unwrap();
+        assert_eq!(locked, true, "the page is not locked");
+        b.wait_text("#conn-text", |t| t.contains("token required"), "the header does not say the page is locked", WAIT).await;
+        let msg = b.text("#auth").await;
+        assert!(msg.contains("Locked") && msg.contains("token"), "{msg}");
+        step_done("a locked page asks for the token after a 401", t);
 
         let t = Instant::now();
         b.fill("#token-input", "wrong-token-0123456789").await;
@@ -385,6 +397,7 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
         b.fill("#token-input", token).await;
         b.click("#token-save").await;
         b.wait_shown("#auth", false).await;
+        b.wait_shown(".hero", true).await;
         step_done("the right token unlocks the page", t);
 
         let t = Instant::now();
@@ -403,7 +416,12 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
     assert_eq!(elm_state, "registered", "elm state");
     let backends = b.text(r#"[data-release="elm"]"#).await;
     assert!(backends.contains("127.0.0.1:"), "elm card shows no backend address: {backends}");
-    step_done("page shows live juniper", t);
+    // the live watch's verdict, in the panel and on the live card
+    b.wait_text("#live-health", |t| t.starts_with("Health: 3 checks passed"), "no live health", WAIT).await;
+    b.wait_present(r#"[data-watch="juniper"]"#, WAIT).await;
+    let preview = b.text("#preview-state").await;
+    assert_eq!(preview, "preview on", "{preview}");
+    step_done("page shows live juniper, healthy", t);
 
     let traffic = Traffic::start(run.c);
 
@@ -479,6 +497,14 @@ async fn drive(run: &Run<'_>, b: &mut Browser) {
         !m.is_empty() && m.bytes().all(|c| c.is_ascii_digit()) && s.len() == 2 && s.bytes().all(|c| c.is_ascii_digit())
     };
     b.wait_text("#prev-left", countdown, "no validation-window countdown", WAIT).await;
+    // the warm release's background check: the same report in the panel and on its card
+    b.wait_text("#prev-health", |t| t.starts_with("Health: 3 checks passed"), "no health of the warm release", WAIT).await;
+    b.wait_present(r#"[data-watch="juniper"] [data-ago]"#, WAIT).await;
+    // ... of the same report, with the same age (both redrawn together, ages every second)
+    let script = r#"const at = (css) => { const e = document.querySelector(css); return e ? [e.dataset.ago, e.textContent] : null; };
+        return [at('#prev-health [data-ago]'), at('[data-watch="juniper"] [data-ago]')]"#;
+    let ages = b.wd.execute(script, vec![]).await.expect("read the ages");
+    assert!(ages[0].is_array() && ages[0] == ages[1], "panel and card disagree: {ages}");
     b.wait_text("#events tr:first-child td:nth-child(3)", |t| t == "juniper→elm", "switch missing from the history", WAIT).await;
     b.wait_text("#events tr:first-child td:nth-child(4)", |t| t == "ok", "switch in the history is not ok", WAIT).await;
     step_done("page shows live elm", t);
@@ -620,6 +646,37 @@ async fn status_page_lists_certificates_with_expiry_and_a_refused_reload() {
     assert!(!c.cli(&["tls", "reload"]).status.success());
     let rows = b.wait_text("#certs", |t| t.contains("reload refused"), "the refused reload shown", Duration::from_secs(20)).await;
     assert!(rows.contains("cdn.key"), "{rows}");
+    b.read_logs().await;
+    let _ = b.wd.clone().close().await;
+    assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_raises_the_alert_when_the_live_release_dies() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let c = Canopy::start(&config("", ""));
+    let mut server = canopy_testkit::upstream::Killable::spawn("juniper", "server").await;
+    let worker = canopy_testkit::upstream::spawn("juniper", "worker").await;
+    let storefront = canopy_testkit::upstream::spawn("juniper", "storefront").await;
+    register(&c, "juniper", server.addr, worker.addr, storefront.addr).await;
+    assert_eq!(switch(&c, "juniper").await.0, 200);
+    let driver = ChromeDriver::start().await;
+    let origin = format!("http://{}", c.admin);
+    let mut b = Browser::open(&driver, &origin).await;
+    b.wd.goto(&format!("{origin}/")).await.expect("open the status page");
+    b.wait_text("#live-health", |t| t.starts_with("Health: 3 checks passed"), "the live release healthy", WAIT).await;
+    b.wait_shown("#alerts", false).await;
+
+    server.kill();
+    b.wait_shown("#alerts", true).await;
+    b.wait_text("#alerts", |t| t.contains("live release juniper is failing its health checks"), "the live alert", WAIT).await;
+    b.wait_text("#live-health", |t| t.starts_with("Health: FAILING since"), "the live card's health", WAIT).await;
+    let card = b.text(r#"[data-watch="juniper"]"#).await;
+    assert!(card.contains("1 of 3 checks failed"), "{card}");
+
+    server.restart().await;
+    b.wait_shown("#alerts", false).await;
+    b.wait_text("#live-health", |t| t.starts_with("Health: 3 checks passed"), "healthy again", WAIT).await;
     b.read_logs().await;
     let _ = b.wd.clone().close().await;
     assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);

@@ -33,6 +33,9 @@ pub const STATUS_PAGE: &str = include_str!("status.html");
 struct RegisterBody {
     #[serde(default)]
     backends: BTreeMap<ServiceName, Vec<Endpoint>>,
+    /// Register even if a backend's host name does not resolve (yet).
+    #[serde(default)]
+    allow_unresolved: bool,
 }
 
 /// Body of `POST /switch`.
@@ -205,7 +208,8 @@ impl AdminApi {
             (["releases", name], &Method::PUT) => {
                 let name = release_name(name)?;
                 let body: RegisterBody = parse_body(&read_body(s).await?, false)?;
-                let (view, created) = c.register(name, body.backends, &actor).await?;
+                let allow_unresolved = query_flag(query.as_deref(), "allow_unresolved")?.unwrap_or(false) || body.allow_unresolved;
+                let (view, created) = c.register(name, body.backends, allow_unresolved, &actor).await?;
                 Reply::json(if created { 201 } else { 200 }, view)
             }
             (["releases", name], &Method::DELETE) => {

@@ -87,7 +87,11 @@ fn control_status(e: &ControlError) -> u16 {
         ControlError::State(_) | ControlError::Busy | ControlError::Conflict(_) => 409,
         ControlError::Invalid(_) => 400,
         ControlError::NotEnabled(_) => 404,
-        ControlError::Validation(_) | ControlError::Config(_) | ControlError::Containers { .. } | ControlError::NotRollbackReady(_) => 422,
+        ControlError::Validation(_)
+        | ControlError::Config(_)
+        | ControlError::Containers { .. }
+        | ControlError::NotRollbackReady(_)
+        | ControlError::Unresolved { .. } => 422,
         ControlError::Upgrading => 503,
         ControlError::Persist(_) => 500,
         ControlError::Deploy(f) if f.engine_failed => 502,

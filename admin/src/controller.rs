@@ -7,6 +7,7 @@
 //! flip routine every flip goes through), `releases.rs` (register, check,
 //! retire), `reload.rs` (config reload), `upgrade.rs` (hand-over between
 //! processes), `loops.rs` (validation window, warm watch, checkpoints),
+//! `watch.rs` (the live release's health watch and its alert),
 //! `containers.rs` (`overlap = false` containers, container views),
 //! `deploy.rs` (a deploy and its undo), `discovery.rs` (following the
 //! engine, recovery after a crash) and `tls.rs` (certificates).
@@ -44,6 +45,7 @@ mod releases;
 mod reload;
 mod tls;
 mod upgrade;
+mod watch;
 
 /// The checks and control settings in force; a config reload replaces both.
 pub struct Runtime {
@@ -106,6 +108,10 @@ pub struct Controller {
     /// Wakes the warm watch after every flip.
     warm_wake: Notify,
     warm: std::sync::Mutex<Option<Watched>>,
+    /// Wakes the live watch when the live release changes.
+    live_wake: Notify,
+    /// The live watch's latest report.
+    live_watch: std::sync::Mutex<Option<watch::LiveWatched>>,
     metrics: ControlMetrics,
     /// Set by [`Controller::hand_over`]: this process no longer writes the state.
     handed_over: AtomicBool,
@@ -157,6 +163,9 @@ impl Controller {
         };
         let resolving = state.releases.iter().map(|(n, r)| resolve(&topology, &table, n, &r.backends));
         let releases = futures_util::future::try_join_all(resolving).await?;
+        if let Some(live) = releases.iter().find(|r| state.live.as_ref() == Some(r.name())) {
+            watch::warn_unresolved(&topology, live);
+        }
         table.update(|cur| snapshot_of(&state, topology.clone(), releases, cur.tunables().clone()));
         let metrics = ControlMetrics::new(table.clone());
         for c in collectors {
@@ -174,6 +183,8 @@ impl Controller {
             wake: Notify::new(),
             warm_wake: Notify::new(),
             warm: std::sync::Mutex::new(None),
+            live_wake: Notify::new(),
+            live_watch: std::sync::Mutex::new(None),
             metrics,
             handed_over: AtomicBool::new(false),
             held: AtomicBool::new(hold_changes),
@@ -234,7 +245,9 @@ impl Controller {
     /// their order, replaced by their namesake in `fresh`), then the new ones
     /// from `fresh`.
     fn publish(&self, st: &State, fresh: &[Arc<Release>]) {
+        let mut live_changed = false;
         self.table.update(|cur| {
+            live_changed = cur.live().map(|r| r.name()) != st.live.as_ref();
             let mut releases: Vec<Arc<Release>> = cur
                 .releases()
                 .iter()
@@ -244,6 +257,9 @@ impl Controller {
             releases.extend(fresh.iter().filter(|f| st.releases.contains_key(f.name()) && cur.find(f.name()).is_none()).cloned());
             snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone())
         });
+        if live_changed {
+            self.live_wake.notify_one();
+        }
     }
 
     /// Appends an audit event (a refusal, a failure, a hook's result); a
@@ -285,12 +301,17 @@ impl Controller {
         let snap = self.table.load();
         let watched = self.watched(st.previous.as_ref().map(|p| &p.release));
         let mut view = StatusView::build(&st, &snap, self.flip.try_lock().is_err(), watched);
+        view.live_health = self.live_health(st.live.as_ref());
+        let mut alerts: Vec<String> = view.live_health.as_ref().and_then(watch::live_alert).into_iter().collect();
         if let Some(discovered) = self.discovered() {
             for release in &mut view.releases {
                 release.containers = self.release_containers(&st, &release.name, &discovered);
             }
-            view.alerts = Some(self.container_alerts(&st, &discovered));
+            alerts.extend(self.container_alerts(&st, &discovered));
             view.docker = Some(discovered);
+        }
+        if !alerts.is_empty() || view.docker.is_some() {
+            view.alerts = Some(alerts);
         }
         view.tls = self.tls_view();
         view.guard = Some(self.guard_view());
@@ -316,7 +337,8 @@ impl Controller {
         };
         let watched = self.watched(previous.as_ref()).map(|r| (r.release, r.passed));
         let canary = self.state.lock().await.canary.as_ref().map(|c| (c.release.clone(), c.weight()));
-        self.metrics.encode(live.as_ref(), watched, canary.as_ref().map(|(r, w)| (r, *w)))
+        let live_health = self.live_health(live.as_ref()).map(|h| h.healthy);
+        self.metrics.encode(live.as_ref(), live_health, watched, canary.as_ref().map(|(r, w)| (r, *w)))
     }
 }
 
@@ -333,8 +355,9 @@ fn seed_state(seed: Seed) -> Result<State, ControlError> {
         s = s.apply(Command::Register { name, backends }, now, "canopy (config)")?;
     }
     if let Some(initial) = seed.initial {
-        let detail = "initial release from config".to_string();
-        let cmd = Command::Switch { to: initial, expect_generation: None, forced: true, window_ms: 0, detail, action: None };
+        // not `forced`: nothing was live to protect, and the live watch checks it from the start
+        let detail = "initial release from config (first start)".to_string();
+        let cmd = Command::Switch { to: initial, expect_generation: None, forced: false, window_ms: 0, detail, action: None };
         s = s.apply(cmd, now, "canopy (initial)")?;
     }
     Ok(s)

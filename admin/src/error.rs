@@ -26,6 +26,18 @@ pub enum ControlError {
     /// backend list, a backend that cannot be resolved.
     #[error("{0}")]
     Invalid(String),
+    /// A release to register has backends whose host names do not resolve:
+    /// it would answer every request of those services with a 502.
+    #[error(
+        "release `{release}` not registered: {} (start its backends first, give them with --backend SERVICE=HOST:PORT, or register anyway with --allow-unresolved / `?allow_unresolved=true`)",
+        .unresolved.join("; ")
+    )]
+    Unresolved {
+        /// The release.
+        release: canopy_proxy::ReleaseName,
+        /// `service: cannot resolve `host:port`: reason`, for each.
+        unresolved: Vec<String>,
+    },
     /// The operation needs a part of proxy.toml this canopy runs without
     /// (`[docker]` for a deploy, `listen-tls` for certificates, a config file
     /// for a reload).

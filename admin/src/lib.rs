@@ -7,7 +7,8 @@
 //! - `GET /healthz` — the proxy itself is up (no token needed)
 //! - `GET /status` — live, previous, generation, releases with backends and state
 //! - `GET /releases`, `GET /releases/{name}` — registered releases
-//! - `PUT /releases/{name}` — register, body `{"backends": {"server": ["host:port"]}}` (optional)
+//! - `PUT /releases/{name}` — register, body `{"backends": {"server": ["host:port"]}, "allow_unresolved": false}`
+//!   (optional); 422 naming the hosts that do not resolve unless `allow_unresolved` (or `?allow_unresolved=true`)
 //! - `POST /releases/{name}/check` — run validation, return the report
 //! - `POST /switch` — `{"release": "elm", "expect_generation": 3, "force": false}`; `?force=true`
 //! - `POST /rollback` — `{"expect_generation": 4, "force": false}` (optional); `?force=true`
@@ -66,4 +67,4 @@ pub use state::{
     BackendMap, CanaryState, Command, ContainerChange, Event, Failure, Previous, ReleaseRecord, State, StateError, STATE_VERSION,
 };
 pub use validate::{Mode, Validator};
-pub use view::{PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};
+pub use view::{LiveHealthView, PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};

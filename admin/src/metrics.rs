@@ -33,6 +33,7 @@ pub struct ControlMetrics {
     /// Set from the state at each scrape; see [`Self::encode`].
     live: IntGaugeVec,
     rollback_target: IntGaugeVec,
+    live_healthy: IntGaugeVec,
     reloads: IntCounterVec,
     last_reload: Gauge,
     /// Set from the state at each scrape: the canary's candidate and weight (percent).
@@ -69,6 +70,11 @@ impl ControlMetrics {
             IntGaugeVec::new(opts!("canopy_live_release_info", "The release serving traffic (value 1)."), &["release"]).expect(VALID);
         let rollback_target = IntGaugeVec::new(
             opts!("canopy_rollback_target_healthy", "Latest background check of the warm previous release: 1 passed, 0 failed."),
+            &["release"],
+        )
+        .expect(VALID);
+        let live_healthy = IntGaugeVec::new(
+            opts!("canopy_live_release_healthy", "Latest background check of the live release: 1 passed, 0 failed (absent until checked)."),
             &["release"],
         )
         .expect(VALID);
@@ -128,6 +134,7 @@ impl ControlMetrics {
             Box::new(checks.clone()),
             Box::new(live.clone()),
             Box::new(rollback_target.clone()),
+            Box::new(live_healthy.clone()),
             Box::new(access_log_dropped),
             Box::new(reloads.clone()),
             Box::new(last_reload.clone()),
@@ -152,6 +159,7 @@ impl ControlMetrics {
             checks,
             live,
             rollback_target,
+            live_healthy,
             reloads,
             last_reload,
             canary_weight,
@@ -248,18 +256,29 @@ impl ControlMetrics {
     }
 
     /// Every metric as Prometheus text ([`CONTENT_TYPE`]): `live` is the live
-    /// release, `watched` the warm previous release and whether its latest
-    /// background check passed, `canary` the running canary's candidate and
-    /// weight (in buckets of 10,000).
-    pub fn encode(&self, live: Option<&ReleaseName>, watched: Option<(ReleaseName, bool)>, canary: Option<(&ReleaseName, u16)>) -> String {
+    /// release, `live_healthy` whether the live watch's latest check of it
+    /// passed (`None` before the first), `watched` the warm previous release
+    /// and whether its latest background check passed, `canary` the running
+    /// canary's candidate and weight (in buckets of 10,000).
+    pub fn encode(
+        &self,
+        live: Option<&ReleaseName>,
+        live_healthy: Option<bool>,
+        watched: Option<(ReleaseName, bool)>,
+        canary: Option<(&ReleaseName, u16)>,
+    ) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.canary_weight.reset();
         if let Some((release, weight)) = canary {
             self.canary_weight.with_label_values(&[release.as_str()]).set(f64::from(weight) / 100.0);
         }
         self.live.reset();
+        self.live_healthy.reset();
         if let Some(l) = live {
             self.live.with_label_values(&[l.as_str()]).set(1);
+            if let Some(healthy) = live_healthy {
+                self.live_healthy.with_label_values(&[l.as_str()]).set(i64::from(healthy));
+            }
         }
         self.rollback_target.reset();
         if let Some((release, passed)) = watched {

@@ -30,6 +30,9 @@ pub struct ControlSettings {
     /// How often the warm previous release is quick-checked in the background,
     /// so that a rollback can trust a fresh result instead of checking inline.
     pub warm_check_interval: Duration,
+    /// How often the live release is quick-checked in the background, so
+    /// that a dead live release raises an alert within seconds.
+    pub live_check_interval: Duration,
     /// How the admin thread asks to be scheduled; see [`crate::prioritise_current_thread`].
     pub admin_priority: AdminPriority,
     /// `[releases.guard]`: judging a new release against the one it replaced.

@@ -32,6 +32,9 @@ pub trait ConfigSource: Send + Sync {
     /// validation error with file, line and column, or a change that needs a
     /// new process (`canopy serve --upgrade`).
     fn read(&self) -> Result<Reload, String>;
+
+    /// The file canopy was started with, as messages name it (`/etc/canopy/ux.toml`).
+    fn file(&self) -> String;
 }
 
 /// Where certificates come from, implemented by the server (it knows the

@@ -103,11 +103,34 @@ pub struct PreviousView {
     pub watch: Option<Report>,
 }
 
+/// The live watch's latest quick check of the live release (see
+/// `live-check-interval`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveHealthView {
+    /// The live release it checked.
+    pub release: ReleaseName,
+    /// Its latest quick check passed.
+    pub healthy: bool,
+    /// Since when (Unix ms) the verdict has been what it is.
+    pub since: u64,
+    /// The latest quick check (`mode: "watch"`).
+    pub report: Report,
+}
+
 /// `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
     /// Live release.
     pub live: Option<ReleaseName>,
+    /// The live watch's latest verdict on the live release (absent until
+    /// its first check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_health: Option<LiveHealthView>,
+    /// Whether `x-canopy-release` request headers preview registered
+    /// releases (`[releases] preview`); when false they are ignored and
+    /// answered with `x-canopy-preview: disabled`.
+    #[serde(default)]
+    pub preview: bool,
     /// Previous release, while warm.
     pub previous: Option<PreviousView>,
     /// Generation (bumped by every flip).
@@ -120,8 +143,9 @@ pub struct StatusView {
     /// stack's canopy containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<Discovered>,
-    /// With `[docker]`: problems to see at once (a live container not
-    /// running, a refused container, the engine away).
+    /// Problems to see at once: the live release failing its checks; with
+    /// `[docker]` also a live container not running, a refused container,
+    /// the engine away. Absent when there are none (and no `[docker]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Vec<String>>,
     /// With TLS: the served certificates and ACME's state.
@@ -178,6 +202,8 @@ impl StatusView {
         let now = now_ms();
         Self {
             live: st.live.clone(),
+            live_health: None,
+            preview: snap.preview(),
             previous: st.previous.as_ref().map(|p| PreviousView {
                 release: p.release.clone(),
                 retire_at: p.retire_at,

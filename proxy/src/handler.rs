@@ -23,6 +23,11 @@ use crate::table::ReleaseTable;
 /// to preview a registered release.
 pub const RELEASE_HEADER: &str = "x-canopy-release";
 
+/// Response header saying why a preview request was answered by the live
+/// release: `disabled` (`preview = false`) or `unknown-release` (the named
+/// release is not registered). Absent on every other response.
+pub const PREVIEW_HEADER: &str = "x-canopy-preview";
+
 /// [`RELEASE_HEADER`] as a parsed name: lookups with it skip parsing a `&str`.
 static RELEASE_NAME: http::HeaderName = http::HeaderName::from_static(RELEASE_HEADER);
 static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -55,6 +60,8 @@ pub struct RequestCtx {
     tls: bool,
     /// A canary bucket the answer gives the shopper as a cookie (they had none).
     set_bucket: Option<u16>,
+    /// Why a preview header was not followed, for [`PREVIEW_HEADER`].
+    preview_ignored: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -273,6 +280,12 @@ impl ProxyHttp for CanopyProxy {
                     }
                 }
                 let release = snapshot.release(target.release);
+                ctx.preview_ignored = match preview {
+                    None => None,
+                    Some(_) if !snapshot.preview() => Some("disabled"),
+                    Some(want) if release.name().as_str().as_bytes() != want => Some("unknown-release"),
+                    Some(_) => None,
+                };
                 release.stats().start();
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
@@ -326,6 +339,9 @@ impl ProxyHttp for CanopyProxy {
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         if let Some((snapshot, t)) = ctx.release() {
             resp.insert_header(RELEASE_HEADER, snapshot.release(t.release).header().clone())?;
+            if let Some(why) = ctx.preview_ignored {
+                resp.insert_header(PREVIEW_HEADER, http::HeaderValue::from_static(why))?;
+            }
             if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }

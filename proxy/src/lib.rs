@@ -34,7 +34,7 @@ pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
 pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
-pub use handler::{CanopyProxy, RequestCtx, RELEASE_HEADER};
+pub use handler::{CanopyProxy, RequestCtx, PREVIEW_HEADER, RELEASE_HEADER};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;

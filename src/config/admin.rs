@@ -14,7 +14,7 @@ use super::proxy::Proxy;
 use super::value::Addr;
 
 /// `listen` when unset: loopback only.
-const LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9901));
+pub(super) const LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9901));
 /// `state-file` when unset (relative to the config file).
 const STATE_FILE: &str = "canopy-state.json";
 /// `upgrade-socket` when unset: the state file's path plus this.

@@ -104,6 +104,7 @@ impl Reloadable {
             require_rollback_ready,
             guard,
             canary,
+            live_check_interval,
         } = releases;
         let n = &new.releases;
         [
@@ -119,6 +120,7 @@ impl Reloadable {
             ("rollback readiness requirement", *require_rollback_ready != n.require_rollback_ready),
             ("guard", *guard != n.guard),
             ("canary defaults", *canary != n.canary),
+            ("live check interval", *live_check_interval != n.live_check_interval),
             ("access log", *access_log != new.access_log),
             ("admin token", *token != new.token),
         ]

@@ -20,8 +20,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// `warm-check-interval` when unset.
 const WARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// The shortest `warm-check-interval`.
-const WARM_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// `live-check-interval` when unset.
+const LIVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest `warm-check-interval` and `live-check-interval`.
+const CHECK_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// The shortest guard `interval`.
 const GUARD_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// `resolve-interval` when unset.
@@ -42,6 +44,7 @@ pub(super) struct FileReleases {
     hook_timeout: Option<Dur>,
     resolve_interval: Option<Dur>,
     warm_check_interval: Option<Spanned<Dur>>,
+    live_check_interval: Option<Spanned<Dur>>,
     #[serde(default)]
     require_rollback_ready: bool,
     guard: Option<Spanned<FileGuard>>,
@@ -101,6 +104,8 @@ pub struct ReleaseSettings {
     pub guard: GuardSettings,
     /// `[releases.canary]`.
     pub canary: CanarySettings,
+    /// How often the live release is quick-checked in the background (its alert).
+    pub live_check_interval: Duration,
 }
 
 /// Checks the reloadable `[releases]` settings.
@@ -110,13 +115,13 @@ pub(super) fn settings(cx: &Ctx<'_>, r: &FileReleases) -> Result<ReleaseSettings
             return Err(cx.err(h.span(), "a retire hook needs a program (argv[0])"));
         }
     }
-    let warm_check_interval = match &r.warm_check_interval {
-        Some(d) if d.get_ref().0 < WARM_CHECK_INTERVAL_MIN => {
-            return Err(cx.err(d.span(), "warm-check-interval must be at least 100ms"));
-        }
-        Some(d) => d.get_ref().0,
-        None => WARM_CHECK_INTERVAL,
+    let interval = |key: &str, set: &Option<Spanned<Dur>>, default: Duration| match set {
+        Some(d) if d.get_ref().0 < CHECK_INTERVAL_MIN => Err(cx.err(d.span(), format!("{key} must be at least 100ms"))),
+        Some(d) => Ok(d.get_ref().0),
+        None => Ok(default),
     };
+    let warm_check_interval = interval("warm-check-interval", &r.warm_check_interval, WARM_CHECK_INTERVAL)?;
+    let live_check_interval = interval("live-check-interval", &r.live_check_interval, LIVE_CHECK_INTERVAL)?;
     Ok(ReleaseSettings {
         preview: r.preview,
         validation_window: or(r.validation_window, VALIDATION_WINDOW),
@@ -133,6 +138,7 @@ pub(super) fn settings(cx: &Ctx<'_>, r: &FileReleases) -> Result<ReleaseSettings
             Some(c) => canary(cx, c.get_ref())?,
             None => CanarySettings::default(),
         },
+        live_check_interval,
     })
 }
 

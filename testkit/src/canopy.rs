@@ -79,7 +79,8 @@ pub fn fill_ports(template: &str) -> (String, ConfigPorts) {
 pub struct Canopy {
     /// The process.
     pub child: Child,
-    /// Its directory: proxy.toml, canopy.log, the state file.
+    /// Its directory: its config (proxy.toml unless started with
+    /// [`Canopy::start_as`]), canopy.log, the state file.
     pub dir: PathBuf,
     /// The proxy listener.
     pub proxy: SocketAddr,
@@ -106,8 +107,21 @@ impl Canopy {
 
     /// Starts canopy in `dir` (keeps an existing state file there).
     pub fn start_in(dir: &Path, config: &str) -> Canopy {
+        Self::start_file(dir, "proxy.toml", config)
+    }
+
+    /// Starts canopy in a fresh temp dir with its config in a file named
+    /// `file` (e.g. `ux.toml`: messages must name the file loaded).
+    pub fn start_as(file: &str, config: &str) -> Canopy {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut c = Self::start_file(tmp.path(), file, config);
+        c.tmp = Some(tmp);
+        c
+    }
+
+    fn start_file(dir: &Path, file: &str, config: &str) -> Canopy {
         for _ in 0..5 {
-            if let Some(c) = Self::try_start(dir, config, None) {
+            if let Some(c) = Self::try_start(dir, file, config, None) {
                 return c;
             }
         }
@@ -118,16 +132,16 @@ impl Canopy {
     /// held because another server had to know it first.
     pub fn start_in_on(dir: &Path, config: &str, proxy: Port) -> Canopy {
         let port = proxy.port();
-        Self::try_start(dir, config, Some(proxy)).unwrap_or_else(|| panic!("canopy did not start on port {port}"))
+        Self::try_start(dir, "proxy.toml", config, Some(proxy)).unwrap_or_else(|| panic!("canopy did not start on port {port}"))
     }
 
-    fn try_start(dir: &Path, template: &str, proxy: Option<Port>) -> Option<Canopy> {
+    fn try_start(dir: &Path, file: &str, template: &str, proxy: Option<Port>) -> Option<Canopy> {
         let (text, ports) = fill_ports_with(template, proxy);
-        std::fs::write(dir.join("proxy.toml"), &text).expect("write proxy.toml");
+        std::fs::write(dir.join(file), &text).expect("write the config");
         let log = std::fs::File::create(dir.join("canopy.log")).expect("create canopy.log");
         let (pp, ap, tp) = (ports.proxy.port(), ports.admin.port(), ports.tls.as_ref().map(Port::port));
         let mut cmd = Command::new(canopy_bin());
-        cmd.args(["serve", "-c"]).arg(dir.join("proxy.toml")).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+        cmd.args(["serve", "-c"]).arg(dir.join(file)).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
         ports.release();
         let child = cmd.spawn().expect("start canopy");
         let loopback = |p| SocketAddr::from(([127, 0, 0, 1], p));
@@ -219,6 +233,18 @@ impl Canopy {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(canopy_bin()).args(args).env("CANOPY_ADMIN", format!("http://{}", self.admin)).output().expect("run canopy")
     }
+}
+
+/// Runs the binary's command `args` with exactly the `CANOPY_*` variables in
+/// `env` (none from the test's own environment): how an operator's shell
+/// runs it.
+pub fn canopy_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(canopy_bin());
+    cmd.args(args);
+    for var in ["CANOPY_ADMIN", "CANOPY_CONFIG", "CANOPY_TOKEN_FILE"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).output().expect("run canopy")
 }
 
 impl Drop for Canopy {

@@ -25,7 +25,7 @@ pub mod upstream;
 mod wait;
 
 pub use api::{client, get, inflight, register, status, switch, two_releases, two_releases_on, two_releases_with, Stack};
-pub use canopy::{canopy_bin, durable_state_in, fill_ports, Canopy, ConfigPorts};
+pub use canopy::{canopy_bin, canopy_cli, durable_state_in, fill_ports, Canopy, ConfigPorts};
 pub use configs::config;
 pub use ports::{dead_addr, reserve, reserve_many, Port};
 pub use process::{listens, processes_with, sockets_to, tcp_states, wait_listening, Proc};

@@ -44,6 +44,9 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// The start of the user agent of canopy's validation checks.
+const CHECKS_USER_AGENT: &[u8] = b"canopy-validator/";
+
 /// Behaviour switches shared with the running server (flip them live).
 #[derive(Debug, Default)]
 pub struct Knobs {
@@ -103,8 +106,12 @@ impl Knobs {
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Requests answered.
+    /// Requests answered, canopy's own checks not counted: its live and
+    /// warm watches check every release they watch every second, so counting
+    /// them would make the count depend on timing.
     pub hits: Arc<AtomicUsize>,
+    /// canopy's checks answered (user agent `canopy-validator/...`).
+    pub checks: Arc<AtomicUsize>,
     /// Live behaviour switches.
     pub knobs: Arc<Knobs>,
 }
@@ -113,6 +120,7 @@ struct Ctx {
     release: String,
     service: String,
     hits: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
     knobs: Arc<Knobs>,
 }
 
@@ -137,7 +145,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
 }
 
 async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let n = ctx.hits.fetch_add(1, Ordering::Relaxed);
+    let from_canopy = req.headers().get(hyper::header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(CHECKS_USER_AGENT));
+    let n = if from_canopy { &ctx.checks } else { &ctx.hits }.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let probe = path == "/health" || ((path == "/shop-api" || path == "/admin-api") && req.method() == hyper::Method::POST);
     if !probe {
@@ -228,9 +237,15 @@ async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<F
 /// Serves on `listener` until the runtime ends, answering as `release`/`service`.
 pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
     let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
+    let (hits, checks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let knobs = Arc::new(Knobs::from_env(release));
-    let ctx = Arc::new(Ctx { release: release.into(), service: service.into(), hits: hits.clone(), knobs: knobs.clone() });
+    let ctx = Arc::new(Ctx {
+        release: release.into(),
+        service: service.into(),
+        hits: hits.clone(),
+        checks: checks.clone(),
+        knobs: knobs.clone(),
+    });
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -241,10 +256,83 @@ pub fn serve(listener: TcpListener, release: &str, service: &str) -> Upstream {
             });
         }
     });
-    Upstream { addr, hits, knobs }
+    Upstream { addr, hits, checks, knobs }
 }
 
 /// Binds 127.0.0.1:0 and serves.
 pub async fn spawn(release: &str, service: &str) -> Upstream {
     serve(crate::ports::tokio_listener().await, release, service)
+}
+
+/// An upstream that can die and come back on the same address, like a
+/// backend process killed and restarted: [`Killable::kill`] closes its
+/// listener and cuts every open connection (new ones are refused),
+/// [`Killable::restart`] listens again.
+pub struct Killable {
+    /// Where it listens (while alive).
+    pub addr: SocketAddr,
+    release: String,
+    service: String,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Killable {
+    /// Binds 127.0.0.1:0 and serves as `release`/`service`.
+    pub async fn spawn(release: &str, service: &str) -> Killable {
+        let listener = crate::ports::tokio_listener().await;
+        let mut k = Killable { addr: listener.local_addr().unwrap(), release: release.into(), service: service.into(), server: None };
+        k.serve(listener);
+        k
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let ctx = Arc::new(Ctx {
+            release: self.release.clone(),
+            service: self.service.clone(),
+            hits: Arc::new(AtomicUsize::new(0)),
+            checks: Arc::new(AtomicUsize::new(0)),
+            knobs: Arc::new(Knobs::default()),
+        });
+        self.server = Some(tokio::spawn(async move {
+            // the connections live in this task's set: aborting the task drops them all
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let ctx = ctx.clone();
+                connections.spawn(async move {
+                    let svc = service_fn(move |req| handle(ctx.clone(), req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    /// Dies: the listener closes (connections are refused) and every open
+    /// connection is cut.
+    pub fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+
+    /// Comes back on the same address (waits until the old listener is gone).
+    pub async fn restart(&mut self) {
+        assert!(self.server.is_none(), "restart of an upstream that was not killed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => panic!("rebinding {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

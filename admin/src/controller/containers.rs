@@ -69,9 +69,9 @@ fn why_not_running(st: &State, release: &ReleaseName, overlap: bool, c: &Contain
 impl Controller {
     /// The container half, or why `what` needs `[docker]`.
     pub(super) fn docker(&self) -> Result<&Docker, ControlError> {
-        self.docker
-            .as_ref()
-            .ok_or_else(|| ControlError::NotEnabled("deploy needs a [docker] section and services with `image` in proxy.toml".into()))
+        self.docker.as_ref().ok_or_else(|| {
+            ControlError::NotEnabled(format!("deploy needs a [docker] section and services with `image` in {}", self.config_file()))
+        })
     }
 
     /// The container of `service` of `release`: the address template's host.

@@ -206,7 +206,7 @@ impl Controller {
         let deadline = Instant::now() + settings.deploy_timeout;
         let services = self.run_services(docker);
         if services.is_empty() {
-            return Err(Stop::refused("no service has `image` in proxy.toml: nothing to deploy"));
+            return Err(Stop::refused(format!("no service has `image` in {}: nothing to deploy", self.config_file())));
         }
 
         let clock = Instant::now();
@@ -265,7 +265,8 @@ impl Controller {
             backends.insert(s.name.clone(), vec![Endpoint::from_addr(SocketAddr::new(ip, s.port))]);
         }
         let listed: Vec<String> = backends.iter().map(|(s, e)| format!("{s}={}", e[0])).collect();
-        self.register(release.clone(), backends, actor).await.map_err(Stop::refused)?;
+        // a service canopy does not run may not resolve: the checks step names it
+        self.register(release.clone(), backends, true, actor).await.map_err(Stop::refused)?;
         steps.record("register", None, listed.join(", "), clock.elapsed());
 
         // the one flip routine: checks, durable switch, the old release's overlap = false containers stopped

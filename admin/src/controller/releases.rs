@@ -15,9 +15,17 @@ use crate::view::{release_view, ReleaseView};
 
 impl Controller {
     /// Registers (or re-registers with new backends) a release. Returns its
-    /// view and whether it was new. Unresolvable hosts are reported in the view,
-    /// not refused: containers may start after they are registered.
-    pub async fn register(&self, name: ReleaseName, backends: BackendMap, actor: &str) -> Result<(ReleaseView, bool), ControlError> {
+    /// view and whether it was new. A host name that does not resolve is
+    /// refused (nothing changes) unless `allow_unresolved` (containers that
+    /// start after they are registered): then it is in the view, retried by
+    /// the background re-resolver, and a failed check names it.
+    pub async fn register(
+        &self,
+        name: ReleaseName,
+        backends: BackendMap,
+        allow_unresolved: bool,
+        actor: &str,
+    ) -> Result<(ReleaseView, bool), ControlError> {
         let topology = self.topology();
         for svc in backends.keys() {
             if topology.service_index(svc).is_none() {
@@ -29,6 +37,15 @@ impl Controller {
             return Err(ControlError::Invalid(format!("service `{svc}` has an empty backend list")));
         }
         let release = resolve(&topology, &self.table, &name, &backends).await?;
+        let unresolved: Vec<String> = topology
+            .services()
+            .iter()
+            .zip(release.all_backends())
+            .flat_map(|(s, b)| b.unresolved().iter().map(move |e| format!("{}: {e}", s.name)))
+            .collect();
+        if !unresolved.is_empty() && !allow_unresolved {
+            return Err(ControlError::Unresolved { release: name, unresolved });
+        }
         let mut st = self.state.lock().await;
         let created = !st.releases.contains_key(&name);
         self.commit(&mut st, vec![Command::Register { name: name.clone(), backends }], actor, std::slice::from_ref(&release))?;

@@ -34,6 +34,12 @@ impl Controller {
         result
     }
 
+    /// The config file this canopy runs with, for messages that tell the
+    /// operator what to change ("its config" without one).
+    pub(super) fn config_file(&self) -> String {
+        self.source.as_ref().map_or_else(|| "its config".to_string(), |s| s.file())
+    }
+
     async fn apply_reload(&self, source: &dyn ConfigSource, actor: &str) -> Result<ReloadReply, ControlError> {
         let refused = |e: &dyn std::fmt::Display| ControlError::Config(format!("config reload refused, nothing changed: {e}"));
         let new = source.read().map_err(|e| {

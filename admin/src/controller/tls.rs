@@ -13,9 +13,10 @@ use crate::sources::TlsState;
 impl Controller {
     fn tls(&self) -> Result<&TlsState, ControlError> {
         self.tls.as_ref().ok_or_else(|| {
-            ControlError::NotEnabled(
-                "TLS is not configured: this canopy has no `listen-tls` in its proxy.toml, so it serves no certificates".into(),
-            )
+            ControlError::NotEnabled(format!(
+                "TLS is not configured: {} has no `listen-tls` (and [tls] section), so this canopy serves plain HTTP and no certificates",
+                self.config_file()
+            ))
         })
     }
 
