@@ -103,6 +103,9 @@ pub struct Controller {
     store: std::sync::Mutex<Box<dyn StateStore>>,
     /// One flip (switch, rollback, deploy, reload) at a time.
     flip: Mutex<()>,
+    /// Held while a deploy or a retirement starts or stops containers, so
+    /// a redeploy never interleaves with the retirement of the same release.
+    containers: Mutex<()>,
     /// Wakes the validation-window timer after every change.
     wake: Notify,
     /// Wakes the warm watch after every flip.
@@ -180,6 +183,7 @@ impl Controller {
             state: Mutex::new(state),
             store: std::sync::Mutex::new(Box::new(store)),
             flip: Mutex::new(()),
+            containers: Mutex::new(()),
             wake: Notify::new(),
             warm_wake: Notify::new(),
             warm: std::sync::Mutex::new(None),

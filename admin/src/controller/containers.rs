@@ -323,6 +323,11 @@ impl Controller {
     /// `keep-releases`. A no-op without `[docker]`; engine errors are logged.
     pub(super) async fn containers_retired(&self, release: &ReleaseName, actor: &str) {
         let Some(docker) = &self.docker else { return };
+        let _containers = self.containers.lock().await;
+        if self.state.lock().await.releases.contains_key(release) {
+            log::info!("retired release {release} was deployed again meanwhile: its containers keep running");
+            return;
+        }
         let engine = match Engine::connect(&docker.settings.socket).await {
             Ok(engine) => engine,
             Err(e) => {
@@ -348,7 +353,8 @@ impl Controller {
             log::error!("recording the stop of {release}: {e}");
         }
         let excess = st.stopped.len().saturating_sub(docker.settings.keep_releases);
-        let prune: Vec<ReleaseName> = st.stopped.iter().take(excess).cloned().collect();
+        // (a stopped release is never registered: a deploy that restarts it records that first)
+        let prune: Vec<ReleaseName> = st.stopped.iter().take(excess).filter(|r| !st.releases.contains_key(*r)).cloned().collect();
         drop(st);
         for old in prune {
             for s in self.run_services(docker) {

@@ -107,9 +107,11 @@ impl Controller {
     pub async fn deploy(&self, req: DeployRequest, actor: &str) -> Result<DeployReply, ControlError> {
         let docker = self.docker()?;
         let one = self.flip_lock()?;
+        // a retirement stopping containers finishes first (and records it)
+        let _containers = self.containers.lock().await;
         let started = Instant::now();
         let release = req.release.clone();
-        let (was_registered, was_stopped) = {
+        let was_registered = {
             let st = self.state.lock().await;
             if st.live.as_ref() == Some(&release) {
                 return Err(StateError::AlreadyLive { name: release }.into());
@@ -119,7 +121,7 @@ impl Controller {
                     "a deploy of release `{running}` is in progress, or was interrupted by a restart and is cleaned up once the Docker engine answers"
                 )));
             }
-            (st.releases.contains_key(&release), st.stopped.contains(&release))
+            st.releases.contains_key(&release)
         };
         let engine = match Engine::connect(&docker.settings.socket).await {
             Ok(engine) => engine,
@@ -139,12 +141,9 @@ impl Controller {
         let (result, ended) = match outcome {
             Ok(reply) => {
                 let detail = format!("{} steps in {:.0} ms", steps.steps.len(), total.as_secs_f64() * 1e3);
-                let mut commands = Vec::new();
-                if was_stopped {
-                    commands.push(Command::Containers { release: release.clone(), change: ContainerChange::Started });
-                }
-                commands.push(Command::DeployEnded { release: release.clone(), result: "ok".into(), detail });
-                (Ok(reply), commands)
+                // its containers run again: read `stopped` now, not at the start (the
+                // retirement that stopped them may have been recorded during this deploy)
+                (Ok(reply), vec![Command::DeployEnded { release: release.clone(), result: "ok".into(), detail }])
             }
             Err(stop) => {
                 let result = if stop.engine_failed { "failed" } else { "refused" };
@@ -156,6 +155,10 @@ impl Controller {
         };
         {
             let mut st = self.state.lock().await;
+            let mut ended = ended;
+            if result.is_ok() && st.stopped.contains(&release) {
+                ended.insert(0, Command::Containers { release: release.clone(), change: ContainerChange::Started });
+            }
             if let Err(e) = self.commit(&mut st, ended, actor, &[]) {
                 log::error!("recording the end of the deploy of {release}: {e}");
             }
