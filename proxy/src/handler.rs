@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessRecord;
+use crate::answer::{body_over_limit, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain};
+use crate::answer::{PREVIEW_HEADER, RELEASE_HEADER};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
 use crate::routing::request_host;
 use crate::settings::ProxySettings;
@@ -19,24 +20,9 @@ use crate::snapshot::{Miss, Snapshot, Target};
 use crate::stats::UpstreamErrorKind;
 use crate::table::ReleaseTable;
 
-/// Header naming the release: set on every response, and read from requests
-/// to preview a registered release.
-pub const RELEASE_HEADER: &str = "x-canopy-release";
-
-/// Response header saying why a preview request was answered by the live
-/// release: `disabled` (`preview = false`) or `unknown-release` (the named
-/// release is not registered). Absent on every other response.
-pub const PREVIEW_HEADER: &str = "x-canopy-preview";
-
 /// [`RELEASE_HEADER`] as a parsed name: lookups with it skip parsing a `&str`.
 static RELEASE_NAME: http::HeaderName = http::HeaderName::from_static(RELEASE_HEADER);
 static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-
-/// Largest request header section (request line included) canopy forwards;
-/// larger ones are answered 431. pingora's own limits are far higher (1 MiB,
-/// 256 lines; answered 400) and Node upstreams such as Vendure refuse more
-/// than 16 KiB anyway.
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// The proxy logic; one instance serves every request of the proxy service.
 /// Its settings and access log come with each request's snapshot
@@ -92,93 +78,6 @@ impl CanopyProxy {
         o.idle_timeout = Some(settings.upstream_idle_timeout);
         Box::new(peer)
     }
-}
-
-/// Writes a small JSON error response (with the release header when known).
-async fn respond_json(session: &mut Session, status: u16, release: Option<&http::HeaderValue>, body: String) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(r) = release {
-        resp.insert_header(RELEASE_HEADER, r.clone())?;
-    }
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
-}
-
-/// Writes a small response with `location` (a redirect) or a plain-text body.
-async fn respond_plain(session: &mut Session, status: u16, location: Option<String>, body: Vec<u8>) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "text/plain")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(l) = location {
-        resp.insert_header("location", l)?;
-    }
-    session.write_response_header(Box::new(resp), body.is_empty()).await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
-    }
-    Ok(())
-}
-
-/// Answers a plaintext request with `308 Permanent Redirect` to the same
-/// host (its port replaced by `port`, left out when 443), path and query
-/// over `https://`. 308 keeps the method and body.
-async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
-    let req = session.req_header();
-    let host = request_host(req).unwrap_or_default();
-    // `request_host` drops the port; a bracketed IPv6 literal keeps its brackets
-    let host = std::str::from_utf8(host).unwrap_or_default().to_string();
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
-    if host.is_empty() {
-        return respond_json(session, 400, None, r#"{"error":"HTTPS required and the request names no host"}"#.into()).await;
-    }
-    respond_plain(session, 308, Some(location), Vec::new()).await
-}
-
-/// A request canopy refuses before routing even though pingora parsed it:
-/// returns the status and JSON body.
-///
-/// pingora accepts `Content-Length` together with `Transfer-Encoding` (it drops
-/// the length and reads chunked, as RFC 9112 6.3 allows), but such a request
-/// is the classic smuggling probe: no legitimate client sends both, and a
-/// front proxy may have framed it by the length. It is refused here, before
-/// anything is forwarded. pingora has already removed the `Content-Length`
-/// from the parsed header, so the raw header bytes are consulted.
-///
-/// An HTTP/1.1 request without `Host` is refused too (RFC 9112 3.2: a server
-/// MUST answer it with 400); pingora already refuses two `Host` lines.
-///
-/// HTTP/2 requests are not checked here: the h2 codec limits their header
-/// lists (64 KiB, the same limit) and refuses `Transfer-Encoding` and
-/// contradicting lengths itself, and rebuilding their head as HTTP/1 bytes
-/// would cost an allocation per request.
-fn refuse(session: &Session) -> Option<(u16, String)> {
-    if session.as_downstream().is_http2() {
-        return None;
-    }
-    let raw = session.as_downstream().to_h1_raw();
-    if raw.len() > MAX_REQUEST_HEADER_BYTES {
-        return Some((431, format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#)));
-    }
-    let req = session.req_header();
-    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-        return Some((400, r#"{"error":"HTTP/1.1 request without a Host header"}"#.to_string()));
-    }
-    // only requests that kept a Transfer-Encoding can have had both: the
-    // common request costs no scan
-    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return None;
-    }
-    let had_length = raw.split(|b| *b == b'\n').skip(1).any(|line| {
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        name.eq_ignore_ascii_case(b"content-length")
-    });
-    had_length.then(|| (400, r#"{"error":"request has both Content-Length and Transfer-Encoding"}"#.to_string()))
 }
 
 /// Rewrites the request head for the upstream: the standard forwarding
@@ -286,6 +185,13 @@ impl ProxyHttp for CanopyProxy {
                     Some(want) if release.name().as_str().as_bytes() != want => Some("unknown-release"),
                     Some(_) => None,
                 };
+                if let Some(limit) = snapshot.topology().services()[target.service].max_request_body {
+                    if body_over_limit(session, limit).await? {
+                        self.front.count_body_too_large();
+                        refuse_body(session, limit, &snapshot.tunables().proxy.error_pages).await?;
+                        return Ok(true);
+                    }
+                }
                 release.stats().start();
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
@@ -294,13 +200,14 @@ impl ProxyHttp for CanopyProxy {
                 Ok(false)
             }
             Err(Miss::NoRoute) => {
-                respond_json(session, 404, None, r#"{"error":"no route for this path"}"#.into()).await?;
+                let pages = &snapshot.tunables().proxy.error_pages;
+                respond_error(session, 404, None, r#"{"error":"no route for this path"}"#.into(), pages).await?;
                 Ok(true)
             }
             Err(Miss::NoLiveRelease { service }) => {
                 let svc = &snapshot.topology().services()[service].name;
                 let body = format!(r#"{{"error":"no live release","service":"{svc}"}}"#);
-                respond_json(session, 503, None, body).await?;
+                respond_error(session, 503, None, body, &snapshot.tunables().proxy.error_pages).await?;
                 Ok(true)
             }
         }
@@ -399,7 +306,8 @@ impl ProxyHttp for CanopyProxy {
                 }
                 None => (None, format!(r#"{{"error":"request failed","status":{code}}}"#)),
             };
-            if let Err(err) = respond_json(session, code, header, body).await {
+            let snapshot = ctx.snapshot.clone().unwrap_or_else(|| self.table.load());
+            if let Err(err) = respond_error(session, code, header, body, &snapshot.tunables().proxy.error_pages).await {
                 log::debug!("could not send error response: {err}");
             }
         }

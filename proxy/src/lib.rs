@@ -5,11 +5,13 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod answer;
 mod canary;
 mod certs;
 mod downstream;
 mod drain;
 mod endpoint;
+mod error_pages;
 mod exposition;
 mod forwarded;
 mod front;
@@ -27,14 +29,16 @@ mod tls;
 mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use answer::{MAX_REQUEST_HEADER_BYTES, PREVIEW_HEADER, RELEASE_HEADER};
 pub use canary::{Bucket, Canary, BUCKETS as CANARY_BUCKETS, COOKIE as CANARY_COOKIE};
 pub use certs::{CertError, CertStore, Certificate, SniTable};
 pub use downstream::ClientTimeouts;
 pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
+pub use error_pages::{ErrorPages, PAGE_STATUSES};
 pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
-pub use handler::{CanopyProxy, RequestCtx, PREVIEW_HEADER, RELEASE_HEADER};
+pub use handler::{CanopyProxy, RequestCtx};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::error_pages::ErrorPages;
 
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct ProxySettings {
     pub https_redirect: Option<u16>,
     /// `Strict-Transport-Security` value added to responses over TLS.
     pub hsts: Option<http::HeaderValue>,
+    /// The pages browsers get when canopy answers 404, 413, 502, 503 or 504 itself.
+    pub error_pages: ErrorPages,
 }
 
 impl Default for ProxySettings {
@@ -37,6 +40,7 @@ impl Default for ProxySettings {
             metrics: true,
             https_redirect: None,
             hsts: None,
+            error_pages: ErrorPages::default(),
         }
     }
 }

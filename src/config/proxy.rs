@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use canopy_proxy::ProxySettings;
+use canopy_proxy::{ErrorPages, ProxySettings, PAGE_STATUSES};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::error::{ConfigError, Ctx};
-use super::value::{addresses, or, Dur, OneOrMany};
+use super::value::{addresses, body_limit, or, Dur, OneOrMany};
 
 /// `h2c` when unset: plaintext listeners speak HTTP/1 only.
 const H2C: bool = false;
@@ -22,6 +22,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shortest `client-timeout` (shorter values are raised to it).
 const CLIENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// `max-request-body` when unset: larger request bodies are answered 413.
+/// Shop and GraphQL requests are a few KiB; uploads (Vendure's admin asset
+/// uploads) raise it for their service.
+pub const MAX_REQUEST_BODY: u64 = 10 << 20;
 /// The most `threads` a config may ask for.
 const THREADS_MAX: usize = 1024;
 
@@ -42,6 +46,8 @@ pub(super) struct FileProxy {
     client_timeout: Option<Dur>,
     shutdown_grace: Option<Dur>,
     access_log: Option<String>,
+    max_request_body: Option<Spanned<String>>,
+    error_pages: Option<Spanned<String>>,
 }
 
 /// Where the access log goes.
@@ -68,6 +74,8 @@ pub(super) struct Proxy {
     pub shutdown_grace: Duration,
     pub client_timeout: Duration,
     pub access_log: Option<AccessLogTarget>,
+    /// The request body limit of services that set none (`None`: no limit).
+    pub max_request_body: Option<u64>,
 }
 
 /// Checks `[proxy]`.
@@ -95,6 +103,7 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         metrics: p.metrics.unwrap_or(defaults.metrics),
         https_redirect: None,
         hsts: None,
+        error_pages: error_pages(cx, &p.error_pages)?,
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,
@@ -112,5 +121,31 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         shutdown_grace: or(p.shutdown_grace, SHUTDOWN_GRACE),
         client_timeout: or(p.client_timeout, CLIENT_TIMEOUT).max(CLIENT_TIMEOUT_MIN),
         access_log,
+        max_request_body: body_limit(cx, &p.max_request_body, Some(MAX_REQUEST_BODY))?,
     })
+}
+
+/// `error-pages`: the directory's `404.html`, `413.html`, `502.html`,
+/// `503.html` and `504.html` in place of the built-in pages (each one
+/// optional; at least one must be there).
+fn error_pages(cx: &Ctx<'_>, dir: &Option<Spanned<String>>) -> Result<ErrorPages, ConfigError> {
+    let Some(dir) = dir else { return Ok(ErrorPages::default()) };
+    let path = cx.relative(dir.get_ref());
+    if !path.is_dir() {
+        return Err(cx.err(dir.span(), format!("error-pages: {} is not a directory", path.display())));
+    }
+    let mut custom = Vec::new();
+    for status in PAGE_STATUSES {
+        let file = path.join(format!("{status}.html"));
+        match std::fs::read(&file) {
+            Ok(html) => custom.push((status, html)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(cx.err(dir.span(), format!("error-pages: cannot read {}: {e}", file.display()))),
+        }
+    }
+    if custom.is_empty() {
+        let names: Vec<String> = PAGE_STATUSES.iter().map(|s| format!("{s}.html")).collect();
+        return Err(cx.err(dir.span(), format!("error-pages: {} holds none of {}", path.display(), names.join(", "))));
+    }
+    Ok(ErrorPages::with(custom))
 }
