@@ -203,3 +203,90 @@ async fn no_live_release_and_slow_upstream_pages() {
     assert_eq!(r.headers()["x-canopy-release"], "juniper");
     assert!(r.text().await.unwrap().contains("<h1>Taking too long</h1>"));
 }
+
+/// The access log's lines so far (the config writes it to `access.log` in
+/// canopy's directory), once `n` are there.
+async fn access_lines(c: &Canopy, n: usize) -> Vec<serde_json::Value> {
+    let path = c.tmp.as_ref().unwrap().path().join("access.log");
+    until_some("access log lines", Duration::from_secs(10), || {
+        let path = path.clone();
+        async move {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            (lines.len() >= n).then_some(lines)
+        }
+    })
+    .await
+}
+
+/// GET /products through `c` with `headers`: (upstream's JSON, response's x-request-id).
+async fn through(c: &Canopy, headers: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let mut req = client().get(c.url("/products"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (r.json().await.unwrap(), id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_address_and_request_id_only_from_trusted_peers() {
+    let spoof = [("x-forwarded-for", "6.6.6.6, 198.51.100.7"), ("cf-connecting-ip", "6.6.6.6"), ("x-request-id", "from-the-client")];
+
+    // the test's own connections come from 127.0.0.1: not in 10.0.0.0/8, so untrusted
+    let lines = "trusted-proxies = [\"10.0.0.0/8\"]\nrequest-id = true\naccess-log = \"access.log\"";
+    let (c, _j, _e) = two_releases_with(&front_config(lines, "")).await;
+    let (seen, id) = through(&c, &spoof).await;
+    assert_eq!(seen["x_forwarded_for"], "127.0.0.1", "an untrusted peer's X-Forwarded-For reached the upstream");
+    assert_eq!(seen["x_request_id"], id.as_str());
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a new request ID, not the client's: {id}");
+    let line = access_lines(&c, 1).await.pop().unwrap();
+    assert_eq!((line["client"].as_str(), line["request_id"].as_str()), (Some("127.0.0.1"), Some(id.as_str())), "{line}");
+
+    // the same headers from a trusted peer: walked right to left past trusted hops
+    let lines = "trusted-proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\nrequest-id = true\naccess-log = \"access.log\"";
+    let (c, _j, _e) = two_releases_with(&front_config(lines, "")).await;
+    let (seen, id) = through(&c, &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.2.3"), spoof[2]]).await;
+    assert_eq!(seen["x_forwarded_for"], "198.51.100.7, 10.1.2.3, 127.0.0.1", "the chain from the client on");
+    assert_eq!((seen["x_request_id"].as_str(), id.as_str()), (Some("from-the-client"), "from-the-client"));
+    let line = access_lines(&c, 1).await.pop().unwrap();
+    assert_eq!((line["client"].as_str(), line["request_id"].as_str()), (Some("198.51.100.7"), Some("from-the-client")), "{line}");
+
+    // a CDN's single-address header: believed from a trusted peer only, and
+    // an untrusted peer's claim does not reach the upstream
+    let cf = "client-ip-header = \"CF-Connecting-IP\"\naccess-log = \"access.log\"";
+    let (c, _j, _e) = two_releases_with(&front_config(&format!("trusted-proxies = [\"127.0.0.1\"]\n{cf}"), "")).await;
+    let (seen, id) = through(&c, &spoof).await;
+    assert_eq!(seen["cf_connecting_ip"], "6.6.6.6");
+    assert_eq!(id, "", "request-id is off unless configured");
+    assert_eq!(access_lines(&c, 1).await.pop().unwrap()["client"], "6.6.6.6");
+    let (c, _j, _e) = two_releases_with(&front_config(&format!("trusted-proxies = [\"192.0.2.0/24\"]\n{cf}"), "")).await;
+    let (seen, _) = through(&c, &spoof).await;
+    assert_eq!((seen["cf_connecting_ip"].as_str(), seen["x_forwarded_for"].as_str()), (None, Some("127.0.0.1")));
+    assert_eq!(access_lines(&c, 1).await.pop().unwrap()["client"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_never_believes_forwarding_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "admin-token-0123456789abcdef\n").unwrap();
+    let text = front_config("trusted-proxies = [\"127.0.0.0/8\"]", "").replacen(
+        "state-file = \"state.json\"",
+        "state-file = \"state.json\"\ntoken-file = \"token\"",
+        1,
+    );
+    let c = Canopy::start_in(dir.path(), &text);
+    let r = client()
+        .get(c.admin_url("/status"))
+        .header("x-forwarded-for", "127.0.0.1")
+        .header("cf-connecting-ip", "127.0.0.1")
+        .header("x-real-ip", "127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a forwarding header stood in for the token");
+    let r = client().get(c.admin_url("/status")).bearer_auth("admin-token-0123456789abcdef").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

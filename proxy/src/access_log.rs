@@ -31,6 +31,10 @@ pub struct AccessRecord<'a> {
     pub upstream: Option<SocketAddr>,
     /// Connection attempts made.
     pub attempts: usize,
+    /// The client's address (behind trusted proxies, the one they name).
+    pub client: Option<std::net::IpAddr>,
+    /// The request's `X-Request-ID`, when `request-id` is on.
+    pub request_id: Option<&'a str>,
 }
 
 /// Handle to the access log writer; cheap to share.
@@ -88,6 +92,8 @@ impl AccessLog {
             "duration_ms": r.duration.as_secs_f64() * 1e3,
             "upstream": r.upstream.map(|a| a.to_string()),
             "attempts": r.attempts,
+            "client": r.client.map(|a| a.to_string()),
+            "request_id": r.request_id,
         })
         .to_string()
             + "\n";

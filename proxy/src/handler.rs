@@ -1,6 +1,7 @@
 //! The pingora `ProxyHttp` implementation: load the snapshot once, route,
 //! pick a backend of the chosen release, forward, tag the response, count.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::access_log::AccessRecord;
 use crate::answer::{body_over_limit, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain};
 use crate::answer::{PREVIEW_HEADER, RELEASE_HEADER};
+use crate::client_ip::{kept_request_id, new_request_id, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
 use crate::routing::request_host;
 use crate::settings::ProxySettings;
@@ -22,7 +24,6 @@ use crate::table::ReleaseTable;
 
 /// [`RELEASE_HEADER`] as a parsed name: lookups with it skip parsing a `&str`.
 static RELEASE_NAME: http::HeaderName = http::HeaderName::from_static(RELEASE_HEADER);
-static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// The proxy logic; one instance serves every request of the proxy service.
 /// Its settings and access log come with each request's snapshot
@@ -48,6 +49,10 @@ pub struct RequestCtx {
     set_bucket: Option<u16>,
     /// Why a preview header was not followed, for [`PREVIEW_HEADER`].
     preview_ignored: Option<&'static str>,
+    /// The client's address: the peer's, or from a trusted proxy's header.
+    client: Option<IpAddr>,
+    /// The request's `X-Request-ID` (when `request-id` is on).
+    request_id: Option<http::HeaderValue>,
 }
 
 impl RequestCtx {
@@ -69,6 +74,21 @@ impl CanopyProxy {
         Self { table, front }
     }
 
+    /// Resolves the request's client address (and, when `request-id` is on,
+    /// its ID) into `ctx`; the resolution when `trusted-proxies` is set.
+    fn client(&self, session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) -> Option<Resolved> {
+        let proxy = &snapshot.tunables().proxy;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let headers = &session.req_header().headers;
+        let from = proxy.client_ip.as_ref().zip(peer).map(|(source, peer)| source.resolve(peer, headers));
+        ctx.client = from.map_or(peer, |r| Some(r.client));
+        if proxy.request_id {
+            let kept = from.filter(|r| r.trusted_peer).and_then(|_| kept_request_id(headers));
+            ctx.request_id = Some(kept.unwrap_or_else(new_request_id));
+        }
+        from
+    }
+
     fn peer(settings: &ProxySettings, addr: std::net::SocketAddr) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
@@ -87,8 +107,9 @@ impl CanopyProxy {
 /// `upstream_request_filter`: pingora copies the head for each upstream
 /// attempt, and the parsed head has room for these headers while the
 /// exactly-sized copy would be regrown (both its maps) on every request.
-fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
-    let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+fn rewrite_for_upstream(session: &mut Session, ctx: &RequestCtx, from: Option<Resolved>) -> Result<()> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let source = ctx.snapshot.as_ref().and_then(|s| s.tunables().proxy.client_ip.as_ref());
     let req = session.req_header_mut();
     req.remove_header(&RELEASE_NAME);
     // pingora accepts identical duplicate lengths (`5, 5` or two lines; RFC
@@ -101,14 +122,27 @@ fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
             req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
         }
     }
-    if let Some(ip) = ip {
-        let xff = match req.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = match (source, from, peer) {
+        (Some(source), Some(from), Some(peer)) => {
+            if !from.trusted_peer && source.header != X_FORWARDED_FOR {
+                // an untrusted peer's claim (e.g. CF-Connecting-IP) does not reach the upstream either
+                req.remove_header(&source.header);
+            }
+            Some(source.forwarded_for(&from, peer, &req.headers))
+        }
+        (_, _, Some(ip)) => Some(match req.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => http::HeaderValue::try_from(format!("{prev}, {ip}")),
             None => crate::forwarded::ip_value(ip),
-        };
+        }),
+        _ => None,
+    };
+    if let Some(xff) = xff {
         req.insert_header("x-forwarded-for", xff.map_err(|_| Error::new(ErrorType::InternalError))?)?;
     }
-    let proto = if tls { "https" } else { "http" };
+    if let Some(id) = &ctx.request_id {
+        req.insert_header(REQUEST_ID.clone(), id.clone())?;
+    }
+    let proto = if ctx.tls { "https" } else { "http" };
     req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
         req.insert_header("x-forwarded-host", host)?;
@@ -163,14 +197,14 @@ impl ProxyHttp for CanopyProxy {
                 return Ok(true);
             }
         }
+        let from = self.client(session, ctx, &snapshot);
         let req = session.req_header();
         let preview = req.headers.get(&RELEASE_NAME).map(|v| v.as_bytes());
         let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
         match routed {
             Ok(mut target) => {
                 if let (Some(canary), false) = (snapshot.canary(), target.previewed) {
-                    let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-                    let bucket = crate::canary::bucket(&session.req_header().headers, client);
+                    let bucket = crate::canary::bucket(&session.req_header().headers, ctx.client);
                     if !bucket.from_cookie {
                         ctx.set_bucket = Some(bucket.value);
                     }
@@ -196,7 +230,7 @@ impl ProxyHttp for CanopyProxy {
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
                 ctx.snapshot = Some(snapshot);
-                rewrite_for_upstream(session, ctx.tls)?;
+                rewrite_for_upstream(session, ctx, from)?;
                 Ok(false)
             }
             Err(Miss::NoRoute) => {
@@ -252,6 +286,9 @@ impl ProxyHttp for CanopyProxy {
             if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(REQUEST_ID.clone(), id.clone())?;
         }
         if let Some(bucket) = ctx.set_bucket {
             resp.append_header(http::header::SET_COOKIE, crate::canary::set_cookie(bucket, ctx.tls))?;
@@ -336,6 +373,8 @@ impl ProxyHttp for CanopyProxy {
                 duration: elapsed,
                 upstream: ctx.upstream,
                 attempts: ctx.attempts,
+                client: ctx.client,
+                request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
             });
         }
     }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::client_ip::ClientIpSource;
 use crate::error_pages::ErrorPages;
 
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
@@ -28,6 +29,12 @@ pub struct ProxySettings {
     pub hsts: Option<http::HeaderValue>,
     /// The pages browsers get when canopy answers 404, 413, 502, 503 or 504 itself.
     pub error_pages: ErrorPages,
+    /// Whose forwarding headers are believed, and which one names the client
+    /// (`None`: no one's; the client is the connection's peer).
+    pub client_ip: Option<ClientIpSource>,
+    /// Give every request an `X-Request-ID` (kept from a trusted peer, else
+    /// new), upstream, in the answer and in the access log.
+    pub request_id: bool,
 }
 
 impl Default for ProxySettings {
@@ -41,6 +48,8 @@ impl Default for ProxySettings {
             https_redirect: None,
             hsts: None,
             error_pages: ErrorPages::default(),
+            client_ip: None,
+            request_id: false,
         }
     }
 }

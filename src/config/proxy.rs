@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use canopy_proxy::{ErrorPages, ProxySettings, PAGE_STATUSES};
+use canopy_proxy::{Cidr, ClientIpSource, ErrorPages, ProxySettings, PAGE_STATUSES};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -48,6 +48,9 @@ pub(super) struct FileProxy {
     access_log: Option<String>,
     max_request_body: Option<Spanned<String>>,
     error_pages: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    client_ip_header: Option<Spanned<String>>,
+    request_id: Option<bool>,
 }
 
 /// Where the access log goes.
@@ -104,6 +107,8 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         https_redirect: None,
         hsts: None,
         error_pages: error_pages(cx, &p.error_pages)?,
+        client_ip: client_ip(cx, p)?,
+        request_id: p.request_id.unwrap_or(defaults.request_id),
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,
@@ -148,4 +153,34 @@ fn error_pages(cx: &Ctx<'_>, dir: &Option<Spanned<String>>) -> Result<ErrorPages
         return Err(cx.err(dir.span(), format!("error-pages: {} holds none of {}", path.display(), names.join(", "))));
     }
     Ok(ErrorPages::with(custom))
+}
+
+/// `trusted-proxies` and `client-ip-header` (which needs the former).
+fn client_ip(cx: &Ctx<'_>, p: &FileProxy) -> Result<Option<ClientIpSource>, ConfigError> {
+    let Some(list) = &p.trusted_proxies else {
+        return match &p.client_ip_header {
+            Some(h) => Err(cx.err(h.span(), "client-ip-header needs `trusted-proxies`: only a trusted proxy's header is believed")),
+            None => Ok(None),
+        };
+    };
+    let trusted = list
+        .get_ref()
+        .iter()
+        .map(|c| c.get_ref().trim().parse::<Cidr>().map_err(|e| cx.err(c.span(), e)))
+        .collect::<Result<Box<[_]>, _>>()?;
+    if trusted.is_empty() {
+        return Err(
+            cx.err(list.span(), "trusted-proxies is empty: name the address blocks of your CDN or load balancer, or leave the key out")
+        );
+    }
+    let header = match &p.client_ip_header {
+        Some(h) => http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()).map_err(|_| {
+            cx.err(
+                h.span(),
+                format!("invalid client-ip-header `{}`: write a header name such as `X-Forwarded-For` or `CF-Connecting-IP`", h.get_ref()),
+            )
+        })?,
+        None => canopy_proxy::X_FORWARDED_FOR.clone(),
+    };
+    Ok(Some(ClientIpSource { trusted, header }))
 }

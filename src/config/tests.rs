@@ -347,3 +347,17 @@ fn error_pages_directory_is_checked() {
     let c = parse(&path, &text).unwrap();
     assert_eq!(c.live.proxy.error_pages.page(502).unwrap().as_ref(), b"<h1>ours</h1>");
 }
+
+#[test]
+fn trusted_proxies_and_client_ip_header_are_checked() {
+    let with = |lines: &str| MINIMAL.replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:8080\"\n{lines}"));
+    let e = err(&with("client-ip-header = \"CF-Connecting-IP\""));
+    assert!(e.contains("proxy.toml:4:") && e.contains("needs `trusted-proxies`"), "{e}");
+    let e = err(&with("trusted-proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"));
+    assert!(e.contains("proxy.toml:4:") && e.contains("invalid address block `10.0.0.0/40`"), "{e}");
+    let e = err(&with("trusted-proxies = []"));
+    assert!(e.contains("trusted-proxies is empty"), "{e}");
+    let c = parse(Path::new("proxy.toml"), &with("trusted-proxies = [\"10.0.0.0/8\"]\nclient-ip-header = \"CF-Connecting-IP\"")).unwrap();
+    let source = c.live.proxy.client_ip.unwrap();
+    assert_eq!((source.header.as_str(), source.trusted.len()), ("cf-connecting-ip", 1));
+}
