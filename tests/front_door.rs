@@ -290,3 +290,24 @@ async fn the_admin_listener_never_believes_forwarding_headers() {
     let r = client().get(c.admin_url("/status")).bearer_auth("admin-token-0123456789abcdef").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hosts_are_redirected_to_the_canonical_host_acme_paths_excepted() {
+    let (c, _j, _e) = two_releases_with(&front_config("canonical-host = \"shop.example\"", "")).await;
+    let port = c.proxy.port();
+    let get = |host: String, path: &'static str| {
+        raw(c.proxy, format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes())
+    };
+    let out = get(format!("www.shop.example:{port}"), "/products/1?ref=mail").await;
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    assert!(out.to_ascii_lowercase().contains(&format!("location: http://shop.example:{port}/products/1?ref=mail\r\n")), "{out}");
+    let out = get("127.0.0.1".into(), "/").await;
+    assert!(out.to_ascii_lowercase().contains("location: http://shop.example/\r\n"), "{out}");
+    // the canonical host itself (any case) and ACME challenges are served
+    for (host, path) in
+        [(format!("Shop.Example:{port}"), "/products/1"), (format!("www.shop.example:{port}"), "/.well-known/acme-challenge/tok")]
+    {
+        let out = get(host, path).await;
+        assert!(out.starts_with("HTTP/1.1 200") && out.contains("x-canopy-release: juniper"), "{path}: {out}");
+    }
+}

@@ -87,17 +87,41 @@ pub(crate) async fn respond_plain(session: &mut Session, status: u16, location: 
 /// Answers a plaintext request with `308 Permanent Redirect` to the same
 /// host (its port replaced by `port`, left out when 443), path and query
 /// over `https://`. 308 keeps the method and body.
-pub(crate) async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
+pub(crate) async fn redirect_to_https(session: &mut Session, port: u16, canonical: Option<&str>) -> Result<()> {
     let req = session.req_header();
     let host = request_host(req).unwrap_or_default();
     // `request_host` drops the port; a bracketed IPv6 literal keeps its brackets
-    let host = std::str::from_utf8(host).unwrap_or_default().to_string();
+    let host = std::str::from_utf8(host).unwrap_or_default();
+    // straight to the canonical host: one redirect, not two
+    let host = canonical.filter(|_| !host.is_empty()).unwrap_or(host).to_string();
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
     if host.is_empty() {
         return respond_json(session, 400, None, r#"{"error":"HTTPS required and the request names no host"}"#.into()).await;
     }
     respond_plain(session, 308, Some(location), Vec::new()).await
+}
+
+/// Answers a request for another host than `canonical` (e.g. `www.`) with
+/// `308` to the same path and query on `canonical` (the port the request
+/// named kept); returns whether it did. Requests naming no host pass.
+pub(crate) async fn redirect_to_canonical(session: &mut Session, canonical: &str, tls: bool) -> Result<bool> {
+    let req = session.req_header();
+    let Some(host) = request_host(req) else { return Ok(false) };
+    if host.eq_ignore_ascii_case(canonical.as_bytes()) {
+        return Ok(false);
+    }
+    let port = match req.uri.port_u16() {
+        Some(p) => format!(":{p}"),
+        None => {
+            let raw = req.headers.get(http::header::HOST).map_or(&b""[..], |v| v.as_bytes());
+            String::from_utf8_lossy(raw.get(host.len()..).unwrap_or_default()).into_owned()
+        }
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    respond_plain(session, 308, Some(format!("{scheme}://{canonical}{port}{target}")), Vec::new()).await?;
+    Ok(true)
 }
 
 /// A request canopy refuses before routing even though pingora parsed it:

@@ -12,7 +12,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessRecord;
-use crate::answer::{body_over_limit, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain};
+use crate::answer::{
+    body_over_limit, redirect_to_canonical, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain,
+};
 use crate::answer::{PREVIEW_HEADER, RELEASE_HEADER};
 use crate::client_ip::{kept_request_id, new_request_id, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
@@ -193,7 +195,13 @@ impl ProxyHttp for CanopyProxy {
                     return Ok(true);
                 }
             } else if let Some(port) = snapshot.tunables().proxy.https_redirect {
-                redirect_to_https(session, port).await?;
+                redirect_to_https(session, port, snapshot.tunables().proxy.canonical_host.as_deref()).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(canonical) = &snapshot.tunables().proxy.canonical_host {
+            let acme = session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX);
+            if !acme && redirect_to_canonical(session, canonical, ctx.tls).await? {
                 return Ok(true);
             }
         }

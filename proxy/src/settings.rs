@@ -35,6 +35,9 @@ pub struct ProxySettings {
     /// Give every request an `X-Request-ID` (kept from a trusted peer, else
     /// new), upstream, in the answer and in the access log.
     pub request_id: bool,
+    /// Requests for any other host are redirected here (308; ACME
+    /// challenges excepted).
+    pub canonical_host: Option<String>,
 }
 
 impl Default for ProxySettings {
@@ -50,6 +53,7 @@ impl Default for ProxySettings {
             error_pages: ErrorPages::default(),
             client_ip: None,
             request_id: false,
+            canonical_host: None,
         }
     }
 }

@@ -51,6 +51,7 @@ pub(super) struct FileProxy {
     trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     client_ip_header: Option<Spanned<String>>,
     request_id: Option<bool>,
+    canonical_host: Option<Spanned<String>>,
 }
 
 /// Where the access log goes.
@@ -109,6 +110,7 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         error_pages: error_pages(cx, &p.error_pages)?,
         client_ip: client_ip(cx, p)?,
         request_id: p.request_id.unwrap_or(defaults.request_id),
+        canonical_host: canonical_host(cx, &p.canonical_host)?,
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,
@@ -183,4 +185,19 @@ fn client_ip(cx: &Ctx<'_>, p: &FileProxy) -> Result<Option<ClientIpSource>, Conf
         None => canopy_proxy::X_FORWARDED_FOR.clone(),
     };
     Ok(Some(ClientIpSource { trusted, header }))
+}
+
+/// `canonical-host`: a host name alone (no scheme, port or path).
+fn canonical_host(cx: &Ctx<'_>, host: &Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    let Some(host) = host else { return Ok(None) };
+    let name = host.get_ref().trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| !label.is_empty() && label.len() < 64 && !label.starts_with('-') && !label.ends_with('-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(
+            cx.err(host.span(), format!("invalid canonical-host `{}`: write a host name alone, e.g. `shop.example`", host.get_ref()))
+        );
+    }
+    Ok(Some(name))
 }

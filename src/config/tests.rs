@@ -361,3 +361,14 @@ fn trusted_proxies_and_client_ip_header_are_checked() {
     let source = c.live.proxy.client_ip.unwrap();
     assert_eq!((source.header.as_str(), source.trusted.len()), ("cf-connecting-ip", 1));
 }
+
+#[test]
+fn canonical_host_is_a_host_name_alone() {
+    let with = |v: &str| MINIMAL.replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:8080\"\ncanonical-host = \"{v}\""));
+    let c = parse(Path::new("proxy.toml"), &with("Shop.Example")).unwrap();
+    assert_eq!(c.live.proxy.canonical_host.as_deref(), Some("shop.example"));
+    for bad in ["https://shop.example", "shop.example:443", "shop.example/", ""] {
+        let e = err(&with(bad));
+        assert!(e.contains("proxy.toml:4:") && e.contains("invalid canonical-host"), "{bad}: {e}");
+    }
+}
