@@ -158,6 +158,24 @@ pub enum Cmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Maintenance mode: `show` (default); `on`: every routed request is
+    /// answered 503 with `Retry-After` (a page with `--message` for
+    /// browsers, JSON for API clients), durable across restarts and
+    /// upgrades, until `off`.
+    Maintenance {
+        /// `show`, `on` or `off`.
+        #[arg(value_enum, default_value_t = MaintenanceAction::Show)]
+        action: MaintenanceAction,
+        /// With `on`: what shoppers read.
+        #[arg(long)]
+        message: Option<String>,
+        /// With `on`: the expected end, a time (`2026-12-06T10:00:00Z`) or
+        /// a span from now (`30m`): shown, and counted down in `Retry-After`.
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Show the switch audit log.
     Events(#[command(flatten)] ClientOpts),
     /// Read proxy.toml again and apply it in place (routes, services, checks,
@@ -195,4 +213,15 @@ pub enum CanaryAction {
     Promote,
     /// Send everyone back to the live release.
     Abort,
+}
+
+/// What `canopy maintenance` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaintenanceAction {
+    /// Show whether maintenance mode is on.
+    Show,
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
 }

@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use canopy_admin::{CanaryView, DeployReply, ErrorReply, Event, FlipReply, ReleaseView, ReloadReply, RetireReply, StatusView};
+use canopy_admin::{
+    CanaryView, DeployReply, ErrorReply, Event, FlipReply, MaintenanceReply, ReleaseView, ReloadReply, RetireReply, StatusView,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cli::{CanaryAction, ClientOpts, Cmd, GoLiveOpts, TlsAction};
+use crate::cli::{CanaryAction, ClientOpts, Cmd, GoLiveOpts, MaintenanceAction, TlsAction};
 
 mod target;
 mod text;
@@ -201,8 +203,19 @@ fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
         Cmd::Canary { action: CanaryAction::Abort, .. } => {
             format!("canary aborted: everyone is on {} again\n", typed::<FlipReply>(v)?.live)
         }
+        Cmd::Maintenance { .. } => text::maintenance(&typed::<MaintenanceReply>(v)?),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     })
+}
+
+/// `--until` as RFC 3339: a time as given, or a span (`30m`) from now.
+fn until(u: &str) -> Result<String, ClientError> {
+    if humantime::parse_rfc3339_weak(u).is_ok() {
+        return Ok(u.to_string());
+    }
+    let span = humantime::parse_duration(u)
+        .map_err(|_| ClientError::Usage(format!("--until `{u}`: write a time (2026-12-06T10:00:00Z) or a span from now (30m)")))?;
+    Ok(humantime::format_rfc3339_seconds(std::time::SystemTime::now() + span).to_string())
 }
 
 /// Adds `--canary` and `--no-guard` to a switch or deploy body.
@@ -260,6 +273,17 @@ fn request(cmd: &Cmd) -> Result<Request<'_>, ClientError> {
         Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
         Cmd::Tls { action: TlsAction::Show, opts } => (opts, Method::GET, "/tls".into(), None),
         Cmd::Tls { action: TlsAction::Reload, opts } => (opts, Method::POST, "/tls/reload".into(), None),
+        Cmd::Maintenance { action: MaintenanceAction::Show, opts, .. } => (opts, Method::GET, "/maintenance".into(), None),
+        Cmd::Maintenance { action: MaintenanceAction::On, message, until: u, opts } => {
+            let until = u.as_deref().map(until).transpose()?;
+            (opts, Method::POST, "/maintenance".into(), Some(json!({ "message": message, "until": until })))
+        }
+        Cmd::Maintenance { action: MaintenanceAction::Off, message, until, opts } => {
+            if message.is_some() || until.is_some() {
+                return Err(ClientError::Usage("--message and --until go with `canopy maintenance on`".into()));
+            }
+            (opts, Method::DELETE, "/maintenance".into(), None)
+        }
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
     })
 }
@@ -288,7 +312,8 @@ fn client_opts(cmd: &Cmd) -> Option<&ClientOpts> {
         | Cmd::Rollback { opts, .. }
         | Cmd::Retire { opts, .. }
         | Cmd::Tls { opts, .. }
-        | Cmd::Canary { opts, .. } => Some(opts),
+        | Cmd::Canary { opts, .. }
+        | Cmd::Maintenance { opts, .. } => Some(opts),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => None,
     }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::api_error::ApiError;
 use crate::auth::Guard;
 use crate::controller::Controller;
+use crate::replies::MaintenanceReply;
 use crate::requests::{DeployRequest, SwitchRequest};
 
 /// Largest admin request body accepted.
@@ -86,6 +87,47 @@ struct RollbackBody {
     expect_generation: Option<u64>,
     #[serde(default)]
     force: bool,
+}
+
+/// Body of `POST /maintenance`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    /// What shoppers read; a default sentence when absent.
+    #[serde(default)]
+    message: Option<String>,
+    /// The expected end, RFC 3339 (`2026-12-06T10:00:00Z`).
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// The message shown when `POST /maintenance` gives none.
+const MAINTENANCE_MESSAGE: &str = "We are updating the shop and will be back shortly.";
+/// The longest maintenance message.
+const MAINTENANCE_MESSAGE_MAX: usize = 1000;
+
+impl MaintenanceBody {
+    /// The message and the end in Unix milliseconds, checked.
+    fn parse(self) -> Result<(String, Option<crate::clock::UnixMillis>), ApiError> {
+        let message = self.message.map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
+        let message = message.unwrap_or_else(|| MAINTENANCE_MESSAGE.to_string());
+        if message.chars().count() > MAINTENANCE_MESSAGE_MAX {
+            return Err(ApiError::BadRequest(format!("message is longer than {MAINTENANCE_MESSAGE_MAX} characters")));
+        }
+        let until = match self.until {
+            None => None,
+            Some(u) => {
+                let t = humantime::parse_rfc3339_weak(u.trim())
+                    .map_err(|e| ApiError::BadRequest(format!("until `{u}` is not a time such as 2026-12-06T10:00:00Z: {e}")))?;
+                let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                if ms <= crate::clock::now_ms() {
+                    return Err(ApiError::BadRequest(format!("until `{u}` is in the past")));
+                }
+                Some(ms)
+            }
+        };
+        Ok((message, until))
+    }
 }
 
 /// The admin application (one per process), served by a pingora listening service.
@@ -256,6 +298,15 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.abort_canary_by_hand(&actor).await?)
             }
+            (["maintenance"], &Method::GET) => Reply::json(200, MaintenanceReply::from(c.status().await.maintenance)),
+            (["maintenance"], &Method::POST) => {
+                let on = parse_body::<MaintenanceBody>(&read_body(s).await?, false)?.parse()?;
+                Reply::json(200, MaintenanceReply::from(c.set_maintenance(Some(on), &actor).await?))
+            }
+            (["maintenance"], &Method::DELETE) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, MaintenanceReply::from(c.set_maintenance(None, &actor).await?))
+            }
             (["tls"], &Method::GET) => Reply::json(200, c.tls_status()?),
             (["tls", "reload"], &Method::POST) => {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
@@ -274,6 +325,7 @@ impl AdminApi {
                 | ["canary"]
                 | ["canary", "promote"]
                 | ["canary", "abort"]
+                | ["maintenance"]
                 | ["releases", _]
                 | ["releases", _, "check"]
                 | ["switch"]
@@ -297,6 +349,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
             "GET"
         }
         ["releases", _] => "GET, PUT, DELETE",
+        ["maintenance"] => "GET, POST, DELETE",
         ["releases", _, "check"]
         | ["switch"]
         | ["rollback"]
@@ -387,6 +440,9 @@ mod tests {
             ("/canary", "get"),
             ("/canary/promote", "post"),
             ("/canary/abort", "post"),
+            ("/maintenance", "get"),
+            ("/maintenance", "post"),
+            ("/maintenance", "delete"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),

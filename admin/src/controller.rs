@@ -39,6 +39,7 @@ mod containers;
 mod deploy;
 mod discovery;
 mod flip;
+mod front;
 mod guard;
 mod loops;
 mod releases;
@@ -365,7 +366,8 @@ fn seed_state(seed: Seed) -> Result<State, ControlError> {
 
 /// The snapshot of `st` over `releases`: live, generation and the canary.
 fn snapshot_of(st: &State, topology: Arc<Topology>, releases: Vec<Arc<Release>>, tunables: Arc<canopy_proxy::Tunables>) -> Snapshot {
-    let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables);
+    let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables)
+        .with_maintenance(st.maintenance.as_ref().map(front::maintenance_answer));
     match &st.canary {
         Some(c) => snapshot.with_canary(&c.release, c.weight()),
         None => snapshot,

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::guard::GuardView;
 use crate::replies::{CanaryView, Discovered, TlsView};
 use crate::report::Report;
-use crate::state::{Failure, State};
+use crate::state::{Failure, Maintenance, State};
 
 /// One service's backends in a release.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +157,9 @@ pub struct StatusView {
     /// The guard: what it watches, its latest verdict, the rollback readiness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardView>,
+    /// Maintenance mode, while on: every routed request is answered 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 
 /// Builds the view of one release from the state and its resolved form.
@@ -218,6 +221,7 @@ impl StatusView {
             tls: None,
             canary: st.canary.as_ref().map(CanaryView::of),
             guard: None,
+            maintenance: st.maintenance.clone(),
         }
     }
 }

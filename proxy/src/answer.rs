@@ -2,14 +2,14 @@
 //! clients and HTML pages for browsers, redirects, ACME answers, and the
 //! requests refused before routing or before their body is forwarded.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::error_pages::{wants_html, ErrorPages};
+use crate::error_pages::{wants_html, ErrorPages, Maintenance};
 use crate::routing::request_host;
 
 /// Header naming the release: set on every response, and read from requests
@@ -29,7 +29,7 @@ pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// Writes a small JSON error response (with the release header when known).
 pub(crate) async fn respond_json(session: &mut Session, status: u16, release: Option<&http::HeaderValue>, body: String) -> Result<()> {
-    respond(session, status, "application/json", release, Bytes::from(body)).await
+    respond(session, status, "application/json", release, None, Bytes::from(body)).await
 }
 
 /// Answers a request canopy could not (or would not) forward: the HTML page
@@ -42,26 +42,44 @@ pub(crate) async fn respond_error(
     pages: &ErrorPages,
 ) -> Result<()> {
     match pages.page(status).filter(|_| wants_html(&session.req_header().headers)) {
-        Some(page) => respond(session, status, "text/html; charset=utf-8", release, page.clone()).await,
+        Some(page) => respond(session, status, HTML, release, None, page.clone()).await,
         None => respond_json(session, status, release, body).await,
     }
 }
 
+/// Answers in maintenance mode: 503 with `Retry-After`, the page for
+/// browsers, JSON for API clients.
+pub(crate) async fn respond_maintenance(session: &mut Session, m: &Maintenance) -> Result<()> {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let retry = Some(m.retry_after(now_ms));
+    if wants_html(&session.req_header().headers) {
+        respond(session, 503, HTML, None, retry, m.page.clone()).await
+    } else {
+        respond(session, 503, "application/json", None, retry, m.json.clone()).await
+    }
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+
 /// Writes a whole uncacheable response of canopy's own (with the release
-/// header when known), then closes the connection.
+/// header when known, `Retry-After` when given), then closes the connection.
 async fn respond(
     session: &mut Session,
     status: u16,
     content_type: &'static str,
     release: Option<&http::HeaderValue>,
+    retry_after: Option<u64>,
     body: Bytes,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+    let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     if let Some(r) = release {
         resp.insert_header(RELEASE_HEADER, r.clone())?;
+    }
+    if let Some(secs) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;

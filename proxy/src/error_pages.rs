@@ -39,6 +39,43 @@ impl ErrorPages {
     }
 }
 
+/// Maintenance mode as the data plane answers it: 503 with `Retry-After`,
+/// the operator's message on a page for browsers and in JSON for API
+/// clients, both made once when it is turned on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// The HTML page (the built-in 503 page with the message).
+    pub page: Bytes,
+    /// The JSON body.
+    pub json: Bytes,
+    /// The announced end, Unix milliseconds: `Retry-After` counts down to it.
+    pub until_ms: Option<u64>,
+}
+
+/// `Retry-After` while maintenance has no announced end (or it is past).
+pub const MAINTENANCE_RETRY_AFTER: u64 = 120;
+
+impl Maintenance {
+    /// The answers for `message`, expected to end at `until_ms` (written
+    /// as `until` on the page and in the JSON, e.g. `2026-12-06 10:00 UTC`).
+    pub fn new(message: &str, until_ms: Option<u64>, until: Option<&str>) -> Self {
+        let mut text = message.to_string();
+        if let Some(u) = until {
+            text = if text.is_empty() { format!("Expected back by {u}.") } else { format!("{text} (expected back by {u})") };
+        }
+        let json = serde_json::json!({"error": "maintenance", "message": message, "until": until});
+        Self { page: Bytes::from(builtin(503, &text)), json: Bytes::from(json.to_string()), until_ms }
+    }
+
+    /// Seconds for `Retry-After` at `now_ms`.
+    pub fn retry_after(&self, now_ms: u64) -> u64 {
+        match self.until_ms {
+            Some(until) if until > now_ms => (until - now_ms).div_ceil(1000),
+            _ => MAINTENANCE_RETRY_AFTER,
+        }
+    }
+}
+
 /// Whether the client asked for HTML: any `Accept` value naming
 /// `text/html` (every browser's navigation does; API clients do not).
 pub fn wants_html(headers: &HeaderMap) -> bool {

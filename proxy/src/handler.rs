@@ -15,7 +15,7 @@ use crate::access_log::AccessRecord;
 use crate::answer::{
     body_over_limit, redirect_to_canonical, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain,
 };
-use crate::answer::{PREVIEW_HEADER, RELEASE_HEADER};
+use crate::answer::{respond_maintenance, PREVIEW_HEADER, RELEASE_HEADER};
 use crate::client_ip::{kept_request_id, new_request_id, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
 use crate::routing::request_host;
@@ -204,6 +204,10 @@ impl ProxyHttp for CanopyProxy {
             if !acme && redirect_to_canonical(session, canonical, ctx.tls).await? {
                 return Ok(true);
             }
+        }
+        if let Some(m) = snapshot.maintenance() {
+            respond_maintenance(session, m).await?;
+            return Ok(true);
         }
         let from = self.client(session, ctx, &snapshot);
         let req = session.req_header();

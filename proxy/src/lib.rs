@@ -37,7 +37,7 @@ pub use client_ip::{Cidr, ClientIpSource, Resolved, REQUEST_ID, X_FORWARDED_FOR}
 pub use downstream::ClientTimeouts;
 pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
-pub use error_pages::{ErrorPages, PAGE_STATUSES};
+pub use error_pages::{ErrorPages, Maintenance as MaintenanceAnswer, MAINTENANCE_RETRY_AFTER, PAGE_STATUSES};
 pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
 pub use handler::{CanopyProxy, RequestCtx};

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::canary::Canary;
+use crate::error_pages::Maintenance;
 use crate::names::ReleaseName;
 use crate::release::Release;
 use crate::settings::Tunables;
@@ -21,6 +22,8 @@ pub struct Snapshot {
     tunables: Arc<Tunables>,
     /// The canary in progress, if any: its candidate takes the buckets below its weight.
     canary: Option<Canary>,
+    /// Maintenance mode, while on: every routed request is answered 503.
+    maintenance: Option<Arc<Maintenance>>,
 }
 
 /// Where a request goes: indexes into its snapshot.
@@ -56,7 +59,7 @@ impl Snapshot {
         tunables: Arc<Tunables>,
     ) -> Self {
         let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
-        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables, canary: None }
+        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables, canary: None, maintenance: None }
     }
 
     /// This snapshot with a canary of `release` at `weight` (of
@@ -66,6 +69,18 @@ impl Snapshot {
         let index = self.releases.iter().position(|r| r.name() == release);
         self.canary = index.filter(|i| Some(*i) != self.live && weight > 0).map(|release| Canary { release, weight });
         self
+    }
+
+    /// This snapshot in maintenance mode (`Some`), or not.
+    pub fn with_maintenance(mut self, maintenance: Option<Arc<Maintenance>>) -> Self {
+        self.maintenance = maintenance;
+        self
+    }
+
+    /// Maintenance mode, while on.
+    #[inline]
+    pub fn maintenance(&self) -> Option<&Arc<Maintenance>> {
+        self.maintenance.as_ref()
     }
 
     /// An empty snapshot: nothing registered, nothing live.
