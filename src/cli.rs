@@ -116,6 +116,13 @@ pub enum Cmd {
         flip: FlipOpts,
         #[command(flatten)]
         live: GoLiveOpts,
+        /// Hold traffic around the flip: pause, run `[releases] migrate`,
+        /// validate, flip, resume (any failure resumes on the old release).
+        #[arg(long)]
+        pause: bool,
+        /// With `--pause`: the longest hold, then held requests get 503.
+        #[arg(long, value_name = "SPAN", default_value = "30s", requires = "pause")]
+        pause_max: String,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -176,6 +183,21 @@ pub enum Cmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Hold new requests (not refused, not failed) until `canopy resume`;
+    /// past `--max`, or beyond `--max-held` held at once, they get 503 with
+    /// `Retry-After`. In-flight requests finish; health and ACME paths pass.
+    Pause {
+        /// The longest hold.
+        #[arg(long, value_name = "SPAN", default_value = "30s")]
+        max: String,
+        /// The most requests held at once.
+        #[arg(long, value_name = "N")]
+        max_held: Option<usize>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Release every held request: each is routed by the table as it is now.
+    Resume(#[command(flatten)] ClientOpts),
     /// Show the switch audit log.
     Events(#[command(flatten)] ClientOpts),
     /// Read proxy.toml again and apply it in place (routes, services, checks,

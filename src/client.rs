@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use canopy_admin::{
-    CanaryView, DeployReply, ErrorReply, Event, FlipReply, MaintenanceReply, ReleaseView, ReloadReply, RetireReply, StatusView,
+    CanaryView, DeployReply, ErrorReply, Event, FlipReply, MaintenanceReply, PauseView, ReleaseView, ReloadReply, RetireReply, StatusView,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -204,6 +204,11 @@ fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
             format!("canary aborted: everyone is on {} again\n", typed::<FlipReply>(v)?.live)
         }
         Cmd::Maintenance { .. } => text::maintenance(&typed::<MaintenanceReply>(v)?),
+        Cmd::Pause { .. } => text::paused(&typed(v)?),
+        Cmd::Resume(_) => match typed::<Option<PauseView>>(v)? {
+            Some(p) => format!("resumed: {} request(s) were held, {} answered 503\n", p.held_total, p.refused),
+            None => "not paused: nothing to resume\n".into(),
+        },
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     })
 }
@@ -252,9 +257,13 @@ fn request(cmd: &Cmd) -> Result<Request<'_>, ClientError> {
             (opts, Method::PUT, format!("/releases/{name}"), Some(body))
         }
         Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
-        Cmd::Switch { name, flip, live, opts } => {
+        Cmd::Switch { name, flip, live, pause, pause_max, opts } => {
             let mut body = json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation });
             go_live(&mut body, live);
+            if *pause {
+                body["pause"] = json!(true);
+                body["pause_max"] = json!(pause_max);
+            }
             (opts, Method::POST, "/switch".into(), Some(body))
         }
         Cmd::Deploy { name, keep_failed, live, opts } => {
@@ -273,6 +282,8 @@ fn request(cmd: &Cmd) -> Result<Request<'_>, ClientError> {
         Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
         Cmd::Tls { action: TlsAction::Show, opts } => (opts, Method::GET, "/tls".into(), None),
         Cmd::Tls { action: TlsAction::Reload, opts } => (opts, Method::POST, "/tls/reload".into(), None),
+        Cmd::Pause { max, max_held, opts } => (opts, Method::POST, "/pause".into(), Some(json!({ "max": max, "max_held": max_held }))),
+        Cmd::Resume(o) => (o, Method::POST, "/resume".into(), None),
         Cmd::Maintenance { action: MaintenanceAction::Show, opts, .. } => (opts, Method::GET, "/maintenance".into(), None),
         Cmd::Maintenance { action: MaintenanceAction::On, message, until: u, opts } => {
             let until = u.as_deref().map(until).transpose()?;
@@ -304,7 +315,7 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
 /// The options of a client command (`None` for `serve` and `check-config`).
 fn client_opts(cmd: &Cmd) -> Option<&ClientOpts> {
     match cmd {
-        Cmd::Status(o) | Cmd::Releases(o) | Cmd::Events(o) | Cmd::Reload(o) | Cmd::Guard(o) => Some(o),
+        Cmd::Status(o) | Cmd::Releases(o) | Cmd::Events(o) | Cmd::Reload(o) | Cmd::Guard(o) | Cmd::Resume(o) => Some(o),
         Cmd::Register { opts, .. }
         | Cmd::Check { opts, .. }
         | Cmd::Switch { opts, .. }
@@ -313,7 +324,8 @@ fn client_opts(cmd: &Cmd) -> Option<&ClientOpts> {
         | Cmd::Retire { opts, .. }
         | Cmd::Tls { opts, .. }
         | Cmd::Canary { opts, .. }
-        | Cmd::Maintenance { opts, .. } => Some(opts),
+        | Cmd::Maintenance { opts, .. }
+        | Cmd::Pause { opts, .. } => Some(opts),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => None,
     }
 }

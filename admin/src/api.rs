@@ -54,6 +54,40 @@ struct SwitchBody {
     /// Canary steps in percent (`[]`: the configured ones) instead of a switch.
     #[serde(default)]
     canary: Option<Vec<f64>>,
+    /// Hold traffic around the flip (and `[releases] migrate`).
+    #[serde(default)]
+    pause: bool,
+    /// With `pause`: the longest hold (`"30s"` when absent).
+    #[serde(default)]
+    pause_max: Option<String>,
+}
+
+/// Body of `POST /pause` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// The longest hold, e.g. `"30s"` (`"30s"` when absent).
+    #[serde(default)]
+    max: Option<String>,
+    /// The most requests held at once (then 503).
+    #[serde(default)]
+    max_held: Option<usize>,
+}
+
+/// A pause's longest hold when none is given.
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest hold a pause may ask for.
+const PAUSE_MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A pause's `max`, checked (`"30s"` when absent).
+fn pause_max(max: Option<&str>) -> Result<std::time::Duration, ApiError> {
+    let Some(m) = max else { return Ok(PAUSE_MAX) };
+    let d =
+        humantime::parse_duration(m.trim()).map_err(|e| ApiError::BadRequest(format!("max `{m}` is not a duration such as 30s: {e}")))?;
+    if d.is_zero() || d > PAUSE_MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!("max `{m}` must be above 0 and at most 10m")));
+    }
+    Ok(d)
 }
 
 /// Body of `POST /deploy`.
@@ -267,8 +301,18 @@ impl AdminApi {
                 let body = body.0.expect("required body");
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
                 let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
-                let req =
-                    SwitchRequest { release: body.release, expect_generation: body.expect_generation, force, guard, canary: body.canary };
+                let pause = if body.pause { Some(pause_max(body.pause_max.as_deref())?) } else { None };
+                if pause.is_some() && body.canary.is_some() {
+                    return Err(ApiError::BadRequest("a canary cannot be paused around: pause goes with a switch".into()));
+                }
+                let req = SwitchRequest {
+                    release: body.release,
+                    expect_generation: body.expect_generation,
+                    force,
+                    guard,
+                    canary: body.canary,
+                    pause,
+                };
                 Reply::json(200, c.switch(req, &actor).await?)
             }
             (["deploy"], &Method::POST) => {
@@ -298,6 +342,19 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.abort_canary_by_hand(&actor).await?)
             }
+            (["pause"], &Method::POST) => {
+                let body: PauseBody = parse_body(&read_body(s).await?, false)?;
+                let max = pause_max(body.max.as_deref())?;
+                let max_held = body.max_held.unwrap_or(crate::controller::PAUSE_MAX_HELD);
+                if max_held == 0 {
+                    return Err(ApiError::BadRequest("max_held must be at least 1".into()));
+                }
+                Reply::json(200, c.pause(max, max_held, &actor).await?)
+            }
+            (["resume"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.resume_traffic(&actor).await?)
+            }
             (["maintenance"], &Method::GET) => Reply::json(200, MaintenanceReply::from(c.status().await.maintenance)),
             (["maintenance"], &Method::POST) => {
                 let on = parse_body::<MaintenanceBody>(&read_body(s).await?, false)?.parse()?;
@@ -326,6 +383,8 @@ impl AdminApi {
                 | ["canary", "promote"]
                 | ["canary", "abort"]
                 | ["maintenance"]
+                | ["pause"]
+                | ["resume"]
                 | ["releases", _]
                 | ["releases", _, "check"]
                 | ["switch"]
@@ -356,7 +415,9 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         | ["reload"]
         | ["deploy"]
         | ["tls", "reload"]
-        | ["canary", "promote" | "abort"] => "POST",
+        | ["canary", "promote" | "abort"]
+        | ["pause"]
+        | ["resume"] => "POST",
         _ => return None,
     })
 }
@@ -443,6 +504,8 @@ mod tests {
             ("/maintenance", "get"),
             ("/maintenance", "post"),
             ("/maintenance", "delete"),
+            ("/pause", "post"),
+            ("/resume", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),

@@ -40,6 +40,7 @@ mod deploy;
 mod discovery;
 mod flip;
 mod front;
+pub use front::PAUSE_MAX_HELD;
 mod guard;
 mod loops;
 mod releases;
@@ -256,7 +257,8 @@ impl Controller {
                 .map(|r| fresh.iter().find(|f| f.name() == r.name()).unwrap_or(r).clone())
                 .collect();
             releases.extend(fresh.iter().filter(|f| st.releases.contains_key(f.name()) && cur.find(f.name()).is_none()).cloned());
-            snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone())
+            // a pause lasts until its resume, whatever is committed meanwhile
+            snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone()).with_pause(cur.pause().cloned())
         });
         if live_changed {
             self.live_wake.notify_one();

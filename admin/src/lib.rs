@@ -68,4 +68,4 @@ pub use state::{
     STATE_VERSION,
 };
 pub use validate::{Mode, Validator};
-pub use view::{LiveHealthView, PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};
+pub use view::{LiveHealthView, PauseView, PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};

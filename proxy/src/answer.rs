@@ -59,6 +59,19 @@ pub(crate) async fn respond_maintenance(session: &mut Session, m: &Maintenance) 
     }
 }
 
+/// Answers a request a pause could not hold (past its `max`, or beyond its
+/// limit of held requests): 503 with `Retry-After`, page or JSON.
+pub(crate) async fn respond_paused(session: &mut Session, pages: &ErrorPages) -> Result<()> {
+    let retry = Some(crate::pause::PAUSE_RETRY_AFTER);
+    match pages.page(503).filter(|_| wants_html(&session.req_header().headers)) {
+        Some(page) => respond(session, 503, HTML, None, retry, page.clone()).await,
+        None => {
+            let body = Bytes::from_static(br#"{"error":"paused: the request could not be held longer"}"#);
+            respond(session, 503, "application/json", None, retry, body).await
+        }
+    }
+}
+
 const HTML: &str = "text/html; charset=utf-8";
 
 /// Writes a whole uncacheable response of canopy's own (with the release

@@ -15,9 +15,10 @@ use crate::access_log::AccessRecord;
 use crate::answer::{
     body_over_limit, redirect_to_canonical, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain,
 };
-use crate::answer::{respond_maintenance, PREVIEW_HEADER, RELEASE_HEADER};
+use crate::answer::{respond_maintenance, respond_paused, PREVIEW_HEADER, RELEASE_HEADER};
 use crate::client_ip::{kept_request_id, new_request_id, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
+use crate::pause::Held;
 use crate::routing::request_host;
 use crate::settings::ProxySettings;
 use crate::snapshot::{Miss, Snapshot, Target};
@@ -186,7 +187,7 @@ impl ProxyHttp for CanopyProxy {
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.front.count_request(session.req_header().version, ctx.tls);
-        let snapshot = self.table.load();
+        let mut snapshot = self.table.load();
         if !ctx.tls {
             let path = session.req_header().uri.path();
             if path.starts_with(ACME_CHALLENGE_PREFIX) {
@@ -204,6 +205,14 @@ impl ProxyHttp for CanopyProxy {
             if !acme && redirect_to_canonical(session, canonical, ctx.tls).await? {
                 return Ok(true);
             }
+        }
+        while let Some(pause) = snapshot.pause().filter(|_| !crate::pause::exempt(session.req_header().uri.path())) {
+            if pause.hold().await != Held::Resumed {
+                respond_paused(session, &snapshot.tunables().proxy.error_pages).await?;
+                return Ok(true);
+            }
+            // routed by the table of the resume (a flip made while paused answers it)
+            snapshot = self.table.load();
         }
         if let Some(m) = snapshot.maintenance() {
             respond_maintenance(session, m).await?;

@@ -19,6 +19,7 @@ mod front;
 mod h2;
 mod handler;
 mod names;
+mod pause;
 mod release;
 mod resolver;
 mod routing;
@@ -42,6 +43,7 @@ pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
 pub use handler::{CanopyProxy, RequestCtx};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
+pub use pause::{Held, Pause, PAUSE_RETRY_AFTER};
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;
 pub use release::{Backends, Release};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::canary::Canary;
 use crate::error_pages::Maintenance;
 use crate::names::ReleaseName;
+use crate::pause::Pause;
 use crate::release::Release;
 use crate::settings::Tunables;
 use crate::topology::Topology;
@@ -24,6 +25,8 @@ pub struct Snapshot {
     canary: Option<Canary>,
     /// Maintenance mode, while on: every routed request is answered 503.
     maintenance: Option<Arc<Maintenance>>,
+    /// A pause in progress: new requests wait for its resume.
+    pause: Option<Arc<Pause>>,
 }
 
 /// Where a request goes: indexes into its snapshot.
@@ -59,7 +62,17 @@ impl Snapshot {
         tunables: Arc<Tunables>,
     ) -> Self {
         let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
-        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables, canary: None, maintenance: None }
+        Self {
+            generation,
+            topology,
+            releases: releases.into(),
+            live,
+            preview: tunables.preview,
+            tunables,
+            canary: None,
+            maintenance: None,
+            pause: None,
+        }
     }
 
     /// This snapshot with a canary of `release` at `weight` (of
@@ -75,6 +88,18 @@ impl Snapshot {
     pub fn with_maintenance(mut self, maintenance: Option<Arc<Maintenance>>) -> Self {
         self.maintenance = maintenance;
         self
+    }
+
+    /// This snapshot with a pause in progress (`Some`), or none.
+    pub fn with_pause(mut self, pause: Option<Arc<Pause>>) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    /// The pause in progress, if any.
+    #[inline]
+    pub fn pause(&self) -> Option<&Arc<Pause>> {
+        self.pause.as_ref()
     }
 
     /// Maintenance mode, while on.
