@@ -49,6 +49,13 @@ pub struct GoLiveOpts {
     /// Do not judge the new release after it goes live (no automatic rollback).
     #[arg(long)]
     pub no_guard: bool,
+    /// Hold traffic around the flip: pause, run `[releases] migrate`,
+    /// validate, flip, resume (any failure resumes on the old release).
+    #[arg(long, conflicts_with = "canary")]
+    pub pause: bool,
+    /// With `--pause`: the longest hold, then held requests get 503.
+    #[arg(long, value_name = "SPAN", default_value = "30s")]
+    pub pause_max: String,
 }
 
 /// Options shared by `switch` and `rollback`.
@@ -116,13 +123,7 @@ pub enum Cmd {
         flip: FlipOpts,
         #[command(flatten)]
         live: GoLiveOpts,
-        /// Hold traffic around the flip: pause, run `[releases] migrate`,
-        /// validate, flip, resume (any failure resumes on the old release).
-        #[arg(long)]
-        pause: bool,
-        /// With `--pause`: the longest hold, then held requests get 503.
-        #[arg(long, value_name = "SPAN", default_value = "30s", requires = "pause")]
-        pause_max: String,
+
         #[command(flatten)]
         opts: ClientOpts,
     },

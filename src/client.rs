@@ -223,13 +223,17 @@ fn until(u: &str) -> Result<String, ClientError> {
     Ok(humantime::format_rfc3339_seconds(std::time::SystemTime::now() + span).to_string())
 }
 
-/// Adds `--canary` and `--no-guard` to a switch or deploy body.
+/// Adds `--canary`, `--no-guard` and `--pause` to a switch or deploy body.
 fn go_live(body: &mut Value, live: &GoLiveOpts) {
     if let Some(steps) = &live.canary {
         body["canary"] = json!(steps);
     }
     if live.no_guard {
         body["guard"] = json!(false);
+    }
+    if live.pause {
+        body["pause"] = json!(true);
+        body["pause_max"] = json!(live.pause_max);
     }
 }
 
@@ -257,13 +261,9 @@ fn request(cmd: &Cmd) -> Result<Request<'_>, ClientError> {
             (opts, Method::PUT, format!("/releases/{name}"), Some(body))
         }
         Cmd::Check { name, opts } => (opts, Method::POST, format!("/releases/{name}/check"), None),
-        Cmd::Switch { name, flip, live, pause, pause_max, opts } => {
+        Cmd::Switch { name, flip, live, opts } => {
             let mut body = json!({ "release": name, "force": flip.force, "expect_generation": flip.expect_generation });
             go_live(&mut body, live);
-            if *pause {
-                body["pause"] = json!(true);
-                body["pause_max"] = json!(pause_max);
-            }
             (opts, Method::POST, "/switch".into(), Some(body))
         }
         Cmd::Deploy { name, keep_failed, live, opts } => {

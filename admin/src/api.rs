@@ -90,6 +90,17 @@ fn pause_max(max: Option<&str>) -> Result<std::time::Duration, ApiError> {
     Ok(d)
 }
 
+/// A switch's or deploy's `pause` and `pause_max`, checked.
+fn paused(pause: bool, max: Option<&str>, canary: bool) -> Result<Option<std::time::Duration>, ApiError> {
+    if !pause {
+        return Ok(None);
+    }
+    if canary {
+        return Err(ApiError::BadRequest("a canary cannot be paused around: pause goes with a switch".into()));
+    }
+    pause_max(max).map(Some)
+}
+
 /// Body of `POST /deploy`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +112,10 @@ struct DeployBody {
     guard: Option<bool>,
     #[serde(default)]
     canary: Option<Vec<f64>>,
+    #[serde(default)]
+    pause: bool,
+    #[serde(default)]
+    pause_max: Option<String>,
 }
 
 /// `DeployBody` behind an Option so `parse_body` can require it.
@@ -301,10 +316,7 @@ impl AdminApi {
                 let body = body.0.expect("required body");
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
                 let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
-                let pause = if body.pause { Some(pause_max(body.pause_max.as_deref())?) } else { None };
-                if pause.is_some() && body.canary.is_some() {
-                    return Err(ApiError::BadRequest("a canary cannot be paused around: pause goes with a switch".into()));
-                }
+                let pause = paused(body.pause, body.pause_max.as_deref(), body.canary.is_some())?;
                 let req = SwitchRequest {
                     release: body.release,
                     expect_generation: body.expect_generation,
@@ -320,7 +332,8 @@ impl AdminApi {
                 let body = body.0.expect("required body");
                 let keep_failed = query_flag(query.as_deref(), "keep_failed")?.unwrap_or(false) || body.keep_failed;
                 let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
-                let req = DeployRequest { release: body.release, keep_failed, guard, canary: body.canary };
+                let pause = paused(body.pause, body.pause_max.as_deref(), body.canary.is_some())?;
+                let req = DeployRequest { release: body.release, keep_failed, guard, canary: body.canary, pause };
                 Reply::json(200, c.deploy(req, &actor).await?)
             }
             (["rollback"], &Method::POST) => {
