@@ -128,6 +128,16 @@ async fn switch_with_pause_runs_the_migration_and_fails_nothing() {
     eprintln!("  after the resume: {}", latencies(&after));
     let st = status(&c).await;
     assert_eq!((st["live"].as_str(), st.get("paused")), (Some("elm"), None), "{st}");
+    // the hold is not elm's latency (the guard judges these figures): none took a second
+    let metrics = client().get(c.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |prefix: &str| -> u64 {
+        metrics.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum()
+    };
+    let (within, count) = (
+        value("canopy_request_duration_seconds_bucket{release=\"elm\",service=\"storefront\",le=\"1\"}"),
+        value("canopy_request_duration_seconds_count{release=\"elm\",service=\"storefront\"}"),
+    );
+    assert!(count > 0 && within == count, "elm's storefront answers over a second: {} of {count}", count - within);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -35,6 +35,8 @@ pub struct AccessRecord<'a> {
     pub client: Option<std::net::IpAddr>,
     /// The request's `X-Request-ID`, when `request-id` is on.
     pub request_id: Option<&'a str>,
+    /// How long a pause held it before it was routed (not in `duration`).
+    pub held: Option<Duration>,
 }
 
 /// Handle to the access log writer; cheap to share.
@@ -94,6 +96,7 @@ impl AccessLog {
             "attempts": r.attempts,
             "client": r.client.map(|a| a.to_string()),
             "request_id": r.request_id,
+            "held_ms": r.held.map(|h| h.as_secs_f64() * 1e3),
         })
         .to_string()
             + "\n";

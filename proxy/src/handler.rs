@@ -56,6 +56,8 @@ pub struct RequestCtx {
     client: Option<IpAddr>,
     /// The request's `X-Request-ID` (when `request-id` is on).
     request_id: Option<http::HeaderValue>,
+    /// How long a pause held it.
+    held: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -213,6 +215,10 @@ impl ProxyHttp for CanopyProxy {
             }
             // routed by the table of the resume (a flip made while paused answers it)
             snapshot = self.table.load();
+            // the release's figures (which the guard judges) start here; the access log has the hold apart
+            let resumed = Instant::now();
+            ctx.held = ctx.started.map(|s| resumed - s);
+            ctx.started = Some(resumed);
         }
         if let Some(m) = snapshot.maintenance() {
             respond_maintenance(session, m).await?;
@@ -396,6 +402,7 @@ impl ProxyHttp for CanopyProxy {
                 attempts: ctx.attempts,
                 client: ctx.client,
                 request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                held: ctx.held,
             });
         }
     }
