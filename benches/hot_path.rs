@@ -11,7 +11,7 @@ use canopy_proxy::{AddressTemplate, Release, ReleaseName, ReleaseTable, Route, S
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn table() -> ReleaseTable {
-    let svc = |n: &str, port| Service { name: ServiceName::parse(n).unwrap(), port };
+    let svc = |n: &str, port| Service { name: ServiceName::parse(n).unwrap(), port, max_request_body: None };
     let routes = ["/shop-api", "/admin-api", "/assets", "/payments", "/health"]
         .iter()
         .map(|r| (0, Route::parse(r).unwrap()))

@@ -49,6 +49,13 @@ pub struct GoLiveOpts {
     /// Do not judge the new release after it goes live (no automatic rollback).
     #[arg(long)]
     pub no_guard: bool,
+    /// Hold traffic around the flip: pause, run `[releases] migrate`,
+    /// validate, flip, resume (any failure resumes on the old release).
+    #[arg(long, conflicts_with = "canary")]
+    pub pause: bool,
+    /// With `--pause`: the longest hold, then held requests get 503.
+    #[arg(long, value_name = "SPAN", default_value = "30s")]
+    pub pause_max: String,
 }
 
 /// Options shared by `switch` and `rollback`.
@@ -116,6 +123,7 @@ pub enum Cmd {
         flip: FlipOpts,
         #[command(flatten)]
         live: GoLiveOpts,
+
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -158,6 +166,39 @@ pub enum Cmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Maintenance mode: `show` (default); `on`: every routed request is
+    /// answered 503 with `Retry-After` (a page with `--message` for
+    /// browsers, JSON for API clients), durable across restarts and
+    /// upgrades, until `off`.
+    Maintenance {
+        /// `show`, `on` or `off`.
+        #[arg(value_enum, default_value_t = MaintenanceAction::Show)]
+        action: MaintenanceAction,
+        /// With `on`: what shoppers read.
+        #[arg(long)]
+        message: Option<String>,
+        /// With `on`: the expected end, a time (`2026-12-06T10:00:00Z`) or
+        /// a span from now (`30m`): shown, and counted down in `Retry-After`.
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Hold new requests (not refused, not failed) until `canopy resume`;
+    /// past `--max`, or beyond `--max-held` held at once, they get 503 with
+    /// `Retry-After`. In-flight requests finish; health and ACME paths pass.
+    Pause {
+        /// The longest hold.
+        #[arg(long, value_name = "SPAN", default_value = "30s")]
+        max: String,
+        /// The most requests held at once.
+        #[arg(long, value_name = "N")]
+        max_held: Option<usize>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Release every held request: each is routed by the table as it is now.
+    Resume(#[command(flatten)] ClientOpts),
     /// Show the switch audit log.
     Events(#[command(flatten)] ClientOpts),
     /// Read proxy.toml again and apply it in place (routes, services, checks,
@@ -195,4 +236,15 @@ pub enum CanaryAction {
     Promote,
     /// Send everyone back to the live release.
     Abort,
+}
+
+/// What `canopy maintenance` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaintenanceAction {
+    /// Show whether maintenance mode is on.
+    Show,
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
 }

@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use canopy_admin::{CanaryView, DeployReply, ErrorReply, Event, FlipReply, ReleaseView, ReloadReply, RetireReply, StatusView};
+use canopy_admin::{
+    CanaryView, DeployReply, ErrorReply, Event, FlipReply, MaintenanceReply, PauseView, ReleaseView, ReloadReply, RetireReply, StatusView,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cli::{CanaryAction, ClientOpts, Cmd, GoLiveOpts, TlsAction};
+use crate::cli::{CanaryAction, ClientOpts, Cmd, GoLiveOpts, MaintenanceAction, TlsAction};
 
 mod target;
 mod text;
@@ -201,17 +203,37 @@ fn human(cmd: &Cmd, v: &Value) -> Result<String, ClientError> {
         Cmd::Canary { action: CanaryAction::Abort, .. } => {
             format!("canary aborted: everyone is on {} again\n", typed::<FlipReply>(v)?.live)
         }
+        Cmd::Maintenance { .. } => text::maintenance(&typed::<MaintenanceReply>(v)?),
+        Cmd::Pause { .. } => text::paused(&typed(v)?),
+        Cmd::Resume(_) => match typed::<Option<PauseView>>(v)? {
+            Some(p) => format!("resumed: {} request(s) were held, {} answered 503\n", p.held_total, p.refused),
+            None => "not paused: nothing to resume\n".into(),
+        },
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => String::new(),
     })
 }
 
-/// Adds `--canary` and `--no-guard` to a switch or deploy body.
+/// `--until` as RFC 3339: a time as given, or a span (`30m`) from now.
+fn until(u: &str) -> Result<String, ClientError> {
+    if humantime::parse_rfc3339_weak(u).is_ok() {
+        return Ok(u.to_string());
+    }
+    let span = humantime::parse_duration(u)
+        .map_err(|_| ClientError::Usage(format!("--until `{u}`: write a time (2026-12-06T10:00:00Z) or a span from now (30m)")))?;
+    Ok(humantime::format_rfc3339_seconds(std::time::SystemTime::now() + span).to_string())
+}
+
+/// Adds `--canary`, `--no-guard` and `--pause` to a switch or deploy body.
 fn go_live(body: &mut Value, live: &GoLiveOpts) {
     if let Some(steps) = &live.canary {
         body["canary"] = json!(steps);
     }
     if live.no_guard {
         body["guard"] = json!(false);
+    }
+    if live.pause {
+        body["pause"] = json!(true);
+        body["pause_max"] = json!(live.pause_max);
     }
 }
 
@@ -260,6 +282,19 @@ fn request(cmd: &Cmd) -> Result<Request<'_>, ClientError> {
         Cmd::Reload(o) => (o, Method::POST, "/reload".into(), None),
         Cmd::Tls { action: TlsAction::Show, opts } => (opts, Method::GET, "/tls".into(), None),
         Cmd::Tls { action: TlsAction::Reload, opts } => (opts, Method::POST, "/tls/reload".into(), None),
+        Cmd::Pause { max, max_held, opts } => (opts, Method::POST, "/pause".into(), Some(json!({ "max": max, "max_held": max_held }))),
+        Cmd::Resume(o) => (o, Method::POST, "/resume".into(), None),
+        Cmd::Maintenance { action: MaintenanceAction::Show, opts, .. } => (opts, Method::GET, "/maintenance".into(), None),
+        Cmd::Maintenance { action: MaintenanceAction::On, message, until: u, opts } => {
+            let until = u.as_deref().map(until).transpose()?;
+            (opts, Method::POST, "/maintenance".into(), Some(json!({ "message": message, "until": until })))
+        }
+        Cmd::Maintenance { action: MaintenanceAction::Off, message, until, opts } => {
+            if message.is_some() || until.is_some() {
+                return Err(ClientError::Usage("--message and --until go with `canopy maintenance on`".into()));
+            }
+            (opts, Method::DELETE, "/maintenance".into(), None)
+        }
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => unreachable!("not a client command"),
     })
 }
@@ -280,7 +315,7 @@ pub async fn run(cmd: Cmd) -> Result<String, ClientError> {
 /// The options of a client command (`None` for `serve` and `check-config`).
 fn client_opts(cmd: &Cmd) -> Option<&ClientOpts> {
     match cmd {
-        Cmd::Status(o) | Cmd::Releases(o) | Cmd::Events(o) | Cmd::Reload(o) | Cmd::Guard(o) => Some(o),
+        Cmd::Status(o) | Cmd::Releases(o) | Cmd::Events(o) | Cmd::Reload(o) | Cmd::Guard(o) | Cmd::Resume(o) => Some(o),
         Cmd::Register { opts, .. }
         | Cmd::Check { opts, .. }
         | Cmd::Switch { opts, .. }
@@ -288,7 +323,9 @@ fn client_opts(cmd: &Cmd) -> Option<&ClientOpts> {
         | Cmd::Rollback { opts, .. }
         | Cmd::Retire { opts, .. }
         | Cmd::Tls { opts, .. }
-        | Cmd::Canary { opts, .. } => Some(opts),
+        | Cmd::Canary { opts, .. }
+        | Cmd::Maintenance { opts, .. }
+        | Cmd::Pause { opts, .. } => Some(opts),
         Cmd::Serve { .. } | Cmd::CheckConfig { .. } => None,
     }
 }

@@ -141,6 +141,7 @@ impl Config {
             drain_timeout,
             retire_hooks,
             hook_timeout,
+            migrate,
             warm_check_interval,
             require_rollback_ready,
             guard,
@@ -153,6 +154,7 @@ impl Config {
             drain_timeout,
             retire_hooks,
             hook_timeout,
+            migrate,
             preview,
             warm_check_interval,
             live_check_interval,
@@ -174,9 +176,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::parse(path, text, source))?;
     let cx = Ctx { path, text };
-    let (topology, checks) = service::topology(&cx, &file.service, &file.releases.address_template)?;
-    let seed = releases::seed(&cx, &file.releases, &file.release, &topology)?;
     let mut proxy = proxy::parse(&cx, &file.proxy)?;
+    let (topology, checks) = service::topology(&cx, &file.service, &file.releases.address_template, proxy.max_request_body)?;
+    let seed = releases::seed(&cx, &file.releases, &file.release, &topology)?;
     let admin = admin::parse(&cx, &file.admin, &proxy)?;
     let release_settings = releases::settings(&cx, &file.releases)?;
     let deploy = docker::parse(&cx, file.docker.as_ref(), &file.service)?;

@@ -22,7 +22,7 @@ async fn flip_moves_new_requests_and_lets_inflight_finish() {
     let elm = upstream::spawn("elm", "storefront").await;
     let topology = Arc::new(
         Topology::new(
-            vec![Service { name: ServiceName::parse("storefront").unwrap(), port: 4000 }],
+            vec![Service { name: ServiceName::parse("storefront").unwrap(), port: 4000, max_request_body: None }],
             vec![(0, Route::parse("/").unwrap())],
             AddressTemplate::parse("x-{release}").unwrap(),
         )

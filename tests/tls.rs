@@ -568,3 +568,22 @@ async fn http1_framing_and_header_limits_hold_over_tls_and_h2() {
     let r = https("shop.test", tls, &[&shop]).build().unwrap().get(&url).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_suites_are_chosen_in_the_servers_order() {
+    let certs = Certs::new();
+    let (c, _j, _e) = tls_canopy(|d| certs.write(d), FOUR_CERTS).await;
+    let tls = c.tls.unwrap().to_string();
+    // the client prefers AES-128 and ChaCha20; the server's order (AES-256 first) wins
+    let client_order = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:\
+                        ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384";
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &tls, "-servername", "shop.test", "-tls1_2", "-cipher", client_order])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let chosen = text.lines().find(|l| l.contains("Cipher is")).unwrap_or_else(|| panic!("no handshake: {text}"));
+    assert!(chosen.contains("AES256-GCM-SHA384"), "the client's order was followed: {chosen}");
+}

@@ -316,3 +316,60 @@ async fn upgrades_hand_over_the_tls_listener_under_h2_and_https_load() {
     assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
     assert!(served(&r) == shop.der);
 }
+
+/// Checks canopy answers as in maintenance: browsers the page with
+/// `message`, API clients JSON, both 503 with `Retry-After`; its own health
+/// still answers.
+async fn in_maintenance(c: &Canopy, message: &str) {
+    let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let r = client().get(c.url("/products/7")).header("accept", html).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=1800).contains(&retry), "Retry-After counts down to --until: {retry}");
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains(message) && page.contains("expected back by"), "{page}");
+    let r = client().post(c.url("/shop-api")).header("accept", "application/json").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["error"].as_str(), body["message"].as_str()), (Some("maintenance"), Some(message)));
+    assert_eq!(client().get(c.admin_url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(status(c).await["maintenance"]["message"], message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_stays_on_across_a_restart_and_an_upgrade() {
+    let (mut c, juniper, _elm) = two_releases("", "").await;
+    let message = "Back soon: we are moving the shop to a new database";
+    let out = c.cli(&["maintenance", "on", "--message", message, "--until", "30m"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("maintenance: ON"), "{}", String::from_utf8_lossy(&out.stdout));
+    let hits = juniper.storefront.hits.load(std::sync::atomic::Ordering::Relaxed);
+    in_maintenance(&c, message).await;
+    assert_eq!(juniper.storefront.hits.load(std::sync::atomic::Ordering::Relaxed), hits, "a request reached the release");
+
+    // a bad request is refused and changes nothing
+    let r = client().post(c.admin_url("/maintenance")).json(&json!({"message": "x", "until": "yesterday"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    in_maintenance(&c, message).await;
+
+    // restart (SIGKILL, start again on the same state file)
+    c.kill9();
+    let (dir, text, tmp) = (c.dir.clone(), c.template.clone(), c.tmp.take());
+    c = Canopy::start_in(&dir, &text);
+    c.tmp = tmp;
+    in_maintenance(&c, message).await;
+
+    // serve --upgrade
+    let mut old = upgrade(&mut c, 1).await;
+    in_maintenance(&c, message).await;
+    let _ = old.wait();
+
+    let out = c.cli(&["maintenance", "off"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(&c, "/products/7").await.1, "juniper");
+    let events = client().get(c.admin_url("/events")).send().await.unwrap().json::<Value>().await.unwrap();
+    let actions: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"maintenance-on") && actions.contains(&"maintenance-off"), "{actions:?}");
+}

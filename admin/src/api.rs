@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::api_error::ApiError;
 use crate::auth::Guard;
 use crate::controller::Controller;
+use crate::replies::MaintenanceReply;
 use crate::requests::{DeployRequest, SwitchRequest};
 
 /// Largest admin request body accepted.
@@ -53,6 +54,51 @@ struct SwitchBody {
     /// Canary steps in percent (`[]`: the configured ones) instead of a switch.
     #[serde(default)]
     canary: Option<Vec<f64>>,
+    /// Hold traffic around the flip (and `[releases] migrate`).
+    #[serde(default)]
+    pause: bool,
+    /// With `pause`: the longest hold (`"30s"` when absent).
+    #[serde(default)]
+    pause_max: Option<String>,
+}
+
+/// Body of `POST /pause` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// The longest hold, e.g. `"30s"` (`"30s"` when absent).
+    #[serde(default)]
+    max: Option<String>,
+    /// The most requests held at once (then 503).
+    #[serde(default)]
+    max_held: Option<usize>,
+}
+
+/// A pause's longest hold when none is given.
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest hold a pause may ask for.
+const PAUSE_MAX_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A pause's `max`, checked (`"30s"` when absent).
+fn pause_max(max: Option<&str>) -> Result<std::time::Duration, ApiError> {
+    let Some(m) = max else { return Ok(PAUSE_MAX) };
+    let d =
+        humantime::parse_duration(m.trim()).map_err(|e| ApiError::BadRequest(format!("max `{m}` is not a duration such as 30s: {e}")))?;
+    if d.is_zero() || d > PAUSE_MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!("max `{m}` must be above 0 and at most 10m")));
+    }
+    Ok(d)
+}
+
+/// A switch's or deploy's `pause` and `pause_max`, checked.
+fn paused(pause: bool, max: Option<&str>, canary: bool) -> Result<Option<std::time::Duration>, ApiError> {
+    if !pause {
+        return Ok(None);
+    }
+    if canary {
+        return Err(ApiError::BadRequest("a canary cannot be paused around: pause goes with a switch".into()));
+    }
+    pause_max(max).map(Some)
 }
 
 /// Body of `POST /deploy`.
@@ -66,6 +112,10 @@ struct DeployBody {
     guard: Option<bool>,
     #[serde(default)]
     canary: Option<Vec<f64>>,
+    #[serde(default)]
+    pause: bool,
+    #[serde(default)]
+    pause_max: Option<String>,
 }
 
 /// `DeployBody` behind an Option so `parse_body` can require it.
@@ -86,6 +136,47 @@ struct RollbackBody {
     expect_generation: Option<u64>,
     #[serde(default)]
     force: bool,
+}
+
+/// Body of `POST /maintenance`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    /// What shoppers read; a default sentence when absent.
+    #[serde(default)]
+    message: Option<String>,
+    /// The expected end, RFC 3339 (`2026-12-06T10:00:00Z`).
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// The message shown when `POST /maintenance` gives none.
+const MAINTENANCE_MESSAGE: &str = "We are updating the shop and will be back shortly.";
+/// The longest maintenance message.
+const MAINTENANCE_MESSAGE_MAX: usize = 1000;
+
+impl MaintenanceBody {
+    /// The message and the end in Unix milliseconds, checked.
+    fn parse(self) -> Result<(String, Option<crate::clock::UnixMillis>), ApiError> {
+        let message = self.message.map(|m| m.trim().to_string()).filter(|m| !m.is_empty());
+        let message = message.unwrap_or_else(|| MAINTENANCE_MESSAGE.to_string());
+        if message.chars().count() > MAINTENANCE_MESSAGE_MAX {
+            return Err(ApiError::BadRequest(format!("message is longer than {MAINTENANCE_MESSAGE_MAX} characters")));
+        }
+        let until = match self.until {
+            None => None,
+            Some(u) => {
+                let t = humantime::parse_rfc3339_weak(u.trim())
+                    .map_err(|e| ApiError::BadRequest(format!("until `{u}` is not a time such as 2026-12-06T10:00:00Z: {e}")))?;
+                let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                if ms <= crate::clock::now_ms() {
+                    return Err(ApiError::BadRequest(format!("until `{u}` is in the past")));
+                }
+                Some(ms)
+            }
+        };
+        Ok((message, until))
+    }
 }
 
 /// The admin application (one per process), served by a pingora listening service.
@@ -225,8 +316,15 @@ impl AdminApi {
                 let body = body.0.expect("required body");
                 let force = query_flag(query.as_deref(), "force")?.unwrap_or(false) || body.force;
                 let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
-                let req =
-                    SwitchRequest { release: body.release, expect_generation: body.expect_generation, force, guard, canary: body.canary };
+                let pause = paused(body.pause, body.pause_max.as_deref(), body.canary.is_some())?;
+                let req = SwitchRequest {
+                    release: body.release,
+                    expect_generation: body.expect_generation,
+                    force,
+                    guard,
+                    canary: body.canary,
+                    pause,
+                };
                 Reply::json(200, c.switch(req, &actor).await?)
             }
             (["deploy"], &Method::POST) => {
@@ -234,7 +332,8 @@ impl AdminApi {
                 let body = body.0.expect("required body");
                 let keep_failed = query_flag(query.as_deref(), "keep_failed")?.unwrap_or(false) || body.keep_failed;
                 let guard = query_flag(query.as_deref(), "guard")?.or(body.guard);
-                let req = DeployRequest { release: body.release, keep_failed, guard, canary: body.canary };
+                let pause = paused(body.pause, body.pause_max.as_deref(), body.canary.is_some())?;
+                let req = DeployRequest { release: body.release, keep_failed, guard, canary: body.canary, pause };
                 Reply::json(200, c.deploy(req, &actor).await?)
             }
             (["rollback"], &Method::POST) => {
@@ -256,6 +355,28 @@ impl AdminApi {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
                 Reply::json(200, c.abort_canary_by_hand(&actor).await?)
             }
+            (["pause"], &Method::POST) => {
+                let body: PauseBody = parse_body(&read_body(s).await?, false)?;
+                let max = pause_max(body.max.as_deref())?;
+                let max_held = body.max_held.unwrap_or(crate::controller::PAUSE_MAX_HELD);
+                if max_held == 0 {
+                    return Err(ApiError::BadRequest("max_held must be at least 1".into()));
+                }
+                Reply::json(200, c.pause(max, max_held, &actor).await?)
+            }
+            (["resume"], &Method::POST) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, c.resume_traffic(&actor).await?)
+            }
+            (["maintenance"], &Method::GET) => Reply::json(200, MaintenanceReply::from(c.status().await.maintenance)),
+            (["maintenance"], &Method::POST) => {
+                let on = parse_body::<MaintenanceBody>(&read_body(s).await?, false)?.parse()?;
+                Reply::json(200, MaintenanceReply::from(c.set_maintenance(Some(on), &actor).await?))
+            }
+            (["maintenance"], &Method::DELETE) => {
+                let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
+                Reply::json(200, MaintenanceReply::from(c.set_maintenance(None, &actor).await?))
+            }
             (["tls"], &Method::GET) => Reply::json(200, c.tls_status()?),
             (["tls", "reload"], &Method::POST) => {
                 let _: ReloadBody = parse_body(&read_body(s).await?, false)?;
@@ -274,6 +395,9 @@ impl AdminApi {
                 | ["canary"]
                 | ["canary", "promote"]
                 | ["canary", "abort"]
+                | ["maintenance"]
+                | ["pause"]
+                | ["resume"]
                 | ["releases", _]
                 | ["releases", _, "check"]
                 | ["switch"]
@@ -297,13 +421,16 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
             "GET"
         }
         ["releases", _] => "GET, PUT, DELETE",
+        ["maintenance"] => "GET, POST, DELETE",
         ["releases", _, "check"]
         | ["switch"]
         | ["rollback"]
         | ["reload"]
         | ["deploy"]
         | ["tls", "reload"]
-        | ["canary", "promote" | "abort"] => "POST",
+        | ["canary", "promote" | "abort"]
+        | ["pause"]
+        | ["resume"] => "POST",
         _ => return None,
     })
 }
@@ -387,6 +514,11 @@ mod tests {
             ("/canary", "get"),
             ("/canary/promote", "post"),
             ("/canary/abort", "post"),
+            ("/maintenance", "get"),
+            ("/maintenance", "post"),
+            ("/maintenance", "delete"),
+            ("/pause", "post"),
+            ("/resume", "post"),
             ("/events", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),

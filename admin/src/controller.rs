@@ -39,6 +39,8 @@ mod containers;
 mod deploy;
 mod discovery;
 mod flip;
+mod front;
+pub use front::PAUSE_MAX_HELD;
 mod guard;
 mod loops;
 mod releases;
@@ -259,7 +261,8 @@ impl Controller {
                 .map(|r| fresh.iter().find(|f| f.name() == r.name()).unwrap_or(r).clone())
                 .collect();
             releases.extend(fresh.iter().filter(|f| st.releases.contains_key(f.name()) && cur.find(f.name()).is_none()).cloned());
-            snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone())
+            // a pause lasts until its resume, whatever is committed meanwhile
+            snapshot_of(st, cur.topology().clone(), releases, cur.tunables().clone()).with_pause(cur.pause().cloned())
         });
         if live_changed {
             self.live_wake.notify_one();
@@ -369,7 +372,8 @@ fn seed_state(seed: Seed) -> Result<State, ControlError> {
 
 /// The snapshot of `st` over `releases`: live, generation and the canary.
 fn snapshot_of(st: &State, topology: Arc<Topology>, releases: Vec<Arc<Release>>, tunables: Arc<canopy_proxy::Tunables>) -> Snapshot {
-    let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables);
+    let snapshot = Snapshot::new(st.generation, topology, releases, st.live.as_ref(), tunables)
+        .with_maintenance(st.maintenance.as_ref().map(front::maintenance_answer));
     match &st.canary {
         Some(c) => snapshot.with_canary(&c.release, c.weight()),
         None => snapshot,

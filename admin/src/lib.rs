@@ -57,14 +57,15 @@ pub use persist::{journal_path, load as load_state, Entry, PersistError, StateSt
 pub use priority::{prioritise_current_thread, AdminPriority, Obtained};
 pub use replies::{
     CanaryView, CertView, ContainerStep, ContainerView, DeployFailure, DeployReply, DeployStep, Discovered, ErrorReply, FlipReply,
-    HookResult, ReloadReply, RetireReply, TlsView,
+    HookResult, MaintenanceReply, ReloadReply, RetireReply, TlsView,
 };
 pub use report::{CheckResult, Report};
 pub use requests::{DeployRequest, SwitchRequest};
 pub use settings::{CanarySettings, ControlSettings, DeploySettings, GuardSettings, Seed, ServiceContainer};
 pub use sources::{CertSource, ConfigSource, Reload, TlsParts};
 pub use state::{
-    BackendMap, CanaryState, Command, ContainerChange, Event, Failure, Previous, ReleaseRecord, State, StateError, STATE_VERSION,
+    BackendMap, CanaryState, Command, ContainerChange, Event, Failure, Maintenance, Previous, ReleaseRecord, State, StateError,
+    STATE_VERSION,
 };
 pub use validate::{Mode, Validator};
-pub use view::{LiveHealthView, PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};
+pub use view::{LiveHealthView, PauseView, PreviousView, ReleaseContainer, ReleaseState, ReleaseView, ServiceView, StatusView};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::Readiness;
 use crate::report::Report;
-use crate::state::Previous;
+use crate::state::{Maintenance, Previous};
 
 /// The reply to a successful switch or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,4 +265,21 @@ pub struct TlsView {
     pub last_reload_error: Option<String>,
     /// ACME's state, `null` without `[tls.acme]`.
     pub acme: serde_json::Value,
+}
+
+/// The reply of `GET`, `POST` and `DELETE /maintenance`: whether it is on
+/// now, and if so its message, expected end and start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceReply {
+    /// Whether every routed request is answered 503 now.
+    pub on: bool,
+    /// The maintenance, while on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+impl From<Option<Maintenance>> for MaintenanceReply {
+    fn from(maintenance: Option<Maintenance>) -> Self {
+        Self { on: maintenance.is_some(), maintenance }
+    }
 }

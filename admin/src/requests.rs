@@ -16,6 +16,8 @@ pub struct SwitchRequest {
     /// Start a canary with these steps (percent of the traffic) instead of
     /// switching at once; an empty list takes `[releases.canary]`'s.
     pub canary: Option<Vec<f64>>,
+    /// Hold traffic around the flip (and `[releases] migrate`) for at most this long.
+    pub pause: Option<std::time::Duration>,
 }
 
 /// A `POST /deploy` request.
@@ -29,4 +31,6 @@ pub struct DeployRequest {
     pub guard: Option<bool>,
     /// End in a canary with these steps instead of a switch (empty: the configured steps).
     pub canary: Option<Vec<f64>>,
+    /// Hold traffic around the flip (and `[releases] migrate`) for at most this long.
+    pub pause: Option<std::time::Duration>,
 }

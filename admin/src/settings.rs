@@ -23,8 +23,11 @@ pub struct ControlSettings {
     pub drain_timeout: Duration,
     /// Commands run (argv, `{release}` substituted) after a release is drained.
     pub retire_hooks: Vec<Vec<String>>,
-    /// Limit for each retire hook.
+    /// Limit for each retire hook (and for the migrate command).
     pub hook_timeout: Duration,
+    /// Run by a paused switch or deploy before validating (argv, `{release}`
+    /// substituted; empty: none).
+    pub migrate: Vec<String>,
     /// Whether `x-canopy-release` request headers select registered releases.
     pub preview: bool,
     /// How often the warm previous release is quick-checked in the background,

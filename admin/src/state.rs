@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
 
+mod error;
+pub use error::StateError;
+
 /// Version of the state file format written by this build.
 pub const STATE_VERSION: u32 = 1;
 /// Audit events kept (oldest dropped first).
@@ -74,6 +77,20 @@ impl CanaryState {
     pub fn weight(&self) -> u16 {
         self.steps.get(self.step).copied().unwrap_or(0)
     }
+}
+
+/// Maintenance mode: every routed request is answered 503 with `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// What shoppers read (on the page) and API clients get (in the JSON).
+    pub message: String,
+    /// When it is expected to end (shown, and counted down in
+    /// `Retry-After`); it stays on until turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixMillis>,
+    /// When it was turned on.
+    pub since: UnixMillis,
 }
 
 /// The release that was live before the last flip, kept warm until `retire_at`.
@@ -147,6 +164,9 @@ pub struct State {
     /// resumes it where it was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryState>,
+    /// Maintenance mode, while on (durable: on across restarts and upgrades).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 
 /// A change to the control state (also the journal's record of it).
@@ -245,6 +265,11 @@ pub enum Command {
         /// Why.
         failure: Failure,
     },
+    /// Maintenance mode on (`Some`) or off (`None`).
+    Maintenance {
+        /// The maintenance, its message and expected end.
+        on: Option<Maintenance>,
+    },
     /// The containers of `release` were stopped (kept) or started again
     /// (`stopped = false`), or removed (`removed = true`).
     Containers {
@@ -293,58 +318,6 @@ impl ContainerChange {
     }
 }
 
-/// Why a command was refused; the state is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StateError {
-    /// The named release is not registered.
-    #[error("release `{name}` is not registered")]
-    NotFound {
-        /// The name asked for.
-        name: ReleaseName,
-    },
-    /// The release asked for is already live.
-    #[error("release `{name}` is already live")]
-    AlreadyLive {
-        /// The live release.
-        name: ReleaseName,
-    },
-    /// The caller's view is out of date.
-    #[error("stale generation: expected {expected}, current is {current}")]
-    StaleGeneration {
-        /// What the caller expected.
-        expected: u64,
-        /// The current generation.
-        current: u64,
-    },
-    /// Rollback with nothing to roll back to.
-    #[error("nothing to roll back to: no previous release is warm")]
-    NoPrevious,
-    /// The live release cannot be retired.
-    #[error("release `{name}` is live; switch to another release before retiring it")]
-    RetireLive {
-        /// The live release.
-        name: ReleaseName,
-    },
-    /// A canary runs: other flips wait until it is promoted or aborted.
-    #[error("a canary of release `{name}` is running: promote or abort it first (`canopy canary promote|abort`)")]
-    CanaryRunning {
-        /// The canary's candidate.
-        name: ReleaseName,
-    },
-    /// No canary runs.
-    #[error("no canary is running")]
-    NoCanary,
-    /// A canary needs a live release to compare with and share traffic with.
-    #[error("a canary needs a live release; switch to a first release instead")]
-    NoLive,
-    /// A deploy is already running (or was, when canopy stopped).
-    #[error("a deploy of release `{name}` is in progress")]
-    DeployRunning {
-        /// The release being deployed.
-        name: ReleaseName,
-    },
-}
-
 impl State {
     /// The state of a fresh install: nothing registered.
     pub fn empty() -> Self {
@@ -359,6 +332,7 @@ impl State {
             deploying: None,
             stopped: Vec::new(),
             canary: None,
+            maintenance: None,
         }
     }
 
@@ -421,7 +395,7 @@ impl State {
                 Some(name) => Err(StateError::DeployRunning { name: name.clone() }),
                 None => Ok(()),
             },
-            Command::DeployEnded { .. } | Command::Containers { .. } => Ok(()),
+            Command::DeployEnded { .. } | Command::Containers { .. } | Command::Maintenance { .. } => Ok(()),
             Command::CanaryStart { canary } => {
                 self.no_canary_but(None)?;
                 self.require(&canary.release)?;
@@ -527,6 +501,15 @@ impl State {
             }
             Command::MarkFailed { release, failure } => {
                 next.releases.get_mut(&release).expect("prechecked").failed = Some(failure);
+            }
+            Command::Maintenance { on } => {
+                let (action, detail) = match &on {
+                    Some(m) => ("maintenance-on", m.message.clone()),
+                    None => ("maintenance-off", String::new()),
+                };
+                let live = next.live.clone();
+                next.push(now, action, actor, live, None, false, detail);
+                next.maintenance = on;
             }
             Command::Containers { release, change } => {
                 next.stopped.retain(|r| r != &release);

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::guard::GuardView;
 use crate::replies::{CanaryView, Discovered, TlsView};
 use crate::report::Report;
-use crate::state::{Failure, State};
+use crate::state::{Failure, Maintenance, State};
 
 /// One service's backends in a release.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +157,33 @@ pub struct StatusView {
     /// The guard: what it watches, its latest verdict, the rollback readiness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardView>,
+    /// Maintenance mode, while on: every routed request is answered 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// A pause in progress: new requests are held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseView>,
+}
+
+/// A pause in progress, as `GET /status` and `POST /pause` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseView {
+    /// Requests held now.
+    pub held: usize,
+    /// Requests held since the pause began.
+    pub held_total: u64,
+    /// Requests answered 503 (past `max`, or beyond the limit of held requests).
+    pub refused: u64,
+    /// Seconds before held requests are answered 503.
+    pub seconds_left: f64,
+}
+
+impl PauseView {
+    /// The view of `p` now.
+    pub fn of(p: &canopy_proxy::Pause) -> Self {
+        let (held_total, refused) = p.counts();
+        Self { held: p.held(), held_total, refused, seconds_left: p.remaining().as_secs_f64() }
+    }
 }
 
 /// Builds the view of one release from the state and its resolved form.
@@ -218,6 +245,8 @@ impl StatusView {
             tls: None,
             canary: st.canary.as_ref().map(CanaryView::of),
             guard: None,
+            maintenance: st.maintenance.clone(),
+            paused: snap.pause().map(|p| PauseView::of(p)),
         }
     }
 }

@@ -31,6 +31,12 @@ pub struct AccessRecord<'a> {
     pub upstream: Option<SocketAddr>,
     /// Connection attempts made.
     pub attempts: usize,
+    /// The client's address (behind trusted proxies, the one they name).
+    pub client: Option<std::net::IpAddr>,
+    /// The request's `X-Request-ID`, when `request-id` is on.
+    pub request_id: Option<&'a str>,
+    /// How long a pause held it before it was routed (not in `duration`).
+    pub held: Option<Duration>,
 }
 
 /// Handle to the access log writer; cheap to share.
@@ -88,6 +94,9 @@ impl AccessLog {
             "duration_ms": r.duration.as_secs_f64() * 1e3,
             "upstream": r.upstream.map(|a| a.to_string()),
             "attempts": r.attempts,
+            "client": r.client.map(|a| a.to_string()),
+            "request_id": r.request_id,
+            "held_ms": r.held.map(|h| h.as_secs_f64() * 1e3),
         })
         .to_string()
             + "\n";

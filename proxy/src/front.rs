@@ -31,6 +31,8 @@ pub struct FrontDoor {
     challenges: ArcSwap<HashMap<String, Arc<str>>>,
     /// Requests by HTTP version (1.0, 1.1, 2) and whether over TLS.
     protocols: [[AtomicU64; 2]; 3],
+    /// Requests answered 413: body over the service's `max-request-body`.
+    bodies_too_large: AtomicU64,
 }
 
 impl FrontDoor {
@@ -74,15 +76,21 @@ impl FrontDoor {
         };
         self.protocols[v][usize::from(tls)].fetch_add(1, Relaxed);
     }
+
+    /// Counts one request refused for its body size.
+    pub(crate) fn count_body_too_large(&self) {
+        self.bodies_too_large.fetch_add(1, Relaxed);
+    }
 }
 
 const VERSIONS: [&str; 3] = ["1.0", "1.1", "2"];
 
 /// Name, help and labels of the front door's families, in collect order.
-const FAMILIES: [(&str, &str, &[&str]); 3] = [
+const FAMILIES: [(&str, &str, &[&str]); 4] = [
     ("canopy_tls_handshakes_total", "TLS handshakes on the proxy's TLS listeners, by result (ok, error, timeout).", &["result"]),
     ("canopy_tls_certificate_expiry_seconds", "Unix time at which each served certificate expires, by its first name.", &["name"]),
     ("canopy_requests_by_protocol_total", "Requests received, by HTTP version and whether over TLS.", &["version", "tls"]),
+    ("canopy_request_body_too_large_total", "Requests answered 413: their body was over the service's max-request-body.", &[]),
 ];
 
 /// Collector of the [`FrontDoor`]'s families for a [`prometheus::Registry`].
@@ -133,10 +141,13 @@ impl Collector for FrontCollector {
                 protocols.push(m);
             }
         }
+        let mut too_large = sample(&[]);
+        too_large.set_counter(counter(self.front.bodies_too_large.load(Relaxed)));
         vec![
             family(&FAMILIES[0], MetricType::COUNTER, handshakes),
             family(&FAMILIES[1], MetricType::GAUGE, expiry),
             family(&FAMILIES[2], MetricType::COUNTER, protocols),
+            family(&FAMILIES[3], MetricType::COUNTER, vec![too_large]),
         ]
     }
 }

@@ -1,42 +1,32 @@
 //! The pingora `ProxyHttp` implementation: load the snapshot once, route,
 //! pick a backend of the chosen release, forward, tag the response, count.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessRecord;
+use crate::answer::{
+    body_over_limit, redirect_to_canonical, redirect_to_https, refuse, refuse_body, respond_error, respond_json, respond_plain,
+};
+use crate::answer::{respond_maintenance, respond_paused, PREVIEW_HEADER, RELEASE_HEADER};
+use crate::client_ip::{kept_request_id, new_request_id, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 use crate::front::{FrontDoor, ACME_CHALLENGE_PREFIX};
+use crate::pause::Held;
 use crate::routing::request_host;
 use crate::settings::ProxySettings;
 use crate::snapshot::{Miss, Snapshot, Target};
 use crate::stats::UpstreamErrorKind;
 use crate::table::ReleaseTable;
 
-/// Header naming the release: set on every response, and read from requests
-/// to preview a registered release.
-pub const RELEASE_HEADER: &str = "x-canopy-release";
-
-/// Response header saying why a preview request was answered by the live
-/// release: `disabled` (`preview = false`) or `unknown-release` (the named
-/// release is not registered). Absent on every other response.
-pub const PREVIEW_HEADER: &str = "x-canopy-preview";
-
 /// [`RELEASE_HEADER`] as a parsed name: lookups with it skip parsing a `&str`.
 static RELEASE_NAME: http::HeaderName = http::HeaderName::from_static(RELEASE_HEADER);
-static FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-
-/// Largest request header section (request line included) canopy forwards;
-/// larger ones are answered 431. pingora's own limits are far higher (1 MiB,
-/// 256 lines; answered 400) and Node upstreams such as Vendure refuse more
-/// than 16 KiB anyway.
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
 /// The proxy logic; one instance serves every request of the proxy service.
 /// Its settings and access log come with each request's snapshot
@@ -62,6 +52,12 @@ pub struct RequestCtx {
     set_bucket: Option<u16>,
     /// Why a preview header was not followed, for [`PREVIEW_HEADER`].
     preview_ignored: Option<&'static str>,
+    /// The client's address: the peer's, or from a trusted proxy's header.
+    client: Option<IpAddr>,
+    /// The request's `X-Request-ID` (when `request-id` is on).
+    request_id: Option<http::HeaderValue>,
+    /// How long a pause held it.
+    held: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -83,6 +79,21 @@ impl CanopyProxy {
         Self { table, front }
     }
 
+    /// Resolves the request's client address (and, when `request-id` is on,
+    /// its ID) into `ctx`; the resolution when `trusted-proxies` is set.
+    fn client(&self, session: &Session, ctx: &mut RequestCtx, snapshot: &Snapshot) -> Option<Resolved> {
+        let proxy = &snapshot.tunables().proxy;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let headers = &session.req_header().headers;
+        let from = proxy.client_ip.as_ref().zip(peer).map(|(source, peer)| source.resolve(peer, headers));
+        ctx.client = from.map_or(peer, |r| Some(r.client));
+        if proxy.request_id {
+            let kept = from.filter(|r| r.trusted_peer).and_then(|_| kept_request_id(headers));
+            ctx.request_id = Some(kept.unwrap_or_else(new_request_id));
+        }
+        from
+    }
+
     fn peer(settings: &ProxySettings, addr: std::net::SocketAddr) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
@@ -94,93 +105,6 @@ impl CanopyProxy {
     }
 }
 
-/// Writes a small JSON error response (with the release header when known).
-async fn respond_json(session: &mut Session, status: u16, release: Option<&http::HeaderValue>, body: String) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(r) = release {
-        resp.insert_header(RELEASE_HEADER, r.clone())?;
-    }
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
-}
-
-/// Writes a small response with `location` (a redirect) or a plain-text body.
-async fn respond_plain(session: &mut Session, status: u16, location: Option<String>, body: Vec<u8>) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "text/plain")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
-    if let Some(l) = location {
-        resp.insert_header("location", l)?;
-    }
-    session.write_response_header(Box::new(resp), body.is_empty()).await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
-    }
-    Ok(())
-}
-
-/// Answers a plaintext request with `308 Permanent Redirect` to the same
-/// host (its port replaced by `port`, left out when 443), path and query
-/// over `https://`. 308 keeps the method and body.
-async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
-    let req = session.req_header();
-    let host = request_host(req).unwrap_or_default();
-    // `request_host` drops the port; a bracketed IPv6 literal keeps its brackets
-    let host = std::str::from_utf8(host).unwrap_or_default().to_string();
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
-    if host.is_empty() {
-        return respond_json(session, 400, None, r#"{"error":"HTTPS required and the request names no host"}"#.into()).await;
-    }
-    respond_plain(session, 308, Some(location), Vec::new()).await
-}
-
-/// A request canopy refuses before routing even though pingora parsed it:
-/// returns the status and JSON body.
-///
-/// pingora accepts `Content-Length` together with `Transfer-Encoding` (it drops
-/// the length and reads chunked, as RFC 9112 6.3 allows), but such a request
-/// is the classic smuggling probe: no legitimate client sends both, and a
-/// front proxy may have framed it by the length. It is refused here, before
-/// anything is forwarded. pingora has already removed the `Content-Length`
-/// from the parsed header, so the raw header bytes are consulted.
-///
-/// An HTTP/1.1 request without `Host` is refused too (RFC 9112 3.2: a server
-/// MUST answer it with 400); pingora already refuses two `Host` lines.
-///
-/// HTTP/2 requests are not checked here: the h2 codec limits their header
-/// lists (64 KiB, the same limit) and refuses `Transfer-Encoding` and
-/// contradicting lengths itself, and rebuilding their head as HTTP/1 bytes
-/// would cost an allocation per request.
-fn refuse(session: &Session) -> Option<(u16, String)> {
-    if session.as_downstream().is_http2() {
-        return None;
-    }
-    let raw = session.as_downstream().to_h1_raw();
-    if raw.len() > MAX_REQUEST_HEADER_BYTES {
-        return Some((431, format!(r#"{{"error":"request header fields too large","limit_bytes":{MAX_REQUEST_HEADER_BYTES}}}"#)));
-    }
-    let req = session.req_header();
-    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-        return Some((400, r#"{"error":"HTTP/1.1 request without a Host header"}"#.to_string()));
-    }
-    // only requests that kept a Transfer-Encoding can have had both: the
-    // common request costs no scan
-    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return None;
-    }
-    let had_length = raw.split(|b| *b == b'\n').skip(1).any(|line| {
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        name.eq_ignore_ascii_case(b"content-length")
-    });
-    had_length.then(|| (400, r#"{"error":"request has both Content-Length and Transfer-Encoding"}"#.to_string()))
-}
-
 /// Rewrites the request head for the upstream: the standard forwarding
 /// headers, no preview selector, one `Content-Length`.
 ///
@@ -188,8 +112,9 @@ fn refuse(session: &Session) -> Option<(u16, String)> {
 /// `upstream_request_filter`: pingora copies the head for each upstream
 /// attempt, and the parsed head has room for these headers while the
 /// exactly-sized copy would be regrown (both its maps) on every request.
-fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
-    let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+fn rewrite_for_upstream(session: &mut Session, ctx: &RequestCtx, from: Option<Resolved>) -> Result<()> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let source = ctx.snapshot.as_ref().and_then(|s| s.tunables().proxy.client_ip.as_ref());
     let req = session.req_header_mut();
     req.remove_header(&RELEASE_NAME);
     // pingora accepts identical duplicate lengths (`5, 5` or two lines; RFC
@@ -202,14 +127,27 @@ fn rewrite_for_upstream(session: &mut Session, tls: bool) -> Result<()> {
             req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
         }
     }
-    if let Some(ip) = ip {
-        let xff = match req.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = match (source, from, peer) {
+        (Some(source), Some(from), Some(peer)) => {
+            if !from.trusted_peer && source.header != X_FORWARDED_FOR {
+                // an untrusted peer's claim (e.g. CF-Connecting-IP) does not reach the upstream either
+                req.remove_header(&source.header);
+            }
+            Some(source.forwarded_for(&from, peer, &req.headers))
+        }
+        (_, _, Some(ip)) => Some(match req.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => http::HeaderValue::try_from(format!("{prev}, {ip}")),
             None => crate::forwarded::ip_value(ip),
-        };
+        }),
+        _ => None,
+    };
+    if let Some(xff) = xff {
         req.insert_header("x-forwarded-for", xff.map_err(|_| Error::new(ErrorType::InternalError))?)?;
     }
-    let proto = if tls { "https" } else { "http" };
+    if let Some(id) = &ctx.request_id {
+        req.insert_header(REQUEST_ID.clone(), id.clone())?;
+    }
+    let proto = if ctx.tls { "https" } else { "http" };
     req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     if let Some(host) = req.headers.get(http::header::HOST).cloned() {
         req.insert_header("x-forwarded-host", host)?;
@@ -251,7 +189,7 @@ impl ProxyHttp for CanopyProxy {
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.front.count_request(session.req_header().version, ctx.tls);
-        let snapshot = self.table.load();
+        let mut snapshot = self.table.load();
         if !ctx.tls {
             let path = session.req_header().uri.path();
             if path.starts_with(ACME_CHALLENGE_PREFIX) {
@@ -260,18 +198,40 @@ impl ProxyHttp for CanopyProxy {
                     return Ok(true);
                 }
             } else if let Some(port) = snapshot.tunables().proxy.https_redirect {
-                redirect_to_https(session, port).await?;
+                redirect_to_https(session, port, snapshot.tunables().proxy.canonical_host.as_deref()).await?;
                 return Ok(true);
             }
         }
+        if let Some(canonical) = &snapshot.tunables().proxy.canonical_host {
+            let acme = session.req_header().uri.path().starts_with(ACME_CHALLENGE_PREFIX);
+            if !acme && redirect_to_canonical(session, canonical, ctx.tls).await? {
+                return Ok(true);
+            }
+        }
+        while let Some(pause) = snapshot.pause().filter(|_| !crate::pause::exempt(session.req_header().uri.path())) {
+            if pause.hold().await != Held::Resumed {
+                respond_paused(session, &snapshot.tunables().proxy.error_pages).await?;
+                return Ok(true);
+            }
+            // routed by the table of the resume (a flip made while paused answers it)
+            snapshot = self.table.load();
+            // the release's figures (which the guard judges) start here; the access log has the hold apart
+            let resumed = Instant::now();
+            ctx.held = ctx.started.map(|s| resumed - s);
+            ctx.started = Some(resumed);
+        }
+        if let Some(m) = snapshot.maintenance() {
+            respond_maintenance(session, m).await?;
+            return Ok(true);
+        }
+        let from = self.client(session, ctx, &snapshot);
         let req = session.req_header();
         let preview = req.headers.get(&RELEASE_NAME).map(|v| v.as_bytes());
         let routed = snapshot.route(request_host(req), req.uri.path().as_bytes(), preview);
         match routed {
             Ok(mut target) => {
                 if let (Some(canary), false) = (snapshot.canary(), target.previewed) {
-                    let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-                    let bucket = crate::canary::bucket(&session.req_header().headers, client);
+                    let bucket = crate::canary::bucket(&session.req_header().headers, ctx.client);
                     if !bucket.from_cookie {
                         ctx.set_bucket = Some(bucket.value);
                     }
@@ -286,21 +246,29 @@ impl ProxyHttp for CanopyProxy {
                     Some(want) if release.name().as_str().as_bytes() != want => Some("unknown-release"),
                     Some(_) => None,
                 };
+                if let Some(limit) = snapshot.topology().services()[target.service].max_request_body {
+                    if body_over_limit(session, limit).await? {
+                        self.front.count_body_too_large();
+                        refuse_body(session, limit, &snapshot.tunables().proxy.error_pages).await?;
+                        return Ok(true);
+                    }
+                }
                 release.stats().start();
                 ctx.rr_start = release.backends(target.service).start();
                 ctx.target = Some(target);
                 ctx.snapshot = Some(snapshot);
-                rewrite_for_upstream(session, ctx.tls)?;
+                rewrite_for_upstream(session, ctx, from)?;
                 Ok(false)
             }
             Err(Miss::NoRoute) => {
-                respond_json(session, 404, None, r#"{"error":"no route for this path"}"#.into()).await?;
+                let pages = &snapshot.tunables().proxy.error_pages;
+                respond_error(session, 404, None, r#"{"error":"no route for this path"}"#.into(), pages).await?;
                 Ok(true)
             }
             Err(Miss::NoLiveRelease { service }) => {
                 let svc = &snapshot.topology().services()[service].name;
                 let body = format!(r#"{{"error":"no live release","service":"{svc}"}}"#);
-                respond_json(session, 503, None, body).await?;
+                respond_error(session, 503, None, body, &snapshot.tunables().proxy.error_pages).await?;
                 Ok(true)
             }
         }
@@ -345,6 +313,9 @@ impl ProxyHttp for CanopyProxy {
             if let (true, Some(hsts)) = (ctx.tls, &snapshot.tunables().proxy.hsts) {
                 resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
             }
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(REQUEST_ID.clone(), id.clone())?;
         }
         if let Some(bucket) = ctx.set_bucket {
             resp.append_header(http::header::SET_COOKIE, crate::canary::set_cookie(bucket, ctx.tls))?;
@@ -399,7 +370,8 @@ impl ProxyHttp for CanopyProxy {
                 }
                 None => (None, format!(r#"{{"error":"request failed","status":{code}}}"#)),
             };
-            if let Err(err) = respond_json(session, code, header, body).await {
+            let snapshot = ctx.snapshot.clone().unwrap_or_else(|| self.table.load());
+            if let Err(err) = respond_error(session, code, header, body, &snapshot.tunables().proxy.error_pages).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -428,6 +400,9 @@ impl ProxyHttp for CanopyProxy {
                 duration: elapsed,
                 upstream: ctx.upstream,
                 attempts: ctx.attempts,
+                client: ctx.client,
+                request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                held: ctx.held,
             });
         }
     }

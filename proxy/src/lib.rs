@@ -5,17 +5,21 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod answer;
 mod canary;
 mod certs;
+mod client_ip;
 mod downstream;
 mod drain;
 mod endpoint;
+mod error_pages;
 mod exposition;
 mod forwarded;
 mod front;
 mod h2;
 mod handler;
 mod names;
+mod pause;
 mod release;
 mod resolver;
 mod routing;
@@ -27,15 +31,19 @@ mod tls;
 mod topology;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use answer::{MAX_REQUEST_HEADER_BYTES, PREVIEW_HEADER, RELEASE_HEADER};
 pub use canary::{Bucket, Canary, BUCKETS as CANARY_BUCKETS, COOKIE as CANARY_COOKIE};
 pub use certs::{CertError, CertStore, Certificate, SniTable};
+pub use client_ip::{Cidr, ClientIpSource, Resolved, REQUEST_ID, X_FORWARDED_FOR};
 pub use downstream::ClientTimeouts;
 pub use drain::{Drain, SHUTDOWN_LINGER};
 pub use endpoint::{Endpoint, EndpointError, ResolveError};
+pub use error_pages::{ErrorPages, Maintenance as MaintenanceAnswer, MAINTENANCE_RETRY_AFTER, PAGE_STATUSES};
 pub use exposition::RequestCollector;
 pub use front::{FrontCollector, FrontDoor, ACME_CHALLENGE_PREFIX};
-pub use handler::{CanopyProxy, RequestCtx, PREVIEW_HEADER, RELEASE_HEADER};
+pub use handler::{CanopyProxy, RequestCtx};
 pub use names::{NameError, ReleaseName, ServiceName, MAX_NAME_LEN};
+pub use pause::{Held, Pause, PAUSE_RETRY_AFTER};
 /// The metrics library canopy's collectors and counters are built on.
 pub use prometheus;
 pub use release::{Backends, Release};

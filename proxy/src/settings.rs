@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::client_ip::ClientIpSource;
+use crate::error_pages::ErrorPages;
 
 /// Data-plane tunables, from `[proxy]` in proxy.toml.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,17 @@ pub struct ProxySettings {
     pub https_redirect: Option<u16>,
     /// `Strict-Transport-Security` value added to responses over TLS.
     pub hsts: Option<http::HeaderValue>,
+    /// The pages browsers get when canopy answers 404, 413, 502, 503 or 504 itself.
+    pub error_pages: ErrorPages,
+    /// Whose forwarding headers are believed, and which one names the client
+    /// (`None`: no one's; the client is the connection's peer).
+    pub client_ip: Option<ClientIpSource>,
+    /// Give every request an `X-Request-ID` (kept from a trusted peer, else
+    /// new), upstream, in the answer and in the access log.
+    pub request_id: bool,
+    /// Requests for any other host are redirected here (308; ACME
+    /// challenges excepted).
+    pub canonical_host: Option<String>,
 }
 
 impl Default for ProxySettings {
@@ -37,6 +50,10 @@ impl Default for ProxySettings {
             metrics: true,
             https_redirect: None,
             hsts: None,
+            error_pages: ErrorPages::default(),
+            client_ip: None,
+            request_id: false,
+            canonical_host: None,
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::canary::Canary;
+use crate::error_pages::Maintenance;
 use crate::names::ReleaseName;
+use crate::pause::Pause;
 use crate::release::Release;
 use crate::settings::Tunables;
 use crate::topology::Topology;
@@ -21,6 +23,10 @@ pub struct Snapshot {
     tunables: Arc<Tunables>,
     /// The canary in progress, if any: its candidate takes the buckets below its weight.
     canary: Option<Canary>,
+    /// Maintenance mode, while on: every routed request is answered 503.
+    maintenance: Option<Arc<Maintenance>>,
+    /// A pause in progress: new requests wait for its resume.
+    pause: Option<Arc<Pause>>,
 }
 
 /// Where a request goes: indexes into its snapshot.
@@ -56,7 +62,17 @@ impl Snapshot {
         tunables: Arc<Tunables>,
     ) -> Self {
         let live = live.and_then(|n| releases.iter().position(|r| r.name() == n));
-        Self { generation, topology, releases: releases.into(), live, preview: tunables.preview, tunables, canary: None }
+        Self {
+            generation,
+            topology,
+            releases: releases.into(),
+            live,
+            preview: tunables.preview,
+            tunables,
+            canary: None,
+            maintenance: None,
+            pause: None,
+        }
     }
 
     /// This snapshot with a canary of `release` at `weight` (of
@@ -66,6 +82,30 @@ impl Snapshot {
         let index = self.releases.iter().position(|r| r.name() == release);
         self.canary = index.filter(|i| Some(*i) != self.live && weight > 0).map(|release| Canary { release, weight });
         self
+    }
+
+    /// This snapshot in maintenance mode (`Some`), or not.
+    pub fn with_maintenance(mut self, maintenance: Option<Arc<Maintenance>>) -> Self {
+        self.maintenance = maintenance;
+        self
+    }
+
+    /// This snapshot with a pause in progress (`Some`), or none.
+    pub fn with_pause(mut self, pause: Option<Arc<Pause>>) -> Self {
+        self.pause = pause;
+        self
+    }
+
+    /// The pause in progress, if any.
+    #[inline]
+    pub fn pause(&self) -> Option<&Arc<Pause>> {
+        self.pause.as_ref()
+    }
+
+    /// Maintenance mode, while on.
+    #[inline]
+    pub fn maintenance(&self) -> Option<&Arc<Maintenance>> {
+        self.maintenance.as_ref()
     }
 
     /// An empty snapshot: nothing registered, nothing live.

@@ -65,6 +65,9 @@ impl TlsTerminator {
             .expect("ring supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(certs.resolver());
+        // TLS 1.2: the server's order of suites (strongest first) decides,
+        // not the client's (testssl.sh: "server cipher order")
+        config.ignore_client_order = true;
         config.alpn_protocols = if options.h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
         // resumption without a server-side cache: tickets sealed with keys
         // that rotate every 6 hours (rustls' recommended ticketer)

@@ -14,6 +14,9 @@ pub struct Service {
     pub name: ServiceName,
     /// The port every release's backend for this service listens on.
     pub port: u16,
+    /// Request bodies larger than this many bytes are answered 413 before
+    /// anything is forwarded (`None`: no limit).
+    pub max_request_body: Option<u64>,
 }
 
 /// The host part of a backend address, with `{service}` and `{release}` placeholders

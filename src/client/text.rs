@@ -5,7 +5,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use canopy_admin::{
-    CanaryView, DeployStep, ErrorReply, Event, FlipReply, GuardView, LiveHealthView, Readiness, ReleaseView, Report, StatusView, TlsView,
+    CanaryView, DeployStep, ErrorReply, Event, FlipReply, GuardView, LiveHealthView, MaintenanceReply, PauseView, Readiness, ReleaseView,
+    Report, StatusView, TlsView,
 };
 
 use crate::cli::TlsAction;
@@ -152,6 +153,12 @@ pub fn status(v: &StatusView, now_ms: u64) -> String {
         "preview:    off (`x-canopy-release` request headers are ignored and answered by the live release with \
          `x-canopy-preview: disabled`; `preview = true` in [releases] turns it on)\n"
     };
+    if let Some(p) = &v.paused {
+        out += &paused(p);
+    }
+    if v.maintenance.is_some() {
+        out += &maintenance(&MaintenanceReply::from(v.maintenance.clone()));
+    }
     if v.switch_in_progress {
         out += "a switch is in progress\n";
     }
@@ -162,6 +169,26 @@ pub fn status(v: &StatusView, now_ms: u64) -> String {
         out += &guard(g);
     }
     out + "releases:\n" + &releases(&v.releases) + &containers(v)
+}
+
+/// Maintenance mode, as `canopy maintenance` and `canopy status` say it.
+pub fn maintenance(m: &MaintenanceReply) -> String {
+    let Some(m) = &m.maintenance else {
+        return "maintenance: off (requests are routed)\n".into();
+    };
+    let until = m.until.map_or_else(|| "no end announced".to_string(), |u| format!("expected back by {}", at(u)));
+    format!("maintenance: ON since {} ({until}): every routed request is answered 503 with \"{}\"\n", at(m.since), m.message)
+}
+
+/// A pause in progress.
+pub fn paused(p: &PauseView) -> String {
+    format!(
+        "PAUSED: new requests are held ({} now, {} so far, {} answered 503); held requests get 503 in {}\n",
+        p.held,
+        p.held_total,
+        p.refused,
+        span(Duration::from_secs_f64(p.seconds_left.max(0.0)))
+    )
 }
 
 /// A canary in progress.

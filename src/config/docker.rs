@@ -188,14 +188,6 @@ fn service_container(cx: &Ctx<'_>, s: &FileService, image: &Spanned<String>) -> 
 
 /// `512m`, `2g`, `1048576`, `64k` in bytes; Docker refuses less than 6 MiB.
 pub(super) fn memory(s: &str) -> Option<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.strip_suffix('b').unwrap_or(&s);
-    let (digits, unit) = match s.char_indices().last()? {
-        (i, 'k') => (&s[..i], 1i64 << 10),
-        (i, 'm') => (&s[..i], 1 << 20),
-        (i, 'g') => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let bytes = digits.parse::<i64>().ok()?.checked_mul(unit)?;
+    let bytes = i64::try_from(super::value::size(s)?).ok()?;
     (bytes >= MEMORY_MIN).then_some(bytes)
 }

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
-use canopy_proxy::ProxySettings;
+use canopy_proxy::{Cidr, ClientIpSource, ErrorPages, ProxySettings, PAGE_STATUSES};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::error::{ConfigError, Ctx};
-use super::value::{addresses, or, Dur, OneOrMany};
+use super::value::{addresses, body_limit, or, Dur, OneOrMany};
 
 /// `h2c` when unset: plaintext listeners speak HTTP/1 only.
 const H2C: bool = false;
@@ -22,6 +22,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shortest `client-timeout` (shorter values are raised to it).
 const CLIENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// `max-request-body` when unset: larger request bodies are answered 413.
+/// Shop and GraphQL requests are a few KiB; uploads (Vendure's admin asset
+/// uploads) raise it for their service.
+pub const MAX_REQUEST_BODY: u64 = 10 << 20;
 /// The most `threads` a config may ask for.
 const THREADS_MAX: usize = 1024;
 
@@ -42,6 +46,12 @@ pub(super) struct FileProxy {
     client_timeout: Option<Dur>,
     shutdown_grace: Option<Dur>,
     access_log: Option<String>,
+    max_request_body: Option<Spanned<String>>,
+    error_pages: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    client_ip_header: Option<Spanned<String>>,
+    request_id: Option<bool>,
+    canonical_host: Option<Spanned<String>>,
 }
 
 /// Where the access log goes.
@@ -68,6 +78,8 @@ pub(super) struct Proxy {
     pub shutdown_grace: Duration,
     pub client_timeout: Duration,
     pub access_log: Option<AccessLogTarget>,
+    /// The request body limit of services that set none (`None`: no limit).
+    pub max_request_body: Option<u64>,
 }
 
 /// Checks `[proxy]`.
@@ -95,6 +107,10 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         metrics: p.metrics.unwrap_or(defaults.metrics),
         https_redirect: None,
         hsts: None,
+        error_pages: error_pages(cx, &p.error_pages)?,
+        client_ip: client_ip(cx, p)?,
+        request_id: p.request_id.unwrap_or(defaults.request_id),
+        canonical_host: canonical_host(cx, &p.canonical_host)?,
     };
     let access_log = p.access_log.as_deref().map(|s| match s {
         "stdout" | "-" => AccessLogTarget::Stdout,
@@ -112,5 +128,76 @@ pub(super) fn parse(cx: &Ctx<'_>, p: &FileProxy) -> Result<Proxy, ConfigError> {
         shutdown_grace: or(p.shutdown_grace, SHUTDOWN_GRACE),
         client_timeout: or(p.client_timeout, CLIENT_TIMEOUT).max(CLIENT_TIMEOUT_MIN),
         access_log,
+        max_request_body: body_limit(cx, &p.max_request_body, Some(MAX_REQUEST_BODY))?,
     })
+}
+
+/// `error-pages`: the directory's `404.html`, `413.html`, `502.html`,
+/// `503.html` and `504.html` in place of the built-in pages (each one
+/// optional; at least one must be there).
+fn error_pages(cx: &Ctx<'_>, dir: &Option<Spanned<String>>) -> Result<ErrorPages, ConfigError> {
+    let Some(dir) = dir else { return Ok(ErrorPages::default()) };
+    let path = cx.relative(dir.get_ref());
+    if !path.is_dir() {
+        return Err(cx.err(dir.span(), format!("error-pages: {} is not a directory", path.display())));
+    }
+    let mut custom = Vec::new();
+    for status in PAGE_STATUSES {
+        let file = path.join(format!("{status}.html"));
+        match std::fs::read(&file) {
+            Ok(html) => custom.push((status, html)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(cx.err(dir.span(), format!("error-pages: cannot read {}: {e}", file.display()))),
+        }
+    }
+    if custom.is_empty() {
+        let names: Vec<String> = PAGE_STATUSES.iter().map(|s| format!("{s}.html")).collect();
+        return Err(cx.err(dir.span(), format!("error-pages: {} holds none of {}", path.display(), names.join(", "))));
+    }
+    Ok(ErrorPages::with(custom))
+}
+
+/// `trusted-proxies` and `client-ip-header` (which needs the former).
+fn client_ip(cx: &Ctx<'_>, p: &FileProxy) -> Result<Option<ClientIpSource>, ConfigError> {
+    let Some(list) = &p.trusted_proxies else {
+        return match &p.client_ip_header {
+            Some(h) => Err(cx.err(h.span(), "client-ip-header needs `trusted-proxies`: only a trusted proxy's header is believed")),
+            None => Ok(None),
+        };
+    };
+    let trusted = list
+        .get_ref()
+        .iter()
+        .map(|c| c.get_ref().trim().parse::<Cidr>().map_err(|e| cx.err(c.span(), e)))
+        .collect::<Result<Box<[_]>, _>>()?;
+    if trusted.is_empty() {
+        return Err(
+            cx.err(list.span(), "trusted-proxies is empty: name the address blocks of your CDN or load balancer, or leave the key out")
+        );
+    }
+    let header = match &p.client_ip_header {
+        Some(h) => http::HeaderName::from_bytes(h.get_ref().trim().as_bytes()).map_err(|_| {
+            cx.err(
+                h.span(),
+                format!("invalid client-ip-header `{}`: write a header name such as `X-Forwarded-For` or `CF-Connecting-IP`", h.get_ref()),
+            )
+        })?,
+        None => canopy_proxy::X_FORWARDED_FOR.clone(),
+    };
+    Ok(Some(ClientIpSource { trusted, header }))
+}
+
+/// `canonical-host`: a host name alone (no scheme, port or path).
+fn canonical_host(cx: &Ctx<'_>, host: &Option<Spanned<String>>) -> Result<Option<String>, ConfigError> {
+    let Some(host) = host else { return Ok(None) };
+    let name = host.get_ref().trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| !label.is_empty() && label.len() < 64 && !label.starts_with('-') && !label.ends_with('-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(
+            cx.err(host.span(), format!("invalid canonical-host `{}`: write a host name alone, e.g. `shop.example`", host.get_ref()))
+        );
+    }
+    Ok(Some(name))
 }

@@ -42,6 +42,7 @@ pub(super) struct FileReleases {
     #[serde(default)]
     retire_hooks: Vec<Spanned<Vec<String>>>,
     hook_timeout: Option<Dur>,
+    migrate: Option<Spanned<Vec<String>>>,
     resolve_interval: Option<Dur>,
     warm_check_interval: Option<Spanned<Dur>>,
     live_check_interval: Option<Spanned<Dur>>,
@@ -94,8 +95,11 @@ pub struct ReleaseSettings {
     pub drain_timeout: Duration,
     /// Commands run (argv, `{release}` substituted) after a release is drained.
     pub retire_hooks: Vec<Vec<String>>,
-    /// Limit for each retire hook.
+    /// Limit for each retire hook (and for the migrate command).
     pub hook_timeout: Duration,
+    /// The command a paused switch or deploy runs before validating (argv,
+    /// `{release}` substituted; empty: none).
+    pub migrate: Vec<String>,
     /// How often the warm previous release is quick-checked in the background.
     pub warm_check_interval: Duration,
     /// Refuse a switch whose candidate broke the live release.
@@ -120,6 +124,11 @@ pub(super) fn settings(cx: &Ctx<'_>, r: &FileReleases) -> Result<ReleaseSettings
         Some(d) => Ok(d.get_ref().0),
         None => Ok(default),
     };
+    if let Some(m) = &r.migrate {
+        if m.get_ref().first().is_none_or(|a| a.is_empty()) {
+            return Err(cx.err(m.span(), "migrate needs a program (argv[0])"));
+        }
+    }
     let warm_check_interval = interval("warm-check-interval", &r.warm_check_interval, WARM_CHECK_INTERVAL)?;
     let live_check_interval = interval("live-check-interval", &r.live_check_interval, LIVE_CHECK_INTERVAL)?;
     Ok(ReleaseSettings {
@@ -128,6 +137,7 @@ pub(super) fn settings(cx: &Ctx<'_>, r: &FileReleases) -> Result<ReleaseSettings
         drain_timeout: or(r.drain_timeout, DRAIN_TIMEOUT),
         retire_hooks: r.retire_hooks.iter().map(|h| h.get_ref().clone()).collect(),
         hook_timeout: or(r.hook_timeout, HOOK_TIMEOUT),
+        migrate: r.migrate.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default(),
         warm_check_interval,
         require_rollback_ready: r.require_rollback_ready,
         guard: match &r.guard {

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::check::{check, FileCheck};
 use super::error::{ConfigError, Ctx};
-use super::value::Dur;
+use super::value::{body_limit, Dur};
 
 /// One `[[service]]` as written.
 #[derive(Deserialize)]
@@ -26,6 +26,7 @@ pub(super) struct FileService {
     pub image: Option<Spanned<String>>,
     pub container: Option<Spanned<FileContainer>>,
     pub overlap: Option<Spanned<bool>>,
+    max_request_body: Option<Spanned<String>>,
 }
 
 /// `[service.container]` as written.
@@ -56,8 +57,14 @@ pub(super) struct FileHealthcheck {
     pub start_period: Option<Dur>,
 }
 
-/// The services and their routes, and each service's checks (topology order).
-pub(super) fn topology(cx: &Ctx<'_>, file: &[FileService], template: &Spanned<String>) -> Result<(Topology, Vec<Vec<Check>>), ConfigError> {
+/// The services and their routes, and each service's checks (topology
+/// order). `body_limit` is `[proxy] max-request-body`, for services that set none.
+pub(super) fn topology(
+    cx: &Ctx<'_>,
+    file: &[FileService],
+    template: &Spanned<String>,
+    default_body_limit: Option<u64>,
+) -> Result<(Topology, Vec<Vec<Check>>), ConfigError> {
     let mut services: Vec<Service> = Vec::new();
     let mut routes: Vec<(usize, Route)> = Vec::new();
     let mut checks = Vec::new();
@@ -66,7 +73,8 @@ pub(super) fn topology(cx: &Ctx<'_>, file: &[FileService], template: &Spanned<St
         if *s.port.get_ref() == 0 {
             return Err(cx.err(s.port.span(), "port must be between 1 and 65535"));
         }
-        services.push(Service { name: s.name.get_ref().clone(), port: *s.port.get_ref() });
+        let max_request_body = body_limit(cx, &s.max_request_body, default_body_limit)?;
+        services.push(Service { name: s.name.get_ref().clone(), port: *s.port.get_ref(), max_request_body });
         for r in &s.routes {
             let route = Route::parse(r.get_ref()).map_err(|e| cx.err(r.span(), e.to_string()))?;
             Topology::check_route(&services, &routes, i, &route).map_err(|e| cx.err(r.span(), e.to_string()))?;

@@ -319,3 +319,56 @@ fn a_refused_container_change_names_variables_but_not_their_values() {
     );
     assert!(!changes[0].contains("hunter2") && !changes[0].contains("correct-horse"), "{changes:?}");
 }
+
+#[test]
+fn body_limits_default_inherit_and_override() {
+    let limits = |c: &Config| c.live.topology.services().iter().map(|s| s.max_request_body).collect::<Vec<_>>();
+    let c = parse(Path::new("proxy.toml"), MINIMAL).unwrap();
+    assert_eq!(limits(&c), [Some(10 << 20)], "the documented default");
+    let text = MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nmax-request-body = \"512k\"");
+    assert_eq!(limits(&parse(Path::new("proxy.toml"), &text).unwrap()), [Some(512 << 10)]);
+    let text = text.replace("port = 3000", "port = 3000\nmax-request-body = \"off\"");
+    assert_eq!(limits(&parse(Path::new("proxy.toml"), &text).unwrap()), [None]);
+    let e = err(&text.replace("\"off\"", "\"ten megs\""));
+    assert!(e.contains("proxy.toml:") && e.contains("invalid max-request-body `ten megs`"), "{e}");
+}
+
+#[test]
+fn error_pages_directory_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let text = MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nerror-pages = \"pages\"");
+    let e = parse(&path, &text).unwrap_err().to_string();
+    assert!(e.contains("proxy.toml:4:") && e.contains("is not a directory"), "{e}");
+    std::fs::create_dir(dir.path().join("pages")).unwrap();
+    let e = parse(&path, &text).unwrap_err().to_string();
+    assert!(e.contains("holds none of 404.html, 413.html, 502.html, 503.html, 504.html"), "{e}");
+    std::fs::write(dir.path().join("pages/502.html"), "<h1>ours</h1>").unwrap();
+    let c = parse(&path, &text).unwrap();
+    assert_eq!(c.live.proxy.error_pages.page(502).unwrap().as_ref(), b"<h1>ours</h1>");
+}
+
+#[test]
+fn trusted_proxies_and_client_ip_header_are_checked() {
+    let with = |lines: &str| MINIMAL.replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:8080\"\n{lines}"));
+    let e = err(&with("client-ip-header = \"CF-Connecting-IP\""));
+    assert!(e.contains("proxy.toml:4:") && e.contains("needs `trusted-proxies`"), "{e}");
+    let e = err(&with("trusted-proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"));
+    assert!(e.contains("proxy.toml:4:") && e.contains("invalid address block `10.0.0.0/40`"), "{e}");
+    let e = err(&with("trusted-proxies = []"));
+    assert!(e.contains("trusted-proxies is empty"), "{e}");
+    let c = parse(Path::new("proxy.toml"), &with("trusted-proxies = [\"10.0.0.0/8\"]\nclient-ip-header = \"CF-Connecting-IP\"")).unwrap();
+    let source = c.live.proxy.client_ip.unwrap();
+    assert_eq!((source.header.as_str(), source.trusted.len()), ("cf-connecting-ip", 1));
+}
+
+#[test]
+fn canonical_host_is_a_host_name_alone() {
+    let with = |v: &str| MINIMAL.replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:8080\"\ncanonical-host = \"{v}\""));
+    let c = parse(Path::new("proxy.toml"), &with("Shop.Example")).unwrap();
+    assert_eq!(c.live.proxy.canonical_host.as_deref(), Some("shop.example"));
+    for bad in ["https://shop.example", "shop.example:443", "shop.example/", ""] {
+        let e = err(&with(bad));
+        assert!(e.contains("proxy.toml:4:") && e.contains("invalid canonical-host"), "{bad}: {e}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Value types proxy.toml shares across sections: durations, addresses and
-//! "one or a list".
+//! Value types proxy.toml shares across sections: durations, sizes,
+//! addresses and "one or a list".
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,4 +64,31 @@ impl<T> OneOrMany<T> {
 pub(super) fn addresses(cx: &Ctx<'_>, field: &Option<Spanned<OneOrMany<String>>>) -> Result<Vec<SocketAddr>, ConfigError> {
     let Some(field) = field else { return Ok(Vec::new()) };
     field.get_ref().as_slice().iter().map(|a| a.parse::<SocketAddr>().map_err(|_| cx.err(field.span(), bad_address(a)))).collect()
+}
+
+/// A size written like `512m`, `2g`, `64k` or `1048576` (bytes; a trailing
+/// `b` is allowed, units are powers of 1024).
+pub(super) fn size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, 'k') => (&s[..i], 1u64 << 10),
+        (i, 'm') => (&s[..i], 1 << 20),
+        (i, 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// A `max-request-body` value: a [`size`], or `"off"` for no limit;
+/// `default` when the key is absent.
+pub(super) fn body_limit(cx: &Ctx<'_>, field: &Option<Spanned<String>>, default: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    let Some(field) = field else { return Ok(default) };
+    match field.get_ref().trim() {
+        "off" => Ok(None),
+        v => match size(v) {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(cx.err(field.span(), format!("invalid max-request-body `{v}`: write a size such as `10m`, `512k`, `1g`, or `off`"))),
+        },
+    }
 }

@@ -193,6 +193,7 @@ async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<F
     let xfp = header("x-forwarded-proto");
     let xfh = header("x-forwarded-host");
     let preview = header("x-canopy-release");
+    let (request_id, cf_ip) = (header("x-request-id"), header("cf-connecting-ip"));
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(json(400, serde_json::json!({"error": "body"}))),
@@ -228,6 +229,8 @@ async fn respond(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Response<F
                 "x_forwarded_proto": xfp,
                 "x_forwarded_host": xfh,
                 "x_canopy_release": preview,
+                "x_request_id": request_id,
+                "cf_connecting_ip": cf_ip,
             }),
         ),
     };

@@ -275,9 +275,11 @@ impl Controller {
         // the one flip routine: checks, durable switch, the old release's overlap = false containers stopped
         let clock = Instant::now();
         let guard = req.guard.unwrap_or(true) && self.rt().settings.guard.enabled;
-        let flipped = match &req.canary {
-            Some(steps) => self.start_canary(one, release.clone(), steps.clone(), guard, actor).await,
-            None => self.validated_flip(one, Flip::switch(release.clone(), None, false, guard), actor).await,
+        let flipped = match (&req.canary, req.pause) {
+            (Some(steps), _) => self.start_canary(one, release.clone(), steps.clone(), guard, actor).await,
+            // held around the migration and the flip, as `switch --pause`
+            (None, Some(max)) => self.paused_flip(one, Flip::switch(release.clone(), None, false, guard), release, max, actor).await,
+            (None, None) => self.validated_flip(one, Flip::switch(release.clone(), None, false, guard), actor).await,
         };
         match flipped {
             Ok(reply) if reply.canary.is_some() => {

@@ -96,7 +96,11 @@ impl Controller {
         if self.state.lock().await.canary.as_ref().is_some_and(|c| c.release == req.release) {
             return self.promote_canary_locked(&one, actor).await;
         }
-        self.validated_flip(&one, Flip::switch(req.release, req.expect_generation, req.force, guard), actor).await
+        let flip = Flip::switch(req.release.clone(), req.expect_generation, req.force, guard);
+        match req.pause {
+            Some(max) => self.paused_flip(&one, flip, &req.release, max, actor).await,
+            None => self.validated_flip(&one, flip, actor).await,
+        }
     }
 
     /// Flips back to the previous release unless it is unhealthy: trusts the

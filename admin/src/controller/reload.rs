@@ -71,7 +71,7 @@ impl Controller {
         let event = super::event(&st, "reload", actor, None, "ok", detail.clone());
         self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).inspect_err(|_| restore())?;
         let tunables = Arc::new(new.tunables);
-        self.table.update(|_| super::snapshot_of(&st, topology, releases, tunables));
+        self.table.update(|cur| super::snapshot_of(&st, topology, releases, tunables).with_pause(cur.pause().cloned()));
         self.runtime.store(Arc::new(Runtime { validator: new.validator, settings: new.settings }));
         (new.on_applied)();
         self.wake.notify_one();

@@ -676,6 +676,17 @@ impl Session {
         }
     }
 
+    /// canopy patch: [`Self::enable_retry_buffering`] keeping up to
+    /// `capacity` bytes on HTTP/1 and HTTP/2 (the default limit elsewhere).
+    pub fn enable_retry_buffering_up_to(&mut self, capacity: usize) {
+        match self {
+            Self::H1(s) => s.enable_retry_buffering_up_to(capacity),
+            Self::H2(s) => s.enable_retry_buffering_up_to(capacity),
+            Self::Subrequest(s) => s.enable_retry_buffering(),
+            Self::Custom(s) => s.enable_retry_buffering(),
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

@@ -893,6 +893,14 @@ impl HttpSession {
         }
     }
 
+    /// canopy patch: keep up to `capacity` bytes of the request body (instead
+    /// of `BODY_BUF_LIMIT`), so a body read whole before proxying is sent on.
+    pub fn enable_retry_buffering_up_to(&mut self, capacity: usize) {
+        if self.retry_buffer.is_none() {
+            self.retry_buffer = Some(FixedBuffer::new(capacity.max(BODY_BUF_LIMIT)))
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {
