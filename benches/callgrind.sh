@@ -12,6 +12,7 @@
 #                                        # cookie, so every answer sets one: the canary's worst case)
 #   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
 #                                        # before/after: another canopy build on the same config, same run
+#   NO_BUILD=1 bash benches/callgrind.sh # use the release binaries already built
 #
 # Each proxy runs twice under callgrind (N1 and N2 keep-alive GETs from one
 # client); (instr(N2) - instr(N1)) / (N2 - N1) cancels start-up and shutdown.
@@ -24,7 +25,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$TMP"; }
 trap cleanup EXIT
 
-cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
+[ -n "${NO_BUILD:-}" ] || cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
 . benches/common.sh
 
 start_upstream

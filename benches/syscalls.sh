@@ -5,6 +5,8 @@
 # read the counts, not the times).
 #
 #   bash benches/syscalls.sh            # N=2000
+#   FRESH=1 bash benches/syscalls.sh    # a new TCP connection per request (Connection: close)
+#   NO_BUILD=1 bash benches/syscalls.sh # use the release binaries already built
 #
 # Needs strace, nginx (optional), python3. Everything binds 127.0.0.1.
 set -euo pipefail
@@ -22,7 +24,7 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
+[ -n "${NO_BUILD:-}" ] || cargo build --release --bin canopy --example upstream --example bare_pingora --example testkit 2>&1 | tail -1
 . benches/common.sh
 start_upstream
 # measure NAME PORT PID: strace the process (all threads) while N requests pass

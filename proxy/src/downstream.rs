@@ -32,11 +32,11 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
@@ -91,21 +91,14 @@ impl<A> ClientTimeouts<A> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     /// pingora's HTTP/1 keep-alive loop, each request raced against the deadline.
-    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(stream);
-        // requests a client pipelines are answered in order (RFC 9112 §9.3.2)
-        // instead of closing after the first; the persistent settings carry
-        // this and the bytes already read over to each next request
-        session.set_pipelining_enabled(true);
-        // pingora's own per-read keep-alive timer is not armed (`Some(0)`:
-        // keep-alive without a timeout): the deadline bounds the whole wait
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
-        session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
+    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut deadline = pin!(tokio::time::sleep(self.head_deadline));
         // one registration for the connection's life, not one per request
         let seen = *shutdown.borrow();
         let mut watch = shutdown.clone();
         let mut stopping = Stopping { seen, changed: pin!(watch.changed()) };
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
         loop {
             HEAD_SEEN.with(|seen| seen.set(false));
             // a shutdown that began while a request was being served (the
@@ -113,23 +106,49 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
             stopping.seen |= self.table.drain().is_draining();
             if stopping.seen {
                 // the next head has SHUTDOWN_LINGER at most
-                let linger = Instant::now() + SHUTDOWN_LINGER;
-                if linger < deadline.deadline() {
-                    deadline.as_mut().reset(linger);
-                }
+                stopping.linger(deadline.as_mut());
             }
-            let Some(reused) = self.one_request(session, shutdown, deadline.as_mut(), &mut stopping).await else {
+            // between requests the connection holds no request state: the
+            // session, its buffers and the proxy's request future are made
+            // once the next request's first bytes are in (a pipelined
+            // request's bytes already are)
+            let pipelined = settings.as_ref().is_some_and(HttpPersistentSettings::has_pipelined_prefix);
+            if !pipelined && !idle_until_readable(&mut stream, deadline.as_mut(), &mut stopping).await {
+                log::debug!("no request head in time; closing");
+                return;
+            }
+            let Some(reused) = self.one_request(stream, settings.take(), first, shutdown, deadline.as_mut(), &mut stopping).await else {
                 return;
             };
-            let (stream, settings) = reused.consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
+            first = false;
+            (stream, settings) = reused.consume();
             // while the timer is armed and not yet due this only stores the new time
             let wait = if stopping.seen { SHUTDOWN_LINGER } else { self.head_deadline };
             deadline.as_mut().reset(Instant::now() + wait);
         }
+    }
+
+    /// The HTTP/1 session for the next request on `stream`, with the
+    /// settings the previous one passed on (`first`: the connection's own).
+    fn session(&self, stream: Stream, settings: Option<HttpPersistentSettings>, first: bool, shutdown: &ShutdownWatch) -> ServerSession {
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(settings) => settings.apply_to_session(&mut session),
+            None if first => {
+                // requests a client pipelines are answered in order (RFC
+                // 9112 §9.3.2) instead of closing after the first; the
+                // persistent settings carry this and the bytes already
+                // read over to each next request
+                session.set_pipelining_enabled(true);
+                // pingora's own per-read keep-alive timer is not armed
+                // (`Some(0)`: keep-alive without a timeout): the deadline
+                // bounds the whole wait
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(0) });
+                session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
+            }
+            None => {}
+        }
+        session
     }
 
     /// One request on the connection; `None` when the connection ends,
@@ -137,12 +156,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
     /// stopping, [`SHUTDOWN_LINGER`]).
     async fn one_request(
         &self,
-        session: ServerSession,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        first: bool,
         shutdown: &ShutdownWatch,
         mut deadline: Pin<&mut Sleep>,
         stopping: &mut Stopping<'_>,
     ) -> Option<pingora::apps::ReusedHttpStream> {
-        let mut work = self.inner.process_new_http(session, shutdown);
+        // the session is made and handed over before the first await, so
+        // it takes no room in this future (nor in the connection's)
+        let mut work = self.inner.process_new_http(self.session(stream, settings, first, shutdown), shutdown);
         poll_fn(|cx| {
             if let Poll::Ready(done) = work.as_mut().poll(cx) {
                 return Poll::Ready(done);
@@ -151,16 +174,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
             if HEAD_SEEN.with(Cell::get) {
                 return Poll::Pending;
             }
-            if !stopping.seen && stopping.changed.as_mut().poll(cx).is_ready() {
-                // the server stops while this connection waits for a head:
-                // SHUTDOWN_LINGER at most
-                stopping.seen = true;
-                let linger = Instant::now() + SHUTDOWN_LINGER;
-                if linger < deadline.deadline() {
-                    deadline.as_mut().reset(linger);
-                }
-            }
-            if deadline.as_mut().poll(cx).is_ready() {
+            if stopping.poll_deadline(cx, deadline.as_mut()).is_ready() {
                 log::debug!("request head not complete in time; closing");
                 return Poll::Ready(None); // dropping the session closes the connection
             }
@@ -168,6 +182,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> ClientTimeouts<A> {
         })
         .await
     }
+}
+
+/// Waits until `stream` has bytes to read (or its client closed it), within
+/// the head deadline; `false` when the deadline passed first. Nothing is
+/// read: the stream's first poll peeks (one `recv` with `MSG_PEEK`, which also
+/// clears a readiness left over from the previous request), later polls only
+/// ask the reactor, so a keep-alive request costs the same system calls as
+/// when pingora's read waited.
+async fn idle_until_readable(stream: &mut Stream, mut deadline: Pin<&mut Sleep>, stopping: &mut Stopping<'_>) -> bool {
+    let mut peek = true;
+    poll_fn(|cx| {
+        // an error or end of stream is left to the session's read to report
+        if stream.poll_readable(cx, std::mem::take(&mut peek)).is_ready() {
+            return Poll::Ready(true);
+        }
+        stopping.poll_deadline(cx, deadline.as_mut()).map(|()| false)
+    })
+    .await
 }
 
 impl<A> ClientTimeouts<A> {
@@ -202,6 +234,27 @@ struct Stopping<'a> {
     seen: bool,
     /// Resolves when the shutdown watch changes (or its sender is gone).
     changed: Pin<&'a mut (dyn Future<Output = Result<(), tokio::sync::watch::error::RecvError>> + Send)>,
+}
+
+impl Stopping<'_> {
+    /// Brings `deadline` forward to [`SHUTDOWN_LINGER`] from now, if that is sooner.
+    fn linger(&self, mut deadline: Pin<&mut Sleep>) {
+        let linger = Instant::now() + SHUTDOWN_LINGER;
+        if linger < deadline.deadline() {
+            deadline.as_mut().reset(linger);
+        }
+    }
+
+    /// Ready once `deadline` has passed; learns of a shutdown on the way
+    /// (the server stops while this connection waits for a head: the
+    /// deadline becomes [`SHUTDOWN_LINGER`] at most).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, mut deadline: Pin<&mut Sleep>) -> Poll<()> {
+        if !self.seen && self.changed.as_mut().poll(cx).is_ready() {
+            self.seen = true;
+            self.linger(deadline.as_mut());
+        }
+        deadline.poll(cx)
+    }
 }
 
 #[async_trait]

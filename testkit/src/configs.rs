@@ -143,7 +143,7 @@ impl NginxBench {
 worker_processes {workers};
 error_log {d}/error.log warn;
 pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 16384; }}
 http {{
   access_log off;
   client_body_temp_path {d}/body;
@@ -212,7 +212,7 @@ impl HaproxyBench {
         let mut out = format!(
             r#"global
   nbthread {threads}
-  maxconn 4096
+  maxconn 8192
 {stats}defaults
   mode http
   timeout connect 2s

@@ -148,6 +148,12 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// canopy patch (idle keep-alive wait): whether bytes of the next
+    /// (pipelined) request were already read.
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,

@@ -79,6 +79,20 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// canopy patch (idle keep-alive wait, see README.canopy.md): ready once
+    /// the stream has bytes to read (buffered ones included), its peer closed
+    /// it or it failed, without reading anything. With `peek` the socket
+    /// itself is asked (one `recv` with `MSG_PEEK`, which clears a readiness
+    /// left over from earlier reads); without, only the reactor's readiness
+    /// (no system call). Streams that cannot tell are always ready.
+    fn poll_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+        _peek: bool,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,29 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // canopy patch (idle keep-alive wait)
+    fn poll_readable(&mut self, cx: &mut Context<'_>, peek: bool) -> Poll<io::Result<()>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let raw = match self.stream_mut() {
+            BufferedStream::BufferedRead(reader) if !reader.buffer().is_empty() => {
+                return Poll::Ready(Ok(()))
+            }
+            BufferedStream::BufferedRead(reader) => reader.get_ref().get_ref(),
+            BufferedStream::UnbufferedRead(writer) => writer.get_ref(),
+        };
+        match &raw.stream {
+            RawStream::Tcp(s) if peek => s
+                .poll_peek(cx, &mut ReadBuf::new(&mut [0u8; 1]))
+                .map_ok(drop),
+            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx),
+            RawStream::Virtual(_) => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 #[async_trait]

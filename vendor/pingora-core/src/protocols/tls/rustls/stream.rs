@@ -428,4 +428,24 @@ impl SslDigest {
     }
 }
 
-impl<S> Peek for TlsStream<S> {}
+// canopy patch (idle keep-alive wait): plaintext rustls holds is ready,
+// else whatever the stream under it says
+impl<S: Peek> Peek for TlsStream<S> {
+    fn poll_readable(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        peek: bool,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.tls.stream.as_mut() {
+            Some(stream) => {
+                let (io, tls) = stream.get_mut();
+                if tls.wants_read() {
+                    io.poll_readable(cx, peek)
+                } else {
+                    std::task::Poll::Ready(Ok(()))
+                }
+            }
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
