@@ -187,7 +187,11 @@ async fn invalid_chunk_sizes_abort_the_request() {
     let seen = String::from_utf8_lossy(&fake.received()).into_owned();
     assert!(!seen.contains("smuggled"), "bytes after an empty chunk size were forwarded: {seen:?}");
     if code(&resp) == 200 {
-        assert!(seen.ends_with("Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), "{seen:?}");
+        // an empty body either way: the last chunk, or (read whole first for
+        // max-request-body, and found empty) no body framing at all
+        let empty_chunked = seen.ends_with("Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        let no_body = seen.ends_with("\r\n\r\n") && !seen.to_ascii_lowercase().contains("content-length") && !seen.contains("chunked");
+        assert!(empty_chunked || no_body, "{seen:?}");
     }
     no_leaks(&r.c, r.base, "invalid chunks").await;
 }
@@ -420,6 +424,10 @@ async fn client_disconnect_mid_upload_aborts_upstream_and_frees_everything() {
     let r = rig().await;
     let fake = r.oak_on(Act::Answer).await;
     for (i, (te, reset)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+        if te {
+            chunked_upload_dropped_before_it_is_forwarded(&r, &fake, reset).await;
+            continue;
+        }
         let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
         let framing = if te { "Transfer-Encoding: chunked" } else { "Content-Length: 10000000" };
         s.write_all(format!("POST /shop-api/upload HTTP/1.1\r\nHost: shop\r\nx-canopy-release: oak\r\n{framing}\r\n\r\n").as_bytes())
@@ -449,6 +457,28 @@ async fn client_disconnect_mid_upload_aborts_upstream_and_frees_everything() {
         no_leaks(&r.c, r.base, "client disconnect mid-upload").await;
         served_normally(&r.c).await;
     }
+}
+
+/// A chunked upload (no declared length) is read whole before anything is
+/// forwarded (`max-request-body`): a client that goes away mid-upload
+/// never reaches the upstream, and nothing is left behind.
+async fn chunked_upload_dropped_before_it_is_forwarded(r: &Rig, fake: &Fake, reset: bool) {
+    let (conns, received) = (fake.conns.load(Ordering::SeqCst), fake.received().len());
+    let mut s = TcpStream::connect(r.c.proxy).await.unwrap();
+    let head = "POST /shop-api/upload HTTP/1.1\r\nHost: shop\r\nx-canopy-release: oak\r\nTransfer-Encoding: chunked\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let part = vec![b'u'; 64 * 1024];
+    s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await.unwrap();
+    s.write_all(&part).await.unwrap();
+    eventually("canopy reading the upload", Duration::from_secs(5), || std::future::ready(client_conns(&r.c) == 1)).await;
+    if reset {
+        #[allow(deprecated)] // linger 0 does not block: it resets
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+    }
+    drop(s);
+    no_leaks(&r.c, r.base, "client disconnect mid chunked upload").await;
+    assert_eq!((fake.conns.load(Ordering::SeqCst), fake.received().len()), (conns, received), "the upstream saw the dropped upload");
+    served_normally(&r.c).await;
 }
 
 /// The client goes away while canopy waits for a slow upstream.
