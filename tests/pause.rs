@@ -154,6 +154,13 @@ async fn a_failed_migration_resumes_on_the_old_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_requests_are_bounded_in_time_and_count() {
     let (c, _juniper, _elm) = two_releases("", "").await;
+    // a bad request is a JSON 400 and pauses nothing
+    for bad in [json!({"max": "forever"}), json!({"max": "1h"}), json!({"max_held": 0}), json!({"hold": true})] {
+        let r = client().post(c.admin_url("/pause")).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    }
+    assert_eq!(status(&c).await.get("paused"), None);
     // past --max: 503 with Retry-After
     let out = c.cli(&["pause", "--max", "1s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -217,7 +217,7 @@ pub(crate) async fn body_over_limit(session: &mut Session, limit: u64) -> Result
     }
     session.as_downstream_mut().enable_retry_buffering_up_to(usize::try_from(limit).unwrap_or(usize::MAX));
     let mut read = 0u64;
-    // a malformed body is the client's error (400), as when pingora reads it
+    // a bad chunk or a client gone is the client's fault (400 or nothing), not canopy's
     while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
         read += chunk.len() as u64;
         if read > limit {
