@@ -53,6 +53,32 @@ canopy_cfg() {
   echo "$1"
 }
 
+# canopy_tls_cfg FILE PROXY_PORT TLS_PORT ADMIN_PORT UPSTREAM [PROXY_LINES]:
+# canopy_cfg plus a TLS listener on TLS_PORT with the certificate of
+# make_cert ($CERT, $KEY). Prints FILE.
+canopy_tls_cfg() {
+  canopy_cfg "$1" "$2" "$4" "$5" "${6:-threads = 1}"$'\n'"listen-tls = \"127.0.0.1:$3\"" >/dev/null
+  cat >>"$1" <<EOF
+[tls]
+[[tls.certificate]]
+cert = "$CERT"
+key = "$KEY"
+EOF
+  echo "$1"
+}
+
+# make_cert: one self-signed ECDSA P-256 certificate for localhost and
+# 127.0.0.1 in $TMP; sets CERT and KEY (clients send SNI "localhost" and
+# trust exactly this certificate) and writes $TMP/haproxy.pem (HAProxy wants
+# both in one file).
+make_cert() {
+  CERT=$TMP/cert.pem KEY=$TMP/key.pem
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE -keyout "$KEY" -out "$CERT" 2>/dev/null
+  cat "$CERT" "$KEY" >"$TMP/haproxy.pem"
+}
+
 # nginx_conf DIR PORT UPSTREAM WORKERS [SERVER_LINES]: nginx as a keep-alive
 # reverse proxy to UPSTREAM (host:port), everything under DIR; SERVER_LINES
 # (e.g. a TLS listener and its certificate) go into the server block.
@@ -140,6 +166,18 @@ wait_http() {
   done
   tail -n 20 "$TMP/$name.log" >&2 || true
   die "$name did not answer 200 on $url within ${READY_TIMEOUT:-15}s"
+}
+
+# pick_proxies [NAME...]: the array PROXIES from $PROXIES (space-separated)
+# when set, else canopy, the NAMEs given, and nginx and HAProxy where installed.
+pick_proxies() {
+  if [[ -n "${PROXIES:-}" ]]; then
+    read -r -a PROXIES <<<"$PROXIES"
+    return
+  fi
+  PROXIES=(canopy "$@")
+  [[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
+  [[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
 }
 
 # ---------------------------------------------------------------- CPU time

@@ -65,11 +65,7 @@ if [[ -z ${NO_BUILD:-} ]]; then
   run cargo build --release --bin canopy --example upstream --example testkit
 fi
 
-CERT=$TMP/cert.pem KEY=$TMP/key.pem
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -addext basicConstraints=critical,CA:FALSE -keyout "$KEY" -out "$CERT" 2>/dev/null
-cat "$CERT" "$KEY" >"$TMP/haproxy.pem"
+make_cert   # common.sh: CERT, KEY and $TMP/haproxy.pem
 
 # idle.py PORT N plain|tls|h2 CAFILE: opens N connections, one request each
 # (200 with the upstream's body, else exit 1), prints "ready" and keeps them
@@ -159,14 +155,8 @@ UPSTREAM=127.0.0.1:$UP
 start_canopy_with() { # start_canopy_with NAME BINARY
   local name=$1 bin=$2 port tls admin
   read -r port tls admin <<<"$(free_ports 3)"
-  canopy_cfg "$TMP/$name.toml" "$port" "$admin" "$UPSTREAM" \
-    "threads = $THREADS"$'\n'"listen-tls = \"127.0.0.1:$tls\""$'\nclient-timeout = "300s"\nshutdown-grace = "1s"' >/dev/null
-  cat >>"$TMP/$name.toml" <<EOF
-[tls]
-[[tls.certificate]]
-cert = "$CERT"
-key = "$KEY"
-EOF
+  canopy_tls_cfg "$TMP/$name.toml" "$port" "$tls" "$admin" "$UPSTREAM" \
+    "threads = $THREADS"$'\nclient-timeout = "300s"\nshutdown-grace = "1s"' >/dev/null
   "$bin" serve -c "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
   PROXY_PID=$! PLAIN_PORT=$port TLS_PORT=$tls
 }
@@ -197,14 +187,7 @@ start_haproxy() {
   PROXY_PID=$! PLAIN_PORT=$port TLS_PORT=$tls
 }
 
-if [[ -n "${PROXIES:-}" ]]; then
-  read -r -a PROXIES <<<"$PROXIES"
-else
-  PROXIES=(canopy)
-  [[ -z ${CANOPY_BASE:-} ]] || PROXIES+=(canopy-base)
-  [[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
-  [[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
-fi
+pick_proxies ${CANOPY_BASE:+canopy-base}
 
 # rss_kb PID: VmRSS of PID and its direct children (nginx's worker), in KiB
 rss_kb() {

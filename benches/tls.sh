@@ -77,11 +77,7 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------- certificate
 # One self-signed ECDSA P-256 certificate for localhost and 127.0.0.1; the
 # clients send SNI "localhost" and trust exactly this certificate.
-CERT=$TMP/cert.pem KEY=$TMP/key.pem
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -addext basicConstraints=critical,CA:FALSE -keyout "$KEY" -out "$CERT" 2>/dev/null
-cat "$CERT" "$KEY" >"$TMP/haproxy.pem"   # HAProxy wants both in one file
+make_cert   # common.sh: CERT, KEY and $TMP/haproxy.pem
 
 # Python's ssl module cannot choose TLS 1.3 suites: an OpenSSL config for the
 # clients (only) does.
@@ -144,14 +140,8 @@ echo "== upstream on $UPSTREAM; proxies get $THREADS worker thread, TLS 1.3 $TLS
 
 # Each start_* starts the proxy and sets PROXY_PID, PLAIN_PORT and TLS_PORT.
 start_canopy() {
-  canopy_cfg "$TMP/canopy.toml" "$CANOPY_PORT" "$ADMIN_PORT" "$UPSTREAM" \
-    "threads = $THREADS"$'\n'"listen-tls = \"127.0.0.1:$CANOPY_TLS\""$'\nshutdown-grace = "1s"' >/dev/null
-  cat >>"$TMP/canopy.toml" <<EOF
-[tls]
-[[tls.certificate]]
-cert = "$CERT"
-key = "$KEY"
-EOF
+  canopy_tls_cfg "$TMP/canopy.toml" "$CANOPY_PORT" "$CANOPY_TLS" "$ADMIN_PORT" "$UPSTREAM" \
+    "threads = $THREADS"$'\nshutdown-grace = "1s"' >/dev/null
   "$REL/canopy" check-config -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 || { cat "$TMP/canopy.log" >&2; die "canopy check-config failed"; }
   "$REL/canopy" serve -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 &
   PROXY_PID=$! PLAIN_PORT=$CANOPY_PORT TLS_PORT=$CANOPY_TLS
@@ -177,13 +167,7 @@ start_haproxy() {
   PROXY_PID=$! PLAIN_PORT=$HAPROXY_PORT TLS_PORT=$HAPROXY_TLS
 }
 
-if [[ -n "${PROXIES:-}" ]]; then
-  read -r -a PROXIES <<<"$PROXIES"
-else
-  PROXIES=(canopy)
-  [[ -x /usr/sbin/nginx ]] && PROXIES+=(nginx) || echo "(nginx not installed: skipped)"
-  [[ -x /usr/sbin/haproxy ]] && PROXIES+=(haproxy) || echo "(haproxy not installed: skipped)"
-fi
+pick_proxies
 read -r -a SCENARIOS <<<"${SCENARIOS:-h1plain h1 h2 plain full resumed}"
 declare -A LABEL=([h1plain]=h1-plain [h1]=h1-keepalive [h2]=h2 [plain]=newconn-plain [full]=newconn-full [resumed]=newconn-resumed)
 for sc in "${SCENARIOS[@]}"; do [[ -n ${LABEL[$sc]:-} ]] || die "unknown scenario $sc (h1plain h1 h2 plain full resumed)"; done

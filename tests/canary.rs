@@ -171,7 +171,8 @@ async fn a_failing_canary_step_sends_everyone_back_to_the_live_release() {
     eprintln!("canary aborted {:?} after it started: {detail}", aborted - started);
     let (after, n) = share(&answers, "elm", aborted + Duration::from_millis(100), Instant::now());
     assert!(n > 100 && after == 0.0, "after the abort: {after}% of {n} on elm");
-    assert!(answers.iter().all(|a| a.status == 200 || (a.status == 500 && a.release == "elm")), "only elm's induced failures");
+    let odd: Vec<_> = answers.iter().filter(|a| !(a.status == 200 || (a.status == 500 && a.release == "elm"))).take(5).collect();
+    assert!(odd.is_empty(), "only elm's induced failures: {odd:?}");
     let st = status(&c).await;
     assert_eq!(st["live"], "juniper");
     let elm_view = st["releases"].as_array().unwrap().iter().find(|r| r["name"] == "elm").unwrap();
