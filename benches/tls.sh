@@ -7,6 +7,7 @@
 #   ROUNDS=3 bash benches/tls.sh              # medians of 3 rounds
 #   PROXIES="canopy nginx" SCENARIOS="h2 resumed" DURATION=10s bash benches/tls.sh
 #   NEWCONN_CLIENTS=3 H1_CONNS=64 H2_CONNS=4 H2_STREAMS=32 bash benches/tls.sh
+#   CANOPY_BASE=/path/to/other/release/canopy bash benches/tls.sh   # adds "canopy-base" to the run
 #
 # Every proxy fronts the same upstream (examples/upstream.rs, plain HTTP/1.1
 # keep-alive) and terminates TLS on 127.0.0.1 with the same ECDSA P-256
@@ -139,13 +140,15 @@ read -r CANOPY_PORT CANOPY_TLS ADMIN_PORT NGINX_PORT NGINX_TLS HAPROXY_PORT HAPR
 echo "== upstream on $UPSTREAM; proxies get $THREADS worker thread, TLS 1.3 $TLS13_CIPHER (clients), ECDSA P-256"
 
 # Each start_* starts the proxy and sets PROXY_PID, PLAIN_PORT and TLS_PORT.
-start_canopy() {
-  canopy_tls_cfg "$TMP/canopy.toml" "$CANOPY_PORT" "$CANOPY_TLS" "$ADMIN_PORT" "$UPSTREAM" \
+start_canopy_with() { # start_canopy_with NAME BINARY (each proxy runs alone: the ports are shared)
+  canopy_tls_cfg "$TMP/$1.toml" "$CANOPY_PORT" "$CANOPY_TLS" "$ADMIN_PORT" "$UPSTREAM" \
     "threads = $THREADS"$'\nshutdown-grace = "1s"' >/dev/null
-  "$REL/canopy" check-config -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 || { cat "$TMP/canopy.log" >&2; die "canopy check-config failed"; }
-  "$REL/canopy" serve -c "$TMP/canopy.toml" >"$TMP/canopy.log" 2>&1 &
+  "$2" check-config -c "$TMP/$1.toml" >"$TMP/$1.log" 2>&1 || { cat "$TMP/$1.log" >&2; die "$1 check-config failed"; }
+  "$2" serve -c "$TMP/$1.toml" >"$TMP/$1.log" 2>&1 &
   PROXY_PID=$! PLAIN_PORT=$CANOPY_PORT TLS_PORT=$CANOPY_TLS
 }
+start_canopy() { start_canopy_with canopy "$REL/canopy"; }
+start_canopy-base() { start_canopy_with canopy-base "${CANOPY_BASE:?CANOPY_BASE=path of the canopy binary to compare with}"; }
 
 start_nginx() {
   # keepalive_requests: nginx closes a connection after 1000 requests by
@@ -167,7 +170,7 @@ start_haproxy() {
   PROXY_PID=$! PLAIN_PORT=$HAPROXY_PORT TLS_PORT=$HAPROXY_TLS
 }
 
-pick_proxies
+pick_proxies ${CANOPY_BASE:+canopy-base}
 read -r -a SCENARIOS <<<"${SCENARIOS:-h1plain h1 h2 plain full resumed}"
 declare -A LABEL=([h1plain]=h1-plain [h1]=h1-keepalive [h2]=h2 [plain]=newconn-plain [full]=newconn-full [resumed]=newconn-resumed)
 for sc in "${SCENARIOS[@]}"; do [[ -n ${LABEL[$sc]:-} ]] || die "unknown scenario $sc (h1plain h1 h2 plain full resumed)"; done
