@@ -72,6 +72,9 @@ for tag in "${missing[@]}"; do
     tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$out/rootfs" -cf "$out/pull.tar" server layer
     tarball="$out/pull.tar"
   fi
+  old=$(docker image inspect -f '{{.Id}}' "$repo:$tag" 2> /dev/null || true)
   docker import "${changes[@]}" "$tarball" "$repo:$tag" > /dev/null
+  # the image this tag named before is left untagged: remove it (unless a container still uses it)
+  [ -z "$old" ] || docker rmi "$old" > /dev/null 2>&1 || true
   echo "test-images: built $repo:$tag"
 done

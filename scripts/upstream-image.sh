@@ -41,6 +41,7 @@ done
 tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$out/upstream.tar" .
 
 for tag in "${missing[@]}"; do
+  old=$(docker image inspect -f '{{.Id}}' "$repo:$tag" 2> /dev/null || true)
   docker import \
     --change "ENTRYPOINT [\"/upstream\", \"$tag\"]" \
     --change 'CMD ["server=0.0.0.0:8080"]' \
@@ -48,5 +49,7 @@ for tag in "${missing[@]}"; do
     --change 'EXPOSE 8080' \
     --change "LABEL canopy-test.hash=$hash" \
     "$out/upstream.tar" "$repo:$tag" > /dev/null
+  # the image this tag named before (an older build) is left untagged: remove it
+  [ -z "$old" ] || docker rmi "$old" > /dev/null 2>&1 || true
   echo "upstream-image: built $repo:$tag"
 done
