@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what canopy needs on Debian, skipping what is already there:
-#   always:   cmake and a C toolchain (pingora's dependencies build C code), curl, openssl
+#   always:   cmake and a C toolchain (pingora's dependencies build C code), curl, openssl,
+#             protoc (protobuf-compiler: the etcd client's gRPC code is generated at build time)
 #   --test:   the real programs the tests drive, all from Debian's packages:
 #             Prometheus (promtool too), Chromium and its WebDriver (chromedriver),
 #             docker-registry (deploy pulls), docker-compose (compose file check),
 #             systemd-analyze (unit check), pebble (the ACME test CA), h2load
 #             (nghttp2-client, an HTTP/2 load client), and a Docker Engine where
-#             none answers (docker.io, dockerd started in the background)
+#             none answers (docker.io, dockerd started in the background),
+#             etcd and etcdctl (etcd-server, etcd-client: the fleet tests' etcd cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,6 +16,7 @@ command -v cmake > /dev/null || need+=(cmake)
 command -v cc > /dev/null || need+=(build-essential)
 command -v curl > /dev/null || need+=(curl)
 command -v openssl > /dev/null || need+=(openssl) # scripts/demo.sh: a self-signed certificate
+command -v protoc > /dev/null || need+=(protobuf-compiler)
 if [ "${1:-}" = --test ]; then
   command -v prometheus > /dev/null || need+=(prometheus)
   [ -x /usr/bin/chromium ] || need+=(chromium)
@@ -23,6 +26,8 @@ if [ "${1:-}" = --test ]; then
   command -v systemd-analyze > /dev/null || need+=(systemd)
   command -v pebble > /dev/null || need+=(pebble)
   command -v h2load > /dev/null || need+=(nghttp2-client)
+  command -v etcd > /dev/null || need+=(etcd-server)
+  command -v etcdctl > /dev/null || need+=(etcd-client)
   docker_up() { command -v docker > /dev/null && docker version --format '{{.Server.Version}}' > /dev/null 2>&1; }
   if ! docker_up && ! command -v dockerd > /dev/null; then need+=(docker.io); fi
 fi

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canopy_admin::{AdminPriority, Check, ControlSettings, DeploySettings, Seed};
+use canopy_admin::{AdminPriority, Check, ClusterSettings, ControlSettings, DeploySettings, Seed};
 use canopy_proxy::{ProxySettings, Topology};
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,6 +17,7 @@ use toml::Spanned;
 mod access;
 mod admin;
 mod check;
+mod cluster;
 mod diff;
 mod docker;
 mod error;
@@ -53,6 +54,7 @@ struct FileConfig {
     release: Vec<releases::FileRelease>,
     docker: Option<Spanned<docker::FileDocker>>,
     tls: Option<Spanned<tls::FileTls>>,
+    cluster: Option<Spanned<cluster::FileCluster>>,
 }
 
 /// A validated configuration: everything `serve` needs, split by what a
@@ -109,6 +111,8 @@ pub struct Fixed {
     pub resolve_interval: Duration,
     /// `[docker]` and the services' images: `canopy deploy` is enabled when set.
     pub deploy: Option<DeploySettings>,
+    /// `[cluster]`: the state is a fleet's, in etcd.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The settings a reload applies in place, from the next request or the
@@ -182,6 +186,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let admin = admin::parse(&cx, &file.admin, &proxy)?;
     let release_settings = releases::settings(&cx, &file.releases)?;
     let deploy = docker::parse(&cx, file.docker.as_ref(), &file.service)?;
+    let cluster = cluster::parse(&cx, file.cluster.as_ref())?;
     let (tls, certificates) = match (&file.tls, proxy.listen_tls.first()) {
         (None, None) => (None, TlsCertificates::default()),
         (None, Some(_)) => {
@@ -218,6 +223,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         admin_priority: admin.priority,
         resolve_interval: releases::resolve_interval(&file.releases),
         deploy,
+        cluster,
     };
     let live = Reloadable {
         topology,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use canopy_admin::{AdminApi, Controller, Guard, Parts, TlsParts, Validator};
+use canopy_admin::{AdminApi, Controller, Fleet, FleetCollector, Guard, Parts, TlsParts, Validator};
 use canopy_proxy::prometheus::core::Collector;
 use canopy_proxy::{CanopyProxy, ClientTimeouts, FrontCollector, FrontDoor, ReleaseTable, Resolver, TlsTerminator, Tunables};
 
@@ -269,6 +269,21 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         source = source.with_certificates(files.clone(), front.clone());
     }
     let tunables = Tunables { proxy: live.proxy, preview: control.preview, access_log };
+    let fleet = match &config.cluster {
+        Some(cluster) => {
+            let listeners = config
+                .listen
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .chain(config.listen_tls.iter().map(|a| format!("https://{a}")))
+                .chain(std::iter::once(format!("admin http://{}", config.admin_listen)))
+                .collect();
+            let fleet = Fleet::new(cluster.clone(), env!("CARGO_PKG_VERSION").into(), listeners)?;
+            collectors.push(Box::new(FleetCollector::new(fleet.clone())));
+            Some(fleet)
+        }
+        None => None,
+    };
     let table = Arc::new(ReleaseTable::new(Arc::new(live.topology), Arc::new(tunables)));
     let parts = Parts {
         table: table.clone(),
@@ -281,10 +296,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServeError> {
         collectors,
         // its in-flight requests finish on its release table: flips wait for them
         hold_changes: predecessor.is_some(),
+        fleet,
     };
     let startup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let controller = Arc::new(startup.block_on(Controller::start(parts))?);
     drop(startup);
+    controller.follow_fleet();
     if let Some(old) = predecessor {
         let controller = controller.clone();
         std::thread::spawn(move || {

@@ -746,4 +746,19 @@ fn compose_file_is_valid() {
     for needle in ["/var/run/docker.sock", "vendure-network", "vendure-db"] {
         assert!(text.contains(needle), "compose.yaml lacks {needle}:\n{text}");
     }
+    // one fleet host's part (docs/fleet.md)
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/fleet-node.compose.yaml");
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(&file)
+        .arg("config")
+        .env("NODE", "web-1")
+        .env("NODE_IP", "10.0.0.1")
+        .output()
+        .expect("docker-compose");
+    assert!(out.status.success(), "docker-compose config (fleet node): {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--name=web-1", "http://10.0.0.1:2379", "hostname: web-1", "proxy.fleet.toml"] {
+        assert!(text.contains(needle), "fleet-node.compose.yaml lacks {needle}:\n{text}");
+    }
 }

@@ -271,7 +271,7 @@ impl AdminApi {
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         // Public paths answer only GET; other methods get their 405 without a token.
-        let public = matches!(path.as_str(), "/healthz" | "/" | "/openapi.json");
+        let public = matches!(path.as_str(), "/healthz" | "/readyz" | "/" | "/openapi.json");
         self.guard.check(req, public)?;
         let actor = self.guard.actor(req, s.client_addr());
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -283,6 +283,10 @@ impl AdminApi {
                 let (live, generation) = c.live().await;
                 Reply::json(200, json!({"status": "ok", "live": live, "generation": generation}))
             }
+            (["readyz"], &Method::GET) => match c.readiness() {
+                Ok(()) => Reply::json(200, json!({"ready": true})),
+                Err(why) => Reply::json(503, json!({"ready": false, "error": why})),
+            },
             (["status"], &Method::GET) => Reply::json(200, c.status().await),
             (["releases"], &Method::GET) => Reply::json(200, c.status().await.releases),
             (["events"], &Method::GET) => Reply::json(200, c.events().await),

@@ -92,7 +92,7 @@ fn control_status(e: &ControlError) -> u16 {
         | ControlError::Containers { .. }
         | ControlError::NotRollbackReady(_)
         | ControlError::Unresolved { .. } => 422,
-        ControlError::Upgrading => 503,
+        ControlError::Upgrading | ControlError::Unavailable(_) => 503,
         ControlError::Persist(_) => 500,
         ControlError::Deploy(f) if f.engine_failed => 502,
         ControlError::Deploy(_) => 422,

@@ -22,6 +22,7 @@ use canopy_proxy::{Release, ReleaseName, ReleaseTable, Snapshot, Topology};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::clock::now_ms;
+use crate::cluster::Fleet;
 use crate::error::ControlError;
 use crate::guard::GuardBook;
 use crate::metrics::ControlMetrics;
@@ -38,6 +39,7 @@ mod canary;
 mod containers;
 mod deploy;
 mod discovery;
+mod fleet;
 mod flip;
 mod front;
 pub use front::PAUSE_MAX_HELD;
@@ -79,6 +81,8 @@ pub struct Parts {
     /// Started by `serve --upgrade`: changes wait (503) until
     /// [`Controller::release_hold`] says the predecessor has exited.
     pub hold_changes: bool,
+    /// `[cluster]`: the state is the fleet's, in etcd.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 /// The background watch's latest quick check of the warm previous release.
@@ -131,6 +135,8 @@ pub struct Controller {
     /// Restarts the guard's interval at a flip, so its judgements fall a
     /// whole interval apart from the first answer on.
     guard_tick: Notify,
+    /// In a fleet: etcd holds the state; the local state file is a copy.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// Proof that the caller holds the one-flip-at-a-time lock.
@@ -155,18 +161,22 @@ impl Controller {
     /// state file is an error naming it: canopy must not start without its
     /// live release.
     pub async fn start(parts: Parts) -> Result<Self, ControlError> {
-        let Parts { table, validator, settings, seed, deploy, tls, config, collectors, hold_changes } = parts;
+        let Parts { table, validator, settings, seed, deploy, tls, config, collectors, hold_changes, fleet } = parts;
         let topology = table.load().topology().clone();
         let (mut store, loaded) = Store::open(&settings.state_file)?;
-        let state = match loaded {
-            Some(s) => s,
-            None => {
-                let s = seed_state(seed)?;
-                store.checkpoint(&s)?;
-                s
-            }
+        let state = match &fleet {
+            Some(fleet) => fleet::initial_state(fleet, loaded, seed, &mut store).await?,
+            None => match loaded {
+                Some(s) => s,
+                None => {
+                    let s = seed_state(seed)?;
+                    store.checkpoint(&s)?;
+                    s
+                }
+            },
         };
-        let resolving = state.releases.iter().map(|(n, r)| resolve(&topology, &table, n, &r.backends));
+        let node = fleet.as_ref().map(|f| f.node().to_string());
+        let resolving = state.releases.iter().map(|(n, r)| resolve(&topology, &table, n, r.backends_for(node.as_deref())));
         let releases = futures_util::future::try_join_all(resolving).await?;
         if let Some(live) = releases.iter().find(|r| state.live.as_ref() == Some(r.name())) {
             watch::warn_unresolved(&topology, live);
@@ -198,7 +208,13 @@ impl Controller {
             tls,
             guard: std::sync::Mutex::new(GuardBook::default()),
             guard_tick: Notify::new(),
+            fleet,
         })
+    }
+
+    /// This node's name in a fleet (`None`: a single canopy).
+    fn node(&self) -> Option<&str> {
+        self.fleet.as_deref().map(Fleet::node)
     }
 
     /// The services, routes and address template in force (the release table's).
@@ -219,7 +235,7 @@ impl Controller {
     /// form. Returns how long the durable write took. If a command is
     /// refused or the write fails, nothing is published and the old state
     /// stays.
-    fn commit(
+    async fn commit(
         &self,
         st: &mut MutexGuard<'_, State>,
         commands: Vec<Command>,
@@ -229,7 +245,7 @@ impl Controller {
         // read under the state lock, which hand_over takes before setting it
         self.writable()?;
         for command in &commands {
-            if let Command::Register { name, backends } = command {
+            if let Command::Register { name, backends, .. } = command {
                 if !fresh.iter().any(|r| r.name() == name && r.explicit() == backends) {
                     return Err(ControlError::Invalid(format!(
                         "release `{name}` was not resolved with the backends it is registered with"
@@ -237,9 +253,13 @@ impl Controller {
                 }
             }
         }
+        let persist_started = Instant::now();
+        if let Some(fleet) = &self.fleet {
+            self.commit_to_fleet(fleet, st, commands, actor, fresh).await?;
+            return Ok(persist_started.elapsed());
+        }
         let entry = Entry { seq: st.seq + 1, at: now_ms(), actor: actor.into(), commands };
         let next = entry.apply_to(st)?;
-        let persist_started = Instant::now();
         self.store.lock().expect("store lock").commit(&next, &entry)?;
         let persisted = persist_started.elapsed();
         self.publish(&next, fresh);
@@ -275,7 +295,7 @@ impl Controller {
     async fn audit(&self, action: &str, actor: &str, subject: Option<ReleaseName>, result: &str, detail: String) {
         let mut st = self.state.lock().await;
         let event = event(&st, action, actor, subject, result, detail);
-        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]) {
+        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).await {
             log::error!("recording {action} ({result}) in the audit log: {e}");
         }
     }
@@ -322,6 +342,13 @@ impl Controller {
         }
         view.tls = self.tls_view();
         view.guard = Some(self.guard_view());
+        view.fleet = self.fleet_view().await;
+        if let (Some(fleet), Some(f)) = (&self.fleet, &view.fleet) {
+            let fleet_alerts = fleet.alerts(f);
+            if !fleet_alerts.is_empty() {
+                view.alerts.get_or_insert_with(Vec::new).extend(fleet_alerts);
+            }
+        }
         view
     }
 
@@ -359,7 +386,7 @@ fn seed_state(seed: Seed) -> Result<State, ControlError> {
         seeds.entry(initial.clone()).or_default();
     }
     for (name, backends) in seeds {
-        s = s.apply(Command::Register { name, backends }, now, "canopy (config)")?;
+        s = s.apply(Command::Register { name, backends, node: None }, now, "canopy (config)")?;
     }
     if let Some(initial) = seed.initial {
         // not `forced`: nothing was live to protect, and the live watch checks it from the start

@@ -68,6 +68,10 @@ pub enum ControlError {
     /// requests with the release table it had. Retry in a moment.
     #[error("canopy is being upgraded: state changes wait until the previous process has finished; nothing changed, retry in a moment")]
     Upgrading,
+    /// In a fleet: etcd is unreachable or has no quorum; this node serves
+    /// its last applied state and refuses changes (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// The state could not be written.
     #[error("{0}; nothing changed")]
     Persist(#[from] PersistError),

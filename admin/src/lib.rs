@@ -2,9 +2,10 @@
 //! switch/rollback/retire state machine and the durable state file.
 //!
 //! Endpoints (JSON unless noted; errors are `{"error": ...}` with 400, 401,
-//! 403, 404, 405, 409, 413, 422 or 500):
+//! 403, 404, 405, 409, 413, 422, 500 or 503):
 //! - `GET /` — status page (HTML)
 //! - `GET /healthz` — the proxy itself is up (no token needed)
+//! - `GET /readyz` — this node should take traffic (in a fleet: live session, caught up; no token needed)
 //! - `GET /status` — live, previous, generation, releases with backends and state
 //! - `GET /releases`, `GET /releases/{name}` — registered releases
 //! - `PUT /releases/{name}` — register, body `{"backends": {"server": ["host:port"]}, "allow_unresolved": false}`
@@ -28,6 +29,7 @@ mod api_error;
 mod auth;
 mod checks;
 mod clock;
+mod cluster;
 mod controller;
 mod error;
 mod guard;
@@ -50,6 +52,7 @@ pub use auth::Guard;
 pub use canopy_docker::Healthcheck;
 pub use checks::{validate_path, validate_status, Check, CheckError, CheckKind, SmokeRequest};
 pub use clock::{now_ms, UnixMillis};
+pub use cluster::{ClusterSettings, Fleet, FleetAck, FleetCollector, FleetView, NodeAck, NodeRecord, NodeView, ETCD_REQUEST_TIMEOUT};
 pub use controller::{Controller, Parts, Runtime};
 pub use error::ControlError;
 pub use guard::{Broken, Evaluation, Figures, GuardView, Readiness, Rule, ServiceJudgement, Verdict, WatchView};

@@ -368,7 +368,7 @@ mod tests {
     use crate::state::{BackendMap, Event};
 
     fn register(name: &str) -> Command {
-        Command::Register { name: name.parse().unwrap(), backends: BackendMap::new() }
+        Command::Register { name: name.parse().unwrap(), backends: BackendMap::new(), node: None }
     }
 
     fn switch(to: &str) -> Command {

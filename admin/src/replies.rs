@@ -46,6 +46,9 @@ pub struct FlipReply {
     /// With `canary`: the canary started (nothing flipped yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryView>,
+    /// In a fleet: which nodes applied the flip, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::cluster::FleetAck>,
 }
 
 /// A canary in progress.

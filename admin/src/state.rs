@@ -39,6 +39,17 @@ pub struct ReleaseRecord {
     /// it warns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<Failure>,
+    /// In a fleet: each node's own backends (each host runs its own
+    /// containers), registered on that node; `backends` for a node not here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, BackendMap>,
+}
+
+impl ReleaseRecord {
+    /// The backends `node` routes to (`None`: a single canopy).
+    pub fn backends_for(&self, node: Option<&str>) -> &BackendMap {
+        node.and_then(|n| self.nodes.get(n)).unwrap_or(&self.backends)
+    }
 }
 
 /// Why canopy took a release out of service by itself.
@@ -179,6 +190,10 @@ pub enum Command {
         name: ReleaseName,
         /// Its explicit backends.
         backends: BackendMap,
+        /// In a fleet: the node these backends are for (the other nodes'
+        /// backends are kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// Make `to` live; the current live release becomes `previous`.
     Switch {
@@ -420,12 +435,21 @@ impl State {
         self.precheck(&cmd)?;
         let mut next = self.clone();
         match cmd {
-            Command::Register { name, backends } => {
-                let registered_at = self.releases.get(&name).map_or(now, |r| r.registered_at);
+            Command::Register { name, backends, node } => {
+                let old = self.releases.get(&name);
+                let registered_at = old.map_or(now, |r| r.registered_at);
                 let last_check = None; // new backends invalidate the last report
                                        // a release canopy took out of service stays marked until it is retired
-                let failed = self.releases.get(&name).and_then(|r| r.failed.clone());
-                next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check, failed });
+                let failed = old.and_then(|r| r.failed.clone());
+                let mut nodes = old.map(|r| r.nodes.clone()).unwrap_or_default();
+                let backends = match node {
+                    Some(node) => {
+                        nodes.insert(node, backends);
+                        old.map(|r| r.backends.clone()).unwrap_or_default()
+                    }
+                    None => backends,
+                };
+                next.releases.insert(name.clone(), ReleaseRecord { backends, registered_at, last_check, failed, nodes });
                 next.push(now, "register", actor, None, Some(name), false, String::new());
             }
             Command::Switch { to, forced, window_ms, detail, action, .. } => {

@@ -122,6 +122,10 @@ pub struct LiveHealthView {
 pub struct StatusView {
     /// Live release.
     pub live: Option<ReleaseName>,
+    /// In a fleet: every node, its applied revision and lag, and this
+    /// node's readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::cluster::FleetView>,
     /// The live watch's latest verdict on the live release (absent until
     /// its first check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,6 +233,7 @@ impl StatusView {
         let now = now_ms();
         Self {
             live: st.live.clone(),
+            fleet: None,
             live_health: None,
             preview: snap.preview(),
             previous: st.previous.as_ref().map(|p| PreviousView {

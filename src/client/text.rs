@@ -5,8 +5,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use canopy_admin::{
-    CanaryView, DeployStep, ErrorReply, Event, FlipReply, GuardView, LiveHealthView, MaintenanceReply, PauseView, Readiness, ReleaseView,
-    Report, StatusView, TlsView,
+    CanaryView, DeployStep, ErrorReply, Event, FleetAck, FleetView, FlipReply, GuardView, LiveHealthView, MaintenanceReply, PauseView,
+    Readiness, ReleaseView, Report, StatusView, TlsView,
 };
 
 use crate::cli::TlsAction;
@@ -135,6 +135,9 @@ pub fn status(v: &StatusView, now_ms: u64) -> String {
         out += &format!("            {}\n", live_health(v.live_health.as_ref(), now_ms));
     }
     out += &format!("generation: {}\n", v.generation);
+    if let Some(f) = &v.fleet {
+        out += &fleet(f);
+    }
     if let Some(p) = &v.previous {
         out += &format!("previous:   {} (warm, retires in {})\n", p.release, span(Duration::from_secs_f64(p.seconds_left.max(0.0))));
         out += &match &p.watch {
@@ -286,7 +289,47 @@ pub fn flip(verb: &str, r: &FlipReply) -> String {
         let done = if c.action == "start" { "started" } else { "stopped" };
         out += &format!("\n{done} {} ({}, overlap = false) in {:.0} ms", c.name, c.service, c.ms);
     }
+    if let Some(a) = &r.fleet {
+        out += &fleet_ack(a);
+    }
     out + "\n" + &readiness_and_warnings(r.rollback_ready.as_ref(), &r.warnings)
+}
+
+/// A flip's acknowledgement across the fleet: who applied it, when; who did not.
+fn fleet_ack(a: &FleetAck) -> String {
+    let applied: Vec<String> = a.nodes.iter().map(|n| format!("{} {:.1} ms", n.node, n.applied_ms)).collect();
+    let mut out = if a.acknowledged {
+        format!("\nfleet: revision {} applied by every live node in {:.1} ms ({})", a.revision, a.ack_ms, applied.join(", "))
+    } else {
+        format!(
+            "\nfleet: revision {} NOT acknowledged: applied by {}",
+            a.revision,
+            if applied.is_empty() { "none".into() } else { applied.join(", ") }
+        )
+    };
+    if !a.expired.is_empty() {
+        out += &format!("\nfleet: session expired, not ready, catches up on reconnect: {}", a.expired.join(", "));
+    }
+    if !a.late.is_empty() {
+        out += &format!("\nfleet: LATE (live session, not applied within apply-timeout): {}", a.late.join(", "));
+    }
+    out
+}
+
+/// The fleet in `canopy status`: this node's readiness, then every node.
+fn fleet(f: &FleetView) -> String {
+    let mut out = match &f.not_ready {
+        None => format!("fleet:      node {} ready, serving revision {} of {}\n", f.node, f.applied, f.revision),
+        Some(why) => format!("fleet:      node {} NOT READY (serving revision {} of {}): {why}\n", f.node, f.applied, f.revision),
+    };
+    if let Some(e) = &f.error {
+        out += &format!("            nodes unknown: {e}\n");
+    }
+    for n in &f.nodes {
+        let lag = if n.lag == 0 { "up to date".to_string() } else { format!("{} behind", plural(n.lag as usize, "revision", "revisions")) };
+        out += &format!("            {:<16} revision {:<6} {lag}  {}\n", n.record.node, n.record.applied, n.record.listeners.join(" "));
+    }
+    out
 }
 
 /// What an event was about: `juniper -> elm` for a flip, the release for

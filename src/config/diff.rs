@@ -32,6 +32,7 @@ impl Fixed {
             admin_priority,
             resolve_interval,
             deploy,
+            cluster,
         } = self;
         let (options, watch_interval, acme) = tls_parts(tls);
         let (new_options, new_watch_interval, new_acme) = tls_parts(&new.tls);
@@ -61,6 +62,7 @@ impl Fixed {
         note("[releases] resolve-interval", *resolve_interval != new.resolve_interval, resolve.0, resolve.1);
         let containers = |d: &Option<DeploySettings>| debug(&without_env_values(d));
         note("[docker] and the services' image / container / overlap", *deploy != new.deploy, containers(deploy), containers(&new.deploy));
+        note("[cluster]", *cluster != new.cluster, debug(cluster), debug(&new.cluster));
         out
     }
 }

@@ -50,6 +50,11 @@ backends = { server = ["127.0.0.1:3000"] }
 network = "shop"
 @{docker}
 
+[cluster]
+etcd = ["http://127.0.0.1:2379"]
+node = "web-1"
+@{cluster}
+
 [[service]]
 name = "server"
 port = 3000
@@ -101,6 +106,7 @@ const TABLES: &[Table] = &[
     Table { section: "container", inline: false, parent: Some(("service", "container")) },
     Table { section: "healthcheck", inline: true, parent: Some(("container", "healthcheck")) },
     Table { section: "docker", inline: false, parent: Some(("root", "docker")) },
+    Table { section: "cluster", inline: false, parent: Some(("root", "cluster")) },
     Table { section: "tls", inline: false, parent: Some(("root", "tls")) },
     Table { section: "tls-certificate", inline: false, parent: Some(("tls", "certificate")) },
     Table { section: "tls-acme", inline: false, parent: Some(("tls", "acme")) },

@@ -372,3 +372,36 @@ fn canonical_host_is_a_host_name_alone() {
         assert!(e.contains("proxy.toml:4:") && e.contains("invalid canonical-host"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn cluster_section_parses_with_defaults_and_refuses_what_cannot_work() {
+    let with = |cluster: &str| format!("{MINIMAL}\n[cluster]\n{cluster}\n");
+    let c = parse(Path::new("proxy.toml"), &with("etcd = [\"http://10.0.0.1:2379\"]\nnode = \"web-1\"")).unwrap();
+    let cluster = c.fixed.cluster.expect("[cluster]");
+    assert_eq!((cluster.node.as_str(), cluster.prefix.as_str()), ("web-1", "/canopy"));
+    assert_eq!((cluster.session_ttl, cluster.apply_timeout), (Duration::from_secs(5), Duration::from_secs(10)));
+    let e = err(&with("etcd = []"));
+    assert!(e.contains("`etcd` lists no endpoint"), "{e}");
+    let e = err(&with("etcd = [\"10.0.0.1:2379\"]"));
+    assert!(e.contains("is not an http:// URL"), "{e}");
+    let e = err(&with("etcd = [\"http://a:2379\"]\nsession-ttl = \"1500ms\""));
+    assert!(e.contains("whole seconds, at least 2s"), "{e}");
+    let e = err(&with("etcd = [\"http://a:2379\"]\nsession-ttl = \"10s\""));
+    assert!(e.contains("apply-timeout (10s) must be longer than session-ttl (10s)"), "{e}");
+    let e = err(&with("etcd = [\"http://a:2379\"]\nnode = \"web 1\""));
+    assert!(e.contains("node name `web 1`"), "{e}");
+    let e = err(&with("etcd = [\"http://a:2379\"]\nprefix = \"canopy\""));
+    assert!(e.contains("must start with `/`"), "{e}");
+}
+
+#[test]
+fn the_fleet_example_config_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123").unwrap();
+    let text = include_str!("../../deploy/proxy.fleet.toml").replace("/run/secrets/canopy-admin-token", token.to_str().unwrap());
+    let c = parse(&dir.path().join("proxy.toml"), &text).unwrap();
+    let cluster = c.fixed.cluster.expect("[cluster]");
+    assert_eq!(cluster.endpoints.len(), 3);
+    assert_eq!(cluster.prefix, "/canopy/shop");
+}

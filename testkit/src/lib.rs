@@ -15,6 +15,7 @@ pub mod bench;
 mod canopy;
 pub mod configs;
 pub mod etcd;
+pub mod fleet;
 pub mod history;
 pub mod load;
 pub mod pebble;

@@ -64,7 +64,7 @@ impl Controller {
                 }
                 other => other,
             };
-            self.commit(&mut st, vec![Command::RecordCheck { report }, start], actor, &[])?;
+            self.commit(&mut st, vec![Command::RecordCheck { report }, start], actor, &[]).await?;
             st.live.clone().expect("a canary has a live release")
         };
         if guarded {
@@ -94,7 +94,7 @@ impl Controller {
         if c.step + 1 < c.steps.len() {
             let live = {
                 let mut st = self.state.lock().await;
-                if let Err(e) = self.commit(&mut st, vec![Command::CanaryStep { step: c.step + 1 }], actor, &[]) {
+                if let Err(e) = self.commit(&mut st, vec![Command::CanaryStep { step: c.step + 1 }], actor, &[]).await {
                     log::error!("canary of {}: the next step: {e}", c.release);
                     return;
                 }
@@ -162,7 +162,7 @@ impl Controller {
         if evaluation.is_some() {
             commands.push(failed(&c.release, "canary-abort", &detail));
         }
-        self.commit(&mut st, commands, actor, &[])?;
+        self.commit(&mut st, commands, actor, &[]).await?;
         drop(st);
         self.guard.lock().expect("guard lock").watch = None;
         log::warn!("canary of {} aborted by {actor}: {detail}", c.release);

@@ -349,7 +349,7 @@ impl Controller {
         }
         let mut st = self.state.lock().await;
         let cmd = Command::Containers { release: release.clone(), change: ContainerChange::Stopped };
-        if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]) {
+        if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]).await {
             log::error!("recording the stop of {release}: {e}");
         }
         let excess = st.stopped.len().saturating_sub(docker.settings.keep_releases);
@@ -366,7 +366,7 @@ impl Controller {
             log::info!("pruned release {old}: more than {} stopped releases", docker.settings.keep_releases);
             let mut st = self.state.lock().await;
             let cmd = Command::Containers { release: old.clone(), change: ContainerChange::Removed };
-            if let Err(e) = self.commit(&mut st, vec![cmd], "canopy (keep-releases)", &[]) {
+            if let Err(e) = self.commit(&mut st, vec![cmd], "canopy (keep-releases)", &[]).await {
                 log::error!("recording the removal of {old}: {e}");
             }
         }

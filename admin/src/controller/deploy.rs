@@ -132,7 +132,7 @@ impl Controller {
         };
         {
             let mut st = self.state.lock().await;
-            self.commit(&mut st, vec![Command::DeployStarted { release: release.clone() }], actor, &[])?;
+            self.commit(&mut st, vec![Command::DeployStarted { release: release.clone() }], actor, &[]).await?;
         }
         let mut steps = Steps { steps: Vec::new(), phases: BTreeMap::new() };
         let mut touched = Vec::new();
@@ -159,7 +159,7 @@ impl Controller {
             if result.is_ok() && st.stopped.contains(&release) {
                 ended.insert(0, Command::Containers { release: release.clone(), change: ContainerChange::Started });
             }
-            if let Err(e) = self.commit(&mut st, ended, actor, &[]) {
+            if let Err(e) = self.commit(&mut st, ended, actor, &[]).await {
                 log::error!("recording the end of the deploy of {release}: {e}");
             }
         }
@@ -329,7 +329,7 @@ impl Controller {
         if !was_registered {
             let mut st = self.state.lock().await;
             if st.releases.contains_key(release) && st.live.as_ref() != Some(release) {
-                if let Err(e) = self.commit(&mut st, vec![Command::Retire { name: release.clone() }], actor, &[]) {
+                if let Err(e) = self.commit(&mut st, vec![Command::Retire { name: release.clone() }], actor, &[]).await {
                     log::error!("unregistering the failed release {release}: {e}");
                 }
             }
@@ -354,7 +354,7 @@ impl Controller {
         if touched.iter().any(|t| t.created) {
             let mut st = self.state.lock().await;
             let cmd = Command::Containers { release: release.clone(), change: ContainerChange::Removed };
-            if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]) {
+            if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]).await {
                 log::error!("recording the cleanup of {release}: {e}");
             }
         }

@@ -46,7 +46,7 @@ impl Controller {
         let result = if live { "ok" } else { "failed" };
         let mut st = self.state.lock().await;
         let cmd = Command::DeployEnded { release, result: result.into(), detail };
-        if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]) {
+        if let Err(e) = self.commit(&mut st, vec![cmd], actor, &[]).await {
             log::error!("recording the interrupted deploy: {e}");
             return false;
         }

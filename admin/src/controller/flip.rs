@@ -155,7 +155,9 @@ impl Controller {
         let window_ms = self.rt().settings.validation_window.as_millis() as u64;
         let (command, target, from) = {
             let st = self.state.lock().await;
-            let (expect_generation, detail) = (flip.expect_generation, String::new());
+            // a flip decided on this generation commits only on it: in a
+            // fleet, a flip committed by another node meanwhile refuses it (409)
+            let (expect_generation, detail) = (Some(flip.expect_generation.unwrap_or(st.generation)), String::new());
             let action = flip.action.map(String::from);
             let command = match &flip.target {
                 Target::Release(to) => Command::Switch { to: to.clone(), expect_generation, forced, window_ms, detail, action },
@@ -169,6 +171,11 @@ impl Controller {
             (command, target, st.live.clone())
         };
         let registered = self.release(&target)?;
+        // in a fleet: the nodes live now (the acknowledgement names those gone by then)
+        let members = match &self.fleet {
+            Some(f) => f.nodes().await.map(|n| n.into_keys().collect()).unwrap_or_default(),
+            None => Vec::new(),
+        };
 
         // start what must run: the target's overlap = false containers
         let start = match self.start_exclusive(&registered).await {
@@ -195,6 +202,19 @@ impl Controller {
             }
             checks => (self.rollback_report(checks, &release, &target, &start).await, None),
         };
+        // in a fleet: every other node checks the target against its own backends too
+        let report = match report {
+            Some(local) if local.passed && self.fleet.is_some() => {
+                match self.fleet_checks(local, &target, flip.checks == Checks::Rollback).await {
+                    Ok(report) => Some(report),
+                    Err(e) => {
+                        self.undo_start(&start).await;
+                        return Err(e);
+                    }
+                }
+            }
+            report => report,
+        };
         let validation = if report.as_ref().is_some_and(|r| r.mode != WATCH_MODE) { started.elapsed() } else { Duration::ZERO };
         if let Some(refused) = report.as_ref().filter(|r| !r.passed) {
             self.undo_start(&start).await;
@@ -215,7 +235,11 @@ impl Controller {
         }
         let mut commands = Vec::new();
         if let Some(fresh) = &start.readdressed {
-            commands.push(Command::Register { name: target.clone(), backends: fresh.explicit().clone() });
+            commands.push(Command::Register {
+                name: target.clone(),
+                backends: fresh.explicit().clone(),
+                node: self.node().map(String::from),
+            });
         }
         // (a canary's end before the switch to its candidate, which it allows)
         commands.extend(flip.also.iter().cloned());
@@ -224,15 +248,22 @@ impl Controller {
         let fresh: Vec<Arc<Release>> = start.readdressed.iter().cloned().collect();
         let committed = {
             let mut st = self.state.lock().await;
-            self.commit(&mut st, commands, actor, &fresh).map(|persisted| (persisted, st.clone()))
+            // (the revision is read under the state lock: no other revision applies meanwhile)
+            let committed = self.commit(&mut st, commands, actor, &fresh).await;
+            committed.map(|persisted| (persisted, st.clone(), self.fleet.as_ref().map(|f| (f.applied(), Instant::now()))))
         };
-        let (persisted, st) = match committed {
+        let (persisted, st, revision) = match committed {
             Ok(done) => done,
             Err(e) => {
                 log::error!("{action} to {target} failed: {e}");
                 self.undo_start(&start).await;
                 return Err(e);
             }
+        };
+        // in a fleet: acknowledged once every node with a live session applied it
+        let fleet = match (&self.fleet, revision) {
+            (Some(f), Some((revision, at))) => Some(f.acknowledge(revision, at, &members).await),
+            _ => None,
         };
         let duration = started.elapsed();
         self.metrics.flipped(duration);
@@ -265,6 +296,7 @@ impl Controller {
             rollback_ready,
             warnings,
             canary: None,
+            fleet,
         })
     }
 
@@ -336,6 +368,7 @@ impl Controller {
             rollback_ready: None,
             warnings: Vec::new(),
             canary: None,
+            fleet: None,
         })
     }
 
@@ -349,7 +382,7 @@ impl Controller {
         if st.precheck(&check).is_ok() {
             commands.insert(0, check);
         }
-        if let Err(e) = self.commit(&mut st, commands, actor, &[]) {
+        if let Err(e) = self.commit(&mut st, commands, actor, &[]).await {
             log::error!("recording the refused {action}: {e}");
         }
     }

@@ -37,7 +37,7 @@ impl Controller {
         if st.maintenance == on {
             return Ok(on);
         }
-        self.commit(&mut st, vec![Command::Maintenance { on: on.clone() }], actor, &[])?;
+        self.commit(&mut st, vec![Command::Maintenance { on: on.clone() }], actor, &[]).await?;
         match &on {
             Some(m) => log::warn!("maintenance mode on by {actor}: every routed request is answered 503 ({})", m.message),
             None => log::info!("maintenance mode off by {actor}"),
@@ -61,7 +61,7 @@ impl Controller {
         });
         let detail = format!("max {}, at most {max_held} held", humantime::format_duration(max));
         let event = super::event(&st, "pause", actor, None, "ok", detail);
-        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]) {
+        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).await {
             log::error!("recording the pause in the audit log: {e}");
         }
         log::warn!("paused by {actor}: new requests are held for at most {}", humantime::format_duration(max));
@@ -79,7 +79,7 @@ impl Controller {
         let view = PauseView::of(&pause);
         let detail = format!("{} request(s) held, {} refused", view.held_total, view.refused);
         let event = super::event(&st, "resume", actor, None, "ok", detail.clone());
-        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]) {
+        if let Err(e) = self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).await {
             log::error!("recording the resume in the audit log: {e}");
         }
         log::info!("resumed by {actor}: {detail}");

@@ -48,7 +48,13 @@ impl Controller {
         }
         let mut st = self.state.lock().await;
         let created = !st.releases.contains_key(&name);
-        self.commit(&mut st, vec![Command::Register { name: name.clone(), backends }], actor, std::slice::from_ref(&release))?;
+        self.commit(
+            &mut st,
+            vec![Command::Register { name: name.clone(), backends, node: self.node().map(String::from) }],
+            actor,
+            std::slice::from_ref(&release),
+        )
+        .await?;
         let view = release_view(&st, &release, &topology);
         Ok((view, created))
     }
@@ -60,7 +66,7 @@ impl Controller {
         let mut st = self.state.lock().await;
         let record = Command::RecordCheck { report: report.clone() };
         if st.precheck(&record).is_ok() {
-            self.commit(&mut st, vec![record], "", &[])?;
+            self.commit(&mut st, vec![record], "", &[]).await?;
         }
         Ok(report)
     }
@@ -73,7 +79,7 @@ impl Controller {
         let stats = self.release(name)?.stats().clone();
         {
             let mut st = self.state.lock().await;
-            self.commit(&mut st, vec![Command::Retire { name: name.clone() }], actor, &[])?;
+            self.commit(&mut st, vec![Command::Retire { name: name.clone() }], actor, &[]).await?;
         }
         self.wake.notify_one();
         let rt = self.rt();

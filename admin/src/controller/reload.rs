@@ -59,7 +59,7 @@ impl Controller {
         let services_of = |t: &Topology| t.services().iter().map(|s| s.name.clone()).collect();
         self.table.stats().set_services(services_of(&topology));
         let restore = || self.table.stats().set_services(services_of(&self.topology()));
-        let resolving = st.releases.iter().map(|(n, r)| resolve(&topology, &self.table, n, &r.backends));
+        let resolving = st.releases.iter().map(|(n, r)| resolve(&topology, &self.table, n, r.backends_for(self.node())));
         let releases = match futures_util::future::try_join_all(resolving).await {
             Ok(r) => r,
             Err(e) => {
@@ -69,7 +69,7 @@ impl Controller {
         };
         let detail = if new.changes.is_empty() { "no change".to_string() } else { new.changes.join("; ") };
         let event = super::event(&st, "reload", actor, None, "ok", detail.clone());
-        self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).inspect_err(|_| restore())?;
+        self.commit(&mut st, vec![Command::Audit { event }], actor, &[]).await.inspect_err(|_| restore())?;
         let tunables = Arc::new(new.tunables);
         self.table.update(|cur| super::snapshot_of(&st, topology, releases, tunables).with_pause(cur.pause().cloned()));
         self.runtime.store(Arc::new(Runtime { validator: new.validator, settings: new.settings }));

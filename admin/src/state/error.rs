@@ -18,7 +18,9 @@ pub enum StateError {
         name: ReleaseName,
     },
     /// The caller's view is out of date.
-    #[error("stale generation: expected {expected}, current is {current}")]
+    #[error(
+        "stale generation: expected {expected}, current is {current} (another flip changed the live release first; nothing changed, retry)"
+    )]
     StaleGeneration {
         /// What the caller expected.
         expected: u64,

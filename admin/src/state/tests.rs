@@ -6,7 +6,7 @@ fn n(s: &str) -> ReleaseName {
 }
 
 fn reg(s: State, name: &str) -> State {
-    s.apply(Command::Register { name: n(name), backends: BackendMap::new() }, 1, "t").unwrap()
+    s.apply(Command::Register { name: n(name), backends: BackendMap::new(), node: None }, 1, "t").unwrap()
 }
 
 fn switch(to: &str, expect: Option<u64>) -> Command {
@@ -66,7 +66,7 @@ fn reregistering_keeps_registration_time_and_drops_report() {
     let s = reg(State::empty(), "elm");
     let mut b = BackendMap::new();
     b.insert(ServiceName::parse("server").unwrap(), vec![Endpoint::parse("127.0.0.1:1").unwrap()]);
-    let s2 = s.apply(Command::Register { name: n("elm"), backends: b.clone() }, 99, "t").unwrap();
+    let s2 = s.apply(Command::Register { name: n("elm"), backends: b.clone(), node: None }, 99, "t").unwrap();
     assert_eq!(s2.releases[&n("elm")].registered_at, 1);
     assert_eq!(s2.releases[&n("elm")].backends, b);
 }
