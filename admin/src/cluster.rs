@@ -31,11 +31,13 @@ use crate::state::State;
 
 mod ack;
 mod checks;
+mod deploys;
 mod metrics;
 mod session;
 
 pub use ack::{FleetAck, NodeAck};
 pub(crate) use checks::CheckRequest;
+pub(crate) use deploys::{PrepareAnswer, PrepareRequest};
 pub use metrics::FleetCollector;
 use metrics::FleetMetrics;
 pub(crate) use session::Session;
@@ -129,6 +131,8 @@ pub struct Fleet {
     /// Nodes a flip named late, with the revision they had not applied: an
     /// alert until they have (or their session ends).
     late: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Deploy requests of other nodes this node has taken up.
+    deploys_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Fleet {
@@ -164,6 +168,7 @@ impl Fleet {
             about: (version, listeners),
             metrics: FleetMetrics::new(),
             late: std::sync::Mutex::new(BTreeMap::new()),
+            deploys_seen: std::sync::Mutex::new(Default::default()),
         }))
     }
 

@@ -40,6 +40,7 @@ mod containers;
 mod deploy;
 mod discovery;
 mod fleet;
+mod fleet_deploy;
 mod flip;
 mod front;
 pub use front::PAUSE_MAX_HELD;

@@ -114,6 +114,30 @@ impl Fleet {
         Self::start_with(members, nodes, releases, checks, "2s", "5s").await
     }
 
+    /// `members` etcd members and one canopy node per config in `configs`
+    /// (templates with `{proxy_port}` and `{admin_port}`, without
+    /// `[cluster]`: the kit appends it, naming the node `n1`, `n2`, ...,
+    /// with session TTL 2 s and apply timeout 5 s). No release is registered.
+    pub async fn start_nodes(members: usize, configs: &[String]) -> Fleet {
+        let etcd = EtcdCluster::start(members);
+        let mut fleet = Fleet { etcd, nodes: Vec::new() };
+        for (i, config) in configs.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let relays = fleet.etcd.relays();
+            let etcd: Vec<String> = relays.iter().map(|r| format!("\"{}\"", r.url())).collect();
+            let cluster = format!(
+                "\n[cluster]\netcd = [{}]\nnode = \"{name}\"\nprefix = \"{PREFIX}\"\nsession-ttl = \"2s\"\napply-timeout = \"5s\"\n",
+                etcd.join(", ")
+            );
+            let canopy = Canopy::start(&format!("{config}{cluster}"));
+            fleet.nodes.push(Node { name, canopy, relays, upstreams: BTreeMap::new() });
+        }
+        for node in &fleet.nodes {
+            crate::eventually("every node ready", Duration::from_secs(10), || node.ready()).await;
+        }
+        fleet
+    }
+
     /// [`Fleet::start`] with the session TTL and apply timeout given.
     pub async fn start_with(members: usize, nodes: usize, releases: &[&str], checks: &str, ttl: &str, apply: &str) -> Fleet {
         let etcd = EtcdCluster::start(members);

@@ -21,13 +21,14 @@ use crate::stack::Docker;
 use crate::state::{BackendMap, Command, ContainerChange, StateError};
 
 /// Collects steps and their timings.
-struct Steps {
+#[derive(Default)]
+pub(super) struct Steps {
     steps: Vec<DeployStep>,
     phases: BTreeMap<&'static str, Duration>,
 }
 
 impl Steps {
-    fn record(&mut self, step: &'static str, service: Option<&ServiceName>, detail: String, took: Duration) {
+    pub(super) fn record(&mut self, step: &'static str, service: Option<&ServiceName>, detail: String, took: Duration) {
         log::info!("deploy: {step}{} {detail} ({took:?})", service.map(|s| format!(" {s}")).unwrap_or_default());
         *self.phases.entry(step).or_default() += took;
         self.steps.push(DeployStep { step: step.into(), service: service.map(ToString::to_string), detail, ms: took.as_secs_f64() * 1e3 });
@@ -50,15 +51,15 @@ impl Steps {
 }
 
 /// Why the steps stopped; turned into a [`DeployFailure`].
-struct Stop {
-    engine_failed: bool,
-    error: String,
-    logs: Vec<String>,
-    report: Option<Box<Report>>,
+pub(super) struct Stop {
+    pub engine_failed: bool,
+    pub error: String,
+    pub logs: Vec<String>,
+    pub report: Option<Box<Report>>,
 }
 
 impl Stop {
-    fn refused(error: impl ToString) -> Self {
+    pub(super) fn refused(error: impl ToString) -> Self {
         Stop { engine_failed: false, error: error.to_string(), logs: Vec::new(), report: None }
     }
 
@@ -134,7 +135,7 @@ impl Controller {
             let mut st = self.state.lock().await;
             self.commit(&mut st, vec![Command::DeployStarted { release: release.clone() }], actor, &[]).await?;
         }
-        let mut steps = Steps { steps: Vec::new(), phases: BTreeMap::new() };
+        let mut steps = Steps::default();
         let mut touched = Vec::new();
         let outcome = self.deploy_steps(&one, docker, &engine, &req, actor, &mut steps, &mut touched).await;
         let total = started.elapsed();
@@ -204,8 +205,28 @@ impl Controller {
         steps: &mut Steps,
         touched: &mut Vec<Touched>,
     ) -> Result<FlipReply, Stop> {
+        // here, and in a fleet on every other node at once
+        let everywhere = self.prepare_everywhere(docker, engine, req, actor, steps, touched).await?;
+        let flipped = self.flip_deployed(one, req, actor, steps).await;
+        if let Some((id, others)) = &everywhere {
+            self.end_everywhere(id, others, flipped.is_ok()).await;
+        }
+        flipped
+    }
+
+    /// A deploy's own containers on this node: network, images, containers
+    /// created (or adopted) and started, healthy, registered (in a fleet,
+    /// as this node's backends of the release).
+    pub(super) async fn prepare_here(
+        &self,
+        docker: &Docker,
+        engine: &Engine,
+        release: &ReleaseName,
+        actor: &str,
+        steps: &mut Steps,
+        touched: &mut Vec<Touched>,
+    ) -> Result<(), Stop> {
         let settings = &docker.settings;
-        let release = &req.release;
         let deadline = Instant::now() + settings.deploy_timeout;
         let services = self.run_services(docker);
         if services.is_empty() {
@@ -271,7 +292,13 @@ impl Controller {
         // a service canopy does not run may not resolve: the checks step names it
         self.register(release.clone(), backends, true, actor).await.map_err(Stop::refused)?;
         steps.record("register", None, listed.join(", "), clock.elapsed());
+        Ok(())
+    }
 
+    /// A deploy's flip once its containers are ready (everywhere): a switch, a
+    /// paused switch or a canary, with its steps recorded.
+    async fn flip_deployed(&self, one: &FlipGuard<'_>, req: &DeployRequest, actor: &str, steps: &mut Steps) -> Result<FlipReply, Stop> {
+        let release = &req.release;
         // the one flip routine: checks, durable switch, the old release's overlap = false containers stopped
         let clock = Instant::now();
         let guard = req.guard.unwrap_or(true) && self.rt().settings.guard.enabled;

@@ -89,6 +89,14 @@ impl Controller {
                 tokio::time::sleep(RETRY).await;
             }
         });
+        let (this, answering) = (self.clone(), fleet.clone());
+        fleet.spawn(async move {
+            loop {
+                let preparing = this.clone();
+                answering.answer_deploys(move |request| preparing.clone().prepare_for_fleet(request)).await;
+                tokio::time::sleep(RETRY).await;
+            }
+        });
     }
 
     /// Makes `commands` the fleet's next revision (the controller's commit
