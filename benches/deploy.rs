@@ -20,16 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canopy_docker::{ContainerSpec, Engine, Healthcheck};
+use canopy_testkit::process::docker;
 use canopy_testkit::reserve;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "canopy-test/server";
 const RELEASES: [&str; 3] = ["juniper", "elm", "oak"];
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 struct Bench {
     prefix: String,

@@ -11,6 +11,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
+use canopy_testkit::process::docker;
 use canopy_testkit::registry::Registry;
 use canopy_testkit::*;
 use serde_json::{json, Value};
@@ -30,15 +31,6 @@ fn images() {
             assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
     });
-}
-
-/// Runs the docker CLI; stdout trimmed ("" when it fails, e.g. no such container).
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    if !out.status.success() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A test's own Docker network and container-name prefix; removes every

@@ -10,17 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use canopy_testkit::fleet::Fleet;
+use canopy_testkit::process::docker;
 use canopy_testkit::{client, eventually};
 use serde_json::{json, Value};
-
-/// Runs the docker CLI; stdout trimmed ("" when it fails).
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    if !out.status.success() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The test's names: a prefix for containers and networks, and an image
 /// repository of its own; all removed on drop.

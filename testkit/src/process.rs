@@ -209,6 +209,16 @@ pub fn wait_listening(pid: u32, port: u16, timeout: Duration, what: &str) {
     }
 }
 
+/// Runs the docker CLI (tests use it to look behind canopy's back); stdout
+/// trimmed, "" when it fails (e.g. no such container).
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().expect("docker CLI");
+    if !out.status.success() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
