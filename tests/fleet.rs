@@ -258,3 +258,43 @@ async fn killing_the_node_that_coordinates_a_flip_at_random_points_leaves_one_re
     }
     println!("8 coordinators killed mid-flip: {landed} of their flips had committed, {} had not; generations {generations:?}", 8 - landed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_upgraded_in_place_stays_in_the_fleet_after_its_predecessor_exits() {
+    let mut fleet = Fleet::start(3, 3, &["juniper", "elm"], "").await;
+    let (mut old, new_pid, admin) = {
+        let node = &mut fleet.nodes[2].canopy;
+        let log = std::fs::File::create(node.dir.join("canopy-1.log")).unwrap();
+        let new = std::process::Command::new(canopy_testkit::canopy_bin())
+            .args(["serve", "-c"])
+            .arg(node.dir.join("proxy.toml"))
+            .arg("--upgrade")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let new_pid = new.id();
+        (std::mem::replace(&mut node.child, new), new_pid, node.admin.port())
+    };
+    canopy_testkit::wait_listening(new_pid, admin, Duration::from_secs(20), "the upgraded n3's admin listener");
+    // flips while both processes run: both apply them; only the new one may own n3's key
+    for to in ["elm", "juniper", "elm", "juniper"] {
+        let (status, body) = fleet.switch(0, to).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // the predecessor finishes (shutdown-grace 2 s) and exits; its lease ends a session TTL later
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the predecessor did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = fleet.nodes[0].status().await;
+    let nodes: Vec<&str> = st["fleet"]["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "n3 is still in the fleet: {st}\n{}", fleet.fleet_logs());
+    let (status, body) = fleet.switch(0, "elm").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ack(&body)["nodes"].as_array().map(Vec::len), Some(3), "the upgraded n3 applied the flip: {body}");
+    assert!(fleet.serving().await.iter().all(|r| r.as_deref() == Some("elm")));
+}

@@ -131,6 +131,9 @@ pub struct Fleet {
     /// Nodes a flip named late, with the revision they had not applied: an
     /// alert until they have (or their session ends).
     late: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Set while this process has handed its state to a successor (`serve
+    /// --upgrade`): the successor publishes the node's record, not this one.
+    quiet: std::sync::atomic::AtomicBool,
     /// Deploy requests of other nodes this node has taken up.
     deploys_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -169,6 +172,7 @@ impl Fleet {
             metrics: FleetMetrics::new(),
             late: std::sync::Mutex::new(BTreeMap::new()),
             deploys_seen: std::sync::Mutex::new(Default::default()),
+            quiet: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -441,8 +445,19 @@ impl Fleet {
         session::run(&self, &reconnected).await
     }
 
-    /// Puts this node's record, bound to `lease`.
+    /// Stops (or, after an abandoned hand-over, resumes) publishing this
+    /// node's record: after `serve --upgrade` hands over, the successor's
+    /// session owns the node's key (it puts it at every keep-alive), so this
+    /// process's lease, ending with it, never takes the key with it.
+    pub fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::SeqCst);
+    }
+
+    /// Puts this node's record, bound to `lease` (not while quiet).
     async fn put_record(&self, lease: i64) -> Result<(), etcd_client::Error> {
+        if self.quiet.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let key = format!("{}{}", self.nodes_prefix(), self.settings.node);
         let value = serde_json::to_vec(&self.record()).expect("node record serialises");
         let kv = self.client.kv_client();

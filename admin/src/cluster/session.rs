@@ -159,6 +159,11 @@ async fn keep_alive(fleet: &Fleet, lease: i64, period: Duration) {
                         Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                             session.alive(sent);
                             unanswered = None;
+                            // the key stays this lease's (after an upgrade the
+                            // predecessor's may have held it)
+                            if let Err(e) = fleet.put_record(lease).await {
+                                log::warn!("fleet: publishing this node's record: {e}");
+                            }
                         }
                         Ok(Ok(Some(_))) => return, // etcd expired it
                         Ok(Ok(None)) | Ok(Err(_)) => break,

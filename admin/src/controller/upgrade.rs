@@ -19,12 +19,18 @@ impl Controller {
         let _flip = self.flip.lock().await;
         let _state = self.state.lock().await;
         self.handed_over.store(true, Ordering::SeqCst);
+        if let Some(fleet) = &self.fleet {
+            fleet.set_quiet(true);
+        }
         log::info!("state handed over: this process takes no more changes");
     }
 
     /// Takes changes again after a hand-over the new process never completed.
     pub fn resume(&self) {
         self.handed_over.store(false, Ordering::SeqCst);
+        if let Some(fleet) = &self.fleet {
+            fleet.set_quiet(false);
+        }
         log::info!("hand-over abandoned: this process takes changes again");
     }
 
