@@ -298,3 +298,26 @@ async fn a_node_upgraded_in_place_stays_in_the_fleet_after_its_predecessor_exits
     assert_eq!(ack(&body)["nodes"].as_array().map(Vec::len), Some(3), "the upgraded n3 applied the flip: {body}");
     assert!(fleet.serving().await.iter().all(|r| r.as_deref() == Some("elm")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_names_every_node_in_status_and_in_a_flip_and_readyz_and_metrics_say_ready() {
+    let fleet = Fleet::start(3, 3, &["juniper", "elm"], "").await;
+    let n1 = &fleet.nodes[0].canopy;
+    let out = n1.cli(&["switch", "elm"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("applied by every live node in") && ["n1 ", "n2 ", "n3 "].iter().all(|n| text.contains(n)), "{text}");
+    let out = n1.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fleet:      node n1 ready, serving revision"), "{text}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(n) && l.contains("up to date")), "{n} listed up to date:\n{text}");
+    }
+    let r = canopy_testkit::client().get(n1.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let metrics = canopy_testkit::client().get(n1.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in ["canopy_cluster_session_up 1", "canopy_cluster_ready 1", "canopy_cluster_flips_refused_total{reason=\"conflict\"} 0"] {
+        assert!(metrics.contains(line), "{line} in /metrics");
+    }
+    assert!(metrics.contains("canopy_cluster_apply_seconds_count 2"), "two acknowledged flips (the first switch and this one)");
+}
