@@ -7,9 +7,10 @@
 #   bash benches/callgrind.sh            # N1=500 N2=2500 requests
 #   KEEP=1 bash benches/callgrind.sh     # keep callgrind.out files for callgrind_annotate
 #   FRESH=1 bash benches/callgrind.sh    # a new TCP connection per request (Connection: close)
-#   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics canopy-canary
+#   VARIANTS=canopy bash benches/callgrind.sh   # only some of: bare bare-forward canopy canopy-nometrics canopy-canary canopy-fleet
 #                                        # (canopy-canary: a canary at 50% is running; the client sends no
-#                                        # cookie, so every answer sets one: the canary's worst case)
+#                                        # cookie, so every answer sets one: the canary's worst case;
+#                                        # canopy-fleet: the same binary with [cluster], a one-member etcd)
 #   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
 #                                        # before/after: another canopy build on the same config, same run
 #   NO_BUILD=1 bash benches/callgrind.sh # use the release binaries already built
@@ -69,6 +70,27 @@ run_canary() {
   SETUP="canary_on $admin" run "$1" "$3" "$4" "$2" serve -c "$cfg"
 }
 
+# start_etcd: a one-member etcd (Debian's) in $TMP on free ports; sets ETCD_PORT
+start_etcd() {
+  ETCD_PORT=$(port)
+  local peer
+  peer=$(port)
+  etcd --name cg --data-dir "$TMP/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls "http://127.0.0.1:$peer" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer" --initial-cluster "cg=http://127.0.0.1:$peer" > "$TMP/etcd.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$ETCD_PORT"
+}
+
+# run_fleet NAME BINARY N PORT: `run_canopy` as a fleet node ([cluster], its own prefix)
+run_fleet() {
+  [ -n "${ETCD_PORT:-}" ] || start_etcd
+  local cfg
+  cfg=$(canopy_cfg "$TMP/canopy-$4.toml" "$4" "$(port)" "127.0.0.1:$UP" "threads = 1")
+  printf '\n[cluster]\netcd = ["http://127.0.0.1:%s"]\nnode = "cg"\nprefix = "/callgrind/%s"\n' "$ETCD_PORT" "$4" >> "$cfg"
+  run "$1" "$3" "$4" "$2" serve -c "$cfg"
+}
+
 per_request() { echo "scale=0; ($2 - $1) / ($N2 - $N1)" | bc; }
 printf '%-22s %14s\n' proxy "instr/request"
 declare -A R
@@ -83,6 +105,7 @@ for variant in ${VARIANTS:-bare bare-forward canopy canopy-nometrics}; do
       canopy-base) totals+=("$(run_canopy canopy-base "${CANOPY_BASE:?CANOPY_BASE=path of the canopy binary to compare with}" true "$n" "$p")") ;;
       canopy-nometrics) totals+=("$(run_canopy canopy-nm $REL/canopy false "$n" "$p")") ;;
       canopy-canary) totals+=("$(run_canary canopy-canary $REL/canopy "$n" "$p")") ;;
+      canopy-fleet) totals+=("$(run_fleet canopy-fleet $REL/canopy "$n" "$p")") ;;
     esac
   done
   R[$variant]=$(per_request "${totals[0]}" "${totals[1]}")
@@ -95,4 +118,5 @@ echo
 [ -z "${R[canopy]:-}" ] || [ -z "${R[canopy-base]:-}" ] || printf 'canopy / canopy-base:     %s\n' "$(echo "scale=4; ${R[canopy]} / ${R[canopy-base]}" | bc)"
 [ -z "${R[canopy-canary]:-}" ] || [ -z "${R[canopy]:-}" ] || printf 'canary active / idle:     %s\n' "$(echo "scale=4; ${R[canopy-canary]} / ${R[canopy]}" | bc)"
 [ -z "${R[canopy-canary]:-}" ] || [ -z "${R[canopy-base]:-}" ] || printf 'canary / canopy-base:     %s\n' "$(echo "scale=4; ${R[canopy-canary]} / ${R[canopy-base]}" | bc)"
+[ -z "${R[canopy-fleet]:-}" ] || [ -z "${R[canopy]:-}" ] || printf 'fleet node / single:      %s\n' "$(echo "scale=4; ${R[canopy-fleet]} / ${R[canopy]}" | bc)"
 [ -z "${KEEP:-}" ] || echo "callgrind files kept in $TMP"

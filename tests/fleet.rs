@@ -221,7 +221,7 @@ async fn killing_the_node_that_coordinates_a_flip_at_random_points_leaves_one_re
         let _ = flip.await;
         // the others agree on one release within the session TTL (2 s)
         let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
-        let agreed = until_some("the live nodes agree", Duration::from_secs(3), || async {
+        let agreed = until_some("the live nodes agree within the session TTL", Duration::from_secs(2), || async {
             let serving = fleet.serving().await;
             let seen: Vec<&Option<String>> = others.iter().map(|i| &serving[*i]).collect();
             (seen.iter().all(|s| s.is_some() && *s == seen[0])).then(|| seen[0].clone().unwrap())
@@ -320,4 +320,33 @@ async fn the_cli_names_every_node_in_status_and_in_a_flip_and_readyz_and_metrics
         assert!(metrics.contains(line), "{line} in /metrics");
     }
     assert!(metrics.contains("canopy_cluster_apply_seconds_count 2"), "two acknowledged flips (the first switch and this one)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_node_is_left_out_of_a_flip_and_catches_up_before_it_is_ready_again() {
+    let fleet = Fleet::start(3, 3, &["juniper", "elm"], "").await;
+    let history = History::new("juniper");
+    let traffic = Traffic::start(&fleet, &history, 1, TRAFFIC_LIMIT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // like `docker pause`: the whole process stops, session keep-alives included
+    let pid = fleet.nodes[2].canopy.child.id();
+    let paused_at = Instant::now();
+    assert!(canopy_testkit::process::signal(pid, "-STOP"));
+    let invoked = Instant::now();
+    let (status, body) = fleet.switch(0, "elm").await;
+    assert!(record(&history, "elm", invoked, status, &body), "{status} {body}");
+    assert_eq!(ack(&body)["expired"], serde_json::json!(["n3"]), "the flip waits for n3's session to expire, naming it: {body}");
+    // n3's last keep-alive was at most a third of the TTL before the pause
+    let waited = paused_at.elapsed();
+    assert!(waited >= Duration::from_millis(1300), "acknowledged {waited:?} after the pause: before n3's session could expire");
+    let resumed = Instant::now();
+    assert!(canopy_testkit::process::signal(pid, "-CONT"));
+    let ready_at =
+        until_some("n3 ready again", Duration::from_secs(10), || async { fleet.nodes[2].ready().await.then(Instant::now) }).await;
+    assert_eq!(fleet.serving().await[2].as_deref(), Some("elm"), "n3 caught up before it said it was ready");
+    history.record_unready(Unready { node: "n3".into(), from: paused_at, to: Some(ready_at) });
+    println!("n3 paused: flip acknowledged {waited:?} after the pause; ready {:?} after it resumed", ready_at - resumed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic.stop().await;
+    history.check().assert_ok();
 }
