@@ -350,3 +350,42 @@ async fn a_paused_node_is_left_out_of_a_flip_and_catches_up_before_it_is_ready_a
     traffic.stop().await;
     history.check().assert_ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_guard_judges_the_whole_fleets_traffic_once_and_rolls_every_node_back() {
+    let fleet = Fleet::start(3, 3, &["juniper", "elm"], "").await;
+    // elm fails half its requests on n2 and n3 only (its checks still pass);
+    // the shoppers reach n2 and n3 only, so n1, which judges, sees none itself
+    for node in &fleet.nodes[1..] {
+        node.upstreams["elm"].knobs.error_permille.store(500, std::sync::atomic::Ordering::Relaxed);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut shoppers = Vec::new();
+    for node in &fleet.nodes[1..] {
+        let (url, stop) = (node.canopy.url("/"), stop.clone());
+        shoppers.push(tokio::spawn(async move {
+            let c = canopy_testkit::client();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let _ = c.get(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // juniper's baseline
+    let (status, body) = fleet.switch(0, "elm").await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the guard on n1 rolls the fleet back to juniper", Duration::from_secs(15), || async {
+        fleet.serving().await.iter().all(|r| r.as_deref() == Some("juniper"))
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in shoppers {
+        let _ = s.await;
+    }
+    let events: Vec<Value> =
+        canopy_testkit::client().get(fleet.nodes[1].canopy.admin_url("/events")).send().await.unwrap().json().await.unwrap();
+    let rollback = events.iter().find(|e| e["action"] == "auto-rollback").unwrap_or_else(|| panic!("an auto-rollback event: {events:?}"));
+    assert_eq!(rollback["actor"].as_str().map(|a| a.contains("guard")), Some(true), "{rollback}");
+    assert_eq!(events.iter().filter(|e| e["action"] == "auto-rollback").count(), 1, "taken once, for the whole fleet: {events:?}");
+}

@@ -31,12 +31,14 @@ use crate::state::State;
 
 mod ack;
 mod checks;
+mod counters;
 mod deploys;
 mod metrics;
 mod session;
 
 pub use ack::{FleetAck, NodeAck};
 pub(crate) use checks::CheckRequest;
+pub use counters::{Counters, FleetCounters};
 pub(crate) use deploys::{PrepareAnswer, PrepareRequest};
 pub use metrics::FleetCollector;
 use metrics::FleetMetrics;

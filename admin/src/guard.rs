@@ -310,6 +310,8 @@ pub struct GuardBook {
     pub refused_at: Option<Instant>,
     /// The latest rollback readiness (checked before each switch).
     pub readiness: Option<Readiness>,
+    /// In a fleet: the other nodes' traffic, added to this node's readings.
+    pub fleet: crate::cluster::FleetCounters,
 }
 
 /// The guard in `/status` and `GET /guard`.

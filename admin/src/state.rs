@@ -81,6 +81,9 @@ pub struct CanaryState {
     pub step_started_at: UnixMillis,
     /// Whether the guard judges each step (else steps advance by time only).
     pub guarded: bool,
+    /// In a fleet: the node that started it, which steps it (and judges it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl CanaryState {

@@ -83,7 +83,7 @@ impl Histogram {
 /// What the counters of one service of one release say at one moment,
 /// totals since they began: the guard's raw material (it subtracts two
 /// samples to see an interval). Read on the control path only.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceSample {
     /// Answers with a status (100-599).
     pub answered: u64,

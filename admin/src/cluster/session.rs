@@ -31,11 +31,20 @@ pub(crate) struct Session {
     caught: AtomicU64,
     /// Wakes the session to publish the node's record (a new revision applied).
     pub changed: Notify,
+    /// The current lease (0: none): what the node's keys are bound to.
+    pub lease: std::sync::atomic::AtomicI64,
 }
 
 impl Session {
     pub fn new(ttl: Duration) -> Self {
-        Session { ttl, alive_until: Mutex::new(None), epoch: AtomicU64::new(0), caught: AtomicU64::new(0), changed: Notify::new() }
+        Session {
+            ttl,
+            alive_until: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            caught: AtomicU64::new(0),
+            changed: Notify::new(),
+            lease: std::sync::atomic::AtomicI64::new(0),
+        }
     }
 
     /// The current session's number (0 before the first).
@@ -110,6 +119,7 @@ pub(super) async fn run(fleet: &Fleet, reconnected: &Notify) {
             }
         };
         session.alive(sent);
+        session.lease.store(lease, Ordering::SeqCst);
         let epoch = session.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         reconnected.notify_one();
         if let Some(since) = down_since.take() {

@@ -40,6 +40,7 @@ impl Controller {
             step_ms: settings.step_duration.as_millis() as u64,
             step_started_at: now_ms(),
             guarded,
+            node: self.node().map(String::from),
         };
         let start = Command::CanaryStart { canary };
         self.state.lock().await.precheck(&start)?;
@@ -82,6 +83,10 @@ impl Controller {
     /// it after its last step.
     pub(super) async fn step_canary(&self) {
         let Some(c) = self.canary_now().await else { return };
+        // in a fleet, the node that started the canary steps it, once
+        if c.node.as_deref().is_some_and(|n| Some(n) != self.node()) {
+            return;
+        }
         if now_ms() < c.step_started_at + c.step_ms {
             return;
         }

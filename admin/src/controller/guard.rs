@@ -11,6 +11,7 @@ use canopy_proxy::{ReleaseName, ServiceName};
 use super::flip::{Checks, Flip, Target};
 use super::Controller;
 use crate::clock::now_ms;
+use crate::cluster::Counters;
 use crate::guard::{Against, Evaluation, GuardView, Reading, Verdict, Watch};
 use crate::state::{Command, Failure};
 
@@ -29,6 +30,12 @@ impl Controller {
                 _ = self.guard_tick.notified() => continue,
                 _ = shutdown.changed() => return,
             }
+            // in a fleet: this node's counters out, every other node's in
+            if let Some(fleet) = &self.fleet {
+                fleet.publish_counters(&self.own_counters()).await;
+                let others = fleet.others_counters().await;
+                self.guard.lock().expect("guard lock").fleet.absorb(others);
+            }
             self.read_counters(Instant::now());
             if let Some((watch, evaluation)) = self.judge().await {
                 self.act_on(watch, evaluation).await;
@@ -37,14 +44,37 @@ impl Controller {
         }
     }
 
-    /// Records a reading of every release in the table, as of `at`.
+    /// This node's counters, per release and service (published to the
+    /// fleet for the node that judges).
+    fn own_counters(&self) -> Counters {
+        let snapshot = self.table.load();
+        let names: Vec<String> = snapshot.topology().services().iter().map(|s| s.name.to_string()).collect();
+        snapshot
+            .releases()
+            .iter()
+            .map(|r| {
+                let samples = names.iter().cloned().zip(r.stats().services().iter().map(|s| s.sample())).collect();
+                (r.name().to_string(), samples)
+            })
+            .collect()
+    }
+
+    /// Records a reading of every release in the table, as of `at`: this
+    /// node's counters plus, in a fleet, every other node's traffic as
+    /// absorbed so far, so the verdict is over the whole fleet's traffic.
     fn read_counters(&self, at: Instant) {
         let snapshot = self.table.load();
+        let names: Vec<String> = snapshot.topology().services().iter().map(|s| s.name.to_string()).collect();
         let rules = &self.rt().settings.guard;
         let keep = rules.window.max(rules.baseline) + rules.interval * 2;
         let mut book = self.guard.lock().expect("guard lock");
         for release in snapshot.releases() {
-            let services = release.stats().services().iter().map(|s| s.sample()).collect();
+            let mut services: Vec<_> = release.stats().services().iter().map(|s| s.sample()).collect();
+            for (sample, name) in services.iter_mut().zip(&names) {
+                if let Some(theirs) = book.fleet.of(release.name().as_str(), name) {
+                    sample.add(theirs);
+                }
+            }
             book.history.record(release.name(), Reading { at, services }, keep);
         }
         let present: Vec<&ReleaseName> = snapshot.releases().iter().map(|r| r.name()).collect();

@@ -116,7 +116,15 @@ fn state_files_without_deploy_fields_still_load() {
 }
 
 fn canary(release: &str) -> Command {
-    let canary = CanaryState { release: n(release), steps: vec![1000, 5000], step: 0, step_ms: 60_000, step_started_at: 0, guarded: true };
+    let canary = CanaryState {
+        release: n(release),
+        steps: vec![1000, 5000],
+        step: 0,
+        step_ms: 60_000,
+        step_started_at: 0,
+        guarded: true,
+        node: None,
+    };
     Command::CanaryStart { canary }
 }
 
