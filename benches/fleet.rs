@@ -10,13 +10,15 @@
 //! has its own upstream per release (the test kit's), checked on `/health`
 //! before every switch (on every node, in a fleet). For each setting:
 //! `FLEET_FLIPS` switches (default 100) alternating between two releases,
-//! sent to the nodes in turn, after 5 warm-up flips; printed: the switch
+//! sent to the nodes in turn, after 6 warm-up flips; printed: the switch
 //! call's latency p50/p99 as the operator sees it, the acknowledgement's own
 //! figure (commit to every node applied) p50/p99, the ratio of the p50 call
 //! latency to the single canopy's, and the etcd requests per flip (gRPC
 //! requests every etcd member handled, from their `/metrics`, over the
 //! flips, divided by the flips: the node sessions' keep-alives in that time
-//! included).
+//! included). For reference it times etcd's own writes (the floor: a flip
+//! is a few writes in a row). `TMPDIR=/dev/shm` puts etcd's data in memory,
+//! which shows canopy's share apart from the disk's fsync.
 //!
 //! Everything binds loopback only; every child process stops on drop.
 
@@ -27,8 +29,8 @@ use canopy_testkit::fleet::{node_config, Fleet};
 use canopy_testkit::{client, upstream, Canopy};
 use serde_json::{json, Value};
 
-/// Warm-up flips before measuring.
-const WARM_UP: usize = 5;
+/// Warm-up flips before measuring (even: juniper is live after them).
+const WARM_UP: usize = 6;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -72,6 +74,24 @@ async fn etcd_requests(fleet: &Fleet) -> f64 {
     total
 }
 
+/// etcd's own write latency on this machine (the floor under every flip:
+/// its commit and each node's acknowledgement are writes): 50 puts through
+/// etcd's JSON gateway, one after another; (p50, p99) in ms.
+async fn etcd_writes(fleet: &Fleet) -> (f64, f64) {
+    let url = format!("{}/v3/kv/put", fleet.etcd.member_endpoint(0));
+    let mut times = Vec::new();
+    for i in 0..50 {
+        // base64 of "bench" and of a short value
+        let body = json!({"key": "YmVuY2g=", "value": if i % 2 == 0 { "YQ==" } else { "Yg==" }});
+        let started = Instant::now();
+        let r = client().post(&url).json(&body).send().await.expect("etcd put");
+        assert!(r.status().is_success(), "etcd put: {}", r.status());
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
 /// A single canopy without `[cluster]`, with the same service, checks and releases.
 async fn single(n: usize) -> (Vec<f64>, Vec<f64>) {
     let config = node_config("single", &[], "5s", "10s", "");
@@ -107,6 +127,13 @@ async fn main() {
         let fleet = Fleet::start(3, nodes, &["juniper", "elm"], "").await;
         let admins: Vec<String> = fleet.nodes.iter().map(|node| node.canopy.admin_url("/switch")).collect();
         flips(&admins, WARM_UP).await;
+        if nodes == 1 {
+            let (p50, p99) = etcd_writes(&fleet).await;
+            println!(
+                "{:<28} put  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  (the floor: a flip makes 2 to 4 writes in a row)",
+                "etcd write, for reference"
+            );
+        }
         let before = etcd_requests(&fleet).await;
         let (calls, acks) = flips(&admins, n).await;
         let requests = (etcd_requests(&fleet).await - before) / n as f64;

@@ -175,6 +175,9 @@ async fn run(listener: TcpListener, shared: Arc<Shared>, mut requests: mpsc::Unb
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // forward each write at once (Nagle's delay against the peer's
+                // delayed ACK stalls a request/response exchange by ~40 ms)
+                let _ = stream.set_nodelay(true);
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
                 shared.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(stream, shared.clone()));
@@ -220,7 +223,10 @@ async fn relay(client: &mut TcpStream, shared: &Shared) -> bool {
     };
     let mut upstream = tokio::select! {
         up = dial => match up {
-            Ok(up) => up,
+            Ok(up) => {
+                let _ = up.set_nodelay(true);
+                up
+            }
             Err(_) => return false,
         },
         () = until_cut(shared) => return false,

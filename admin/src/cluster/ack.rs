@@ -54,7 +54,10 @@ impl Fleet {
     /// (until the timeout).
     pub async fn acknowledge(&self, revision: i64, committed: Instant, members: &[String]) -> FleetAck {
         let limit = self.settings.apply_timeout;
-        let mut tally = Tally { revision, applied: BTreeMap::new(), waiting: members.iter().cloned().collect(), expired: Vec::new() };
+        // this node applied it before the commit returned (its record says so a write later)
+        let applied = BTreeMap::from([(self.node().to_string(), Duration::ZERO)]);
+        let waiting = members.iter().filter(|m| *m != self.node()).cloned().collect();
+        let mut tally = Tally { revision, applied, waiting, expired: Vec::new() };
         let mut read = false;
         // the node list once, then its changes as they come (a watch from
         // the list's revision on); read again whenever the watch breaks

@@ -107,13 +107,17 @@ impl Fleet {
             }
             tokio::time::sleep(POLL).await;
         }
+        // off the flip's path: nothing waits for the clean-up
         let kv = self.client.kv_client();
-        let _ = self
-            .run(move || {
+        self.spawn(async move {
+            let deleted = super::with_retries(move || {
                 let (mut kv, key) = (kv.clone(), key.clone());
                 async move { kv.delete(key, Some(DeleteOptions::new().with_prefix())).await }
-            })
-            .await;
+            });
+            if let Err(e) = deleted.await {
+                log::debug!("fleet: deleting a finished check request: {e}");
+            }
+        });
         Ok(result)
     }
 
