@@ -719,3 +719,23 @@ async fn status_page_shows_the_canary_weight_and_the_guard_verdict() {
     let _ = b.wd.clone().close().await;
     assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
 }
+
+/// Issue 23: in a fleet the page lists every node, the revision it serves
+/// and its lag, and says whether this node is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_lists_the_fleets_nodes() {
+    let fleet = canopy_testkit::fleet::Fleet::start(1, 2, &["juniper", "elm"], "").await;
+    let c = &fleet.nodes[0].canopy;
+    let driver = ChromeDriver::start().await;
+    let origin = format!("http://{}", c.admin);
+    let mut b = Browser::open(&driver, &origin).await;
+    b.wd.goto(&format!("{origin}/")).await.expect("open the status page");
+    b.wait_shown("#fleet-card", true).await;
+    let summary = b.wait_text("#fleet-summary", |t| t.contains("ready"), "this node's readiness", Duration::from_secs(20)).await;
+    assert!(summary.contains("this node n1 is ready, serving revision"), "{summary}");
+    let nodes = b.wait_text("#fleet-nodes", |t| t.contains("n1") && t.contains("n2"), "both nodes", Duration::from_secs(20)).await;
+    assert_eq!(nodes.matches("up to date").count(), 2, "{nodes}");
+    b.read_logs().await;
+    let _ = b.wd.clone().close().await;
+    assert!(b.errors.is_empty() && b.foreign.is_empty(), "page errors {:?}, foreign requests {:?}", b.errors, b.foreign);
+}

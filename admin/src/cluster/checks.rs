@@ -75,9 +75,13 @@ impl Fleet {
         let key = format!("{}{id}", self.checks_prefix());
         let (kv, value) = (self.client.kv_client(), serde_json::to_vec(&request).expect("request serialises"));
         let put_key = key.clone();
+        // bound to this node's session: a request left behind by a node that
+        // died mid-flip goes with its lease
+        let lease = self.session.lease.load(std::sync::atomic::Ordering::SeqCst);
+        let options = (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
         self.run(move || {
-            let (mut kv, key, value) = (kv.clone(), put_key.clone(), value.clone());
-            async move { kv.put(key, value, None).await }
+            let (mut kv, key, value, options) = (kv.clone(), put_key.clone(), value.clone(), options.clone());
+            async move { kv.put(key, value, options).await }
         })
         .await
         .map_err(|e| self.unavailable("pass on the checks", e))?;
