@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{now_ms, UnixMillis};
@@ -33,6 +33,7 @@ mod ack;
 mod checks;
 mod counters;
 mod deploys;
+mod kv;
 mod metrics;
 mod session;
 
@@ -308,16 +309,6 @@ impl Fleet {
         Ok(revision)
     }
 
-    /// One etcd transaction.
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
-        let kv = self.client.kv_client();
-        self.run(move || {
-            let (mut kv, txn) = (kv.clone(), txn.clone());
-            async move { kv.txn(txn).await }
-        })
-        .await
-    }
-
     fn decode(&self, bytes: &[u8], revision: i64) -> Result<State, ControlError> {
         serde_json::from_slice(bytes).map_err(|e| {
             ControlError::Unavailable(format!("the fleet's state at {} revision {revision} is unreadable: {e}", self.state_key()))
@@ -347,14 +338,7 @@ impl Fleet {
 
     /// [`Fleet::nodes`], and the etcd revision they were read at.
     pub(crate) async fn nodes_at(&self) -> Result<(BTreeMap<String, NodeRecord>, i64), ControlError> {
-        let (kv, prefix) = (self.client.kv_client(), self.nodes_prefix());
-        let resp = self
-            .run(move || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .map_err(|e| self.unavailable("list the nodes", e))?;
+        let resp = self.get_prefix(self.nodes_prefix()).await.map_err(|e| self.unavailable("list the nodes", e))?;
         let at = resp.header().map_or(0, |h| h.revision());
         let nodes =
             resp.kvs().iter().filter_map(|kv| serde_json::from_slice::<NodeRecord>(kv.value()).ok()).map(|r| (r.node.clone(), r)).collect();
@@ -363,13 +347,7 @@ impl Fleet {
 
     /// Watches the node records from etcd revision `from` on.
     pub(crate) async fn watch_nodes(&self, from: i64) -> Result<etcd_client::WatchStream, ControlError> {
-        let (watch, prefix) = (self.client.watch_client(), self.nodes_prefix());
-        self.run(move || {
-            let (mut watch, prefix) = (watch.clone(), prefix.clone());
-            async move { watch.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix().with_start_revision(from))).await }
-        })
-        .await
-        .map_err(|e| self.unavailable("watch the nodes", e))
+        self.watch_prefix(self.nodes_prefix(), from).await.map_err(|e| self.unavailable("watch the nodes", e))
     }
 
     /// The fleet for `canopy status`.
@@ -462,13 +440,7 @@ impl Fleet {
         }
         let key = format!("{}{}", self.nodes_prefix(), self.settings.node);
         let value = serde_json::to_vec(&self.record()).expect("node record serialises");
-        let kv = self.client.kv_client();
-        self.run(move || {
-            let (mut kv, key, value) = (kv.clone(), key.clone(), value.clone());
-            async move { kv.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
-        })
-        .await
-        .map(|_| ())
+        self.put_key(key, value, Some(lease)).await
     }
 
     /// Runs one etcd request (made by `request`) on the fleet's runtime,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::ReleaseName;
-use etcd_client::{DeleteOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{DeleteOptions, EventType};
 use serde::{Deserialize, Serialize};
 
 use super::Fleet;
@@ -73,27 +73,15 @@ impl Fleet {
         let request =
             CheckRequest { id: id.clone(), release: release.clone(), quick, by: self.node().to_string(), revision: self.applied() };
         let key = format!("{}{id}", self.checks_prefix());
-        let (kv, value) = (self.client.kv_client(), serde_json::to_vec(&request).expect("request serialises"));
-        let put_key = key.clone();
+        let value = serde_json::to_vec(&request).expect("request serialises");
         // bound to this node's session: a request left behind by a node that
         // died mid-flip goes with its lease
         let lease = self.session.lease.load(std::sync::atomic::Ordering::SeqCst);
-        let options = (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
-        self.run(move || {
-            let (mut kv, key, value, options) = (kv.clone(), put_key.clone(), value.clone(), options.clone());
-            async move { kv.put(key, value, options).await }
-        })
-        .await
-        .map_err(|e| self.unavailable("pass on the checks", e))?;
+        self.put_key(key.clone(), value, (lease != 0).then_some(lease)).await.map_err(|e| self.unavailable("pass on the checks", e))?;
         let started = Instant::now();
         let mut result = FleetChecks::default();
         loop {
-            let (kv, prefix) = (self.client.kv_client(), format!("{key}/"));
-            let read = self.run(move || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            });
-            if let Ok(resp) = read.await {
+            if let Ok(resp) = self.get_prefix(format!("{key}/")).await {
                 for kv in resp.kvs() {
                     if let Ok(answer) = serde_json::from_slice::<CheckAnswer>(kv.value()) {
                         result.answers.insert(answer.node, answer.report);
@@ -135,14 +123,7 @@ impl Fleet {
     {
         // requests made while no watch ran (at start, after a break) first,
         // then every new one from the revision they were read at
-        let (kv, prefix) = (self.client.kv_client(), self.checks_prefix());
-        let listed = self
-            .run(move || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await;
-        let Ok(listed) = listed else { return };
+        let Ok(listed) = self.get_prefix(self.checks_prefix()).await else { return };
         let keys: Vec<String> = listed.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
         for kv in listed.kvs() {
             let answered = format!("{}/{}", String::from_utf8_lossy(kv.key()), self.node());
@@ -151,14 +132,7 @@ impl Fleet {
             }
         }
         let from = listed.header().map_or(0, |h| h.revision()) + 1;
-        let (watch, prefix) = (self.client.watch_client(), self.checks_prefix());
-        let opened = self
-            .run(move || {
-                let (mut watch, prefix) = (watch.clone(), prefix.clone());
-                async move { watch.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from))).await }
-            })
-            .await;
-        let Ok(mut stream) = opened else { return };
+        let Ok(mut stream) = self.watch_prefix(self.checks_prefix(), from).await else { return };
         while let Ok(Some(resp)) = stream.message().await {
             for event in resp.events() {
                 if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {

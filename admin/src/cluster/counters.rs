@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use canopy_proxy::ServiceSample;
-use etcd_client::{GetOptions, PutOptions};
 
 use super::Fleet;
 
@@ -26,31 +25,18 @@ impl Fleet {
         if lease == 0 || !self.session.live() {
             return;
         }
-        let (kv, key) = (self.client.kv_client(), format!("{}{}", self.counters_prefix(), self.node()));
+        let key = format!("{}{}", self.counters_prefix(), self.node());
         let value = serde_json::to_vec(counters).expect("counters serialise");
-        let put = self
-            .run(move || {
-                let (mut kv, key, value) = (kv.clone(), key.clone(), value.clone());
-                async move { kv.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
-            })
-            .await;
-        if let Err(e) = put {
+        if let Err(e) = self.put_key(key, value, Some(lease)).await {
             log::debug!("fleet: publishing the guard's counters: {e}");
         }
     }
 
     /// The other nodes' latest counters, by node (live sessions only).
     pub(crate) async fn others_counters(&self) -> BTreeMap<String, Counters> {
-        let (kv, prefix) = (self.client.kv_client(), self.counters_prefix());
-        let own = format!("{prefix}{}", self.node());
-        let listed = self
-            .run(move || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await;
-        let Ok(listed) = listed else { return BTreeMap::new() };
         let prefix = self.counters_prefix();
+        let own = format!("{prefix}{}", self.node());
+        let Ok(listed) = self.get_prefix(prefix.clone()).await else { return BTreeMap::new() };
         listed
             .kvs()
             .iter()

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::ReleaseName;
-use etcd_client::{DeleteOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::EventType;
 use serde::{Deserialize, Serialize};
 
 use super::Fleet;
@@ -69,14 +69,7 @@ impl Fleet {
     }
 
     async fn put(&self, key: String, value: Vec<u8>) -> Result<(), ControlError> {
-        let kv = self.client.kv_client();
-        self.run(move || {
-            let (mut kv, key, value) = (kv.clone(), key.clone(), value.clone());
-            async move { kv.put(key, value, None).await }
-        })
-        .await
-        .map(drop)
-        .map_err(|e| self.unavailable("pass on the deploy", e))
+        self.put_key(key, value, None).await.map_err(|e| self.unavailable("pass on the deploy", e))
     }
 
     async fn list(&self, prefix: String) -> Option<BTreeMap<String, Vec<u8>>> {
@@ -85,14 +78,7 @@ impl Fleet {
 
     /// The keys under `prefix` with their values, and the etcd revision read at.
     async fn list_at(&self, prefix: String) -> Option<(BTreeMap<String, Vec<u8>>, i64)> {
-        let kv = self.client.kv_client();
-        let resp = self
-            .run(move || {
-                let (mut kv, prefix) = (kv.clone(), prefix.clone());
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await
-            .ok()?;
+        let resp = self.get_prefix(prefix).await.ok()?;
         let at = resp.header().map_or(0, |h| h.revision());
         Some((resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect(), at))
     }
@@ -161,13 +147,9 @@ impl Fleet {
 
     /// Deletes deploy `id`'s keys.
     pub(crate) async fn forget_deploy(&self, id: &str) {
-        let (kv, key) = (self.client.kv_client(), format!("{}{id}", self.deploys_prefix()));
-        let _ = self
-            .run(move || {
-                let (mut kv, key) = (kv.clone(), key.clone());
-                async move { kv.delete(key, Some(DeleteOptions::new().with_prefix())).await }
-            })
-            .await;
+        if let Err(e) = self.delete_prefix(format!("{}{id}", self.deploys_prefix())).await {
+            log::debug!("fleet: deleting the keys of deploy {id}: {e}");
+        }
     }
 
     /// This node's answer to deploy `id`.
@@ -223,14 +205,7 @@ impl Fleet {
                 self.hand_over(value, &prefix, key, &prepare);
             }
         }
-        let watch = self.client.watch_client();
-        let opened = self
-            .run(move || {
-                let (mut watch, prefix) = (watch.clone(), prefix.clone());
-                async move { watch.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(at + 1))).await }
-            })
-            .await;
-        let Ok(mut stream) = opened else { return };
+        let Ok(mut stream) = self.watch_prefix(prefix, at + 1).await else { return };
         while let Ok(Some(resp)) = stream.message().await {
             for event in resp.events() {
                 if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
