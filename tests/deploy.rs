@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use canopy_testkit::configs::listeners;
 use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
 use canopy_testkit::process::docker;
 use canopy_testkit::registry::Registry;
@@ -97,18 +98,9 @@ impl Scope {
     /// [`Scope::config`] with the services' images from `image`.
     fn config_with(&self, image: &str, window: &str, keep: usize, worker_overlap: bool, socket: Option<&str>) -> String {
         let socket = socket.map(|s| format!("socket = \"{s}\"\n")).unwrap_or_default();
+        let head = listeners("upstream-timeout = \"5s\"\n");
         format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:{{proxy_port}}"
-threads = 2
-connect-timeout = "500ms"
-upstream-timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:{{admin_port}}"
-state-file = "state.json"
-
+            r#"{head}
 [releases]
 address-template = "{prefix}-{{service}}--{{release}}"
 validation-window = "{window}"

@@ -38,17 +38,9 @@ impl Scope {
 
     /// Node `node`'s proxy.toml: its own network and container names.
     fn config(&self, node: &str, image: &str) -> String {
+        let head = canopy_testkit::configs::listeners("");
         format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:{{proxy_port}}"
-threads = 2
-connect-timeout = "500ms"
-
-[admin]
-listen = "127.0.0.1:{{admin_port}}"
-state-file = "state.json"
-
+            r#"{head}
 [releases]
 address-template = "{prefix}-{node}-{{service}}--{{release}}"
 validation-window = "10m"

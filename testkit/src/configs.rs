@@ -8,6 +8,24 @@ use std::path::PathBuf;
 
 use crate::process::running_as_root;
 
+/// The start of a test's canopy config: `[proxy]` on `{proxy_port}` (two
+/// threads, a 500 ms connect timeout, then `proxy_lines`) and `[admin]` on
+/// `{admin_port}` with `state.json` beside the config.
+pub fn listeners(proxy_lines: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:{{proxy_port}}"
+threads = 2
+connect-timeout = "500ms"
+{proxy_lines}
+[admin]
+listen = "127.0.0.1:{{admin_port}}"
+state-file = "state.json"
+"#
+    )
+}
+
 /// The canopy config most tests use: server, worker (no routes) and
 /// storefront, preview on, `state.json` in canopy's directory, ports as
 /// `{proxy_port}` and `{admin_port}` (filled in by
@@ -15,19 +33,9 @@ use crate::process::running_as_root;
 /// `[releases]`, `server_checks` (each ending in a comma) into the server's
 /// checks after its http and GraphQL ones.
 pub fn config(extra_top: &str, server_checks: &str) -> String {
+    let head = listeners("upstream-timeout = \"2s\"\nshutdown-grace = \"5s\"\n");
     format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:{{proxy_port}}"
-threads = 2
-connect-timeout = "500ms"
-upstream-timeout = "2s"
-shutdown-grace = "5s"
-
-[admin]
-listen = "127.0.0.1:{{admin_port}}"
-state-file = "state.json"
-
+        r#"{head}
 [releases]
 address-template = "test-{{service}}--{{release}}.invalid"
 validation-window = "10m"

@@ -25,19 +25,9 @@ pub const PREFIX: &str = "/canopy/test";
 /// given endpoints, `session-ttl` and `apply-timeout`.
 pub fn node_config(node: &str, endpoints: &[String], session_ttl: &str, apply_timeout: &str, checks: &str) -> String {
     let etcd: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let head = crate::configs::listeners("upstream-timeout = \"2s\"\nshutdown-grace = \"2s\"\n");
     format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:{{proxy_port}}"
-threads = 2
-connect-timeout = "500ms"
-upstream-timeout = "2s"
-shutdown-grace = "2s"
-
-[admin]
-listen = "127.0.0.1:{{admin_port}}"
-state-file = "state.json"
-
+        r#"{head}
 [releases]
 address-template = "{{release}}-{{service}}.invalid"
 validation-window = "10m"
