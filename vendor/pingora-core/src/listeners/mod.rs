@@ -329,6 +329,16 @@ impl UninitializedStream {
         }
     }
 
+    /// canopy patch (small connection tasks): the stream at once when there
+    /// is no handshake to do (no TLS), else `self` back.
+    pub(crate) fn into_plain(mut self) -> std::result::Result<Stream, Self> {
+        if self.tls.is_some() {
+            return Err(self);
+        }
+        self.l4.set_buffer(self.l4_buffer);
+        Ok(Box::new(self.l4))
+    }
+
     /// Get the peer address of the connection if available
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.l4

@@ -24,6 +24,7 @@ use crate::listeners::tls::TlsSettings;
 use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
+    UninitializedStream,
 };
 use crate::protocols::Stream;
 #[cfg(unix)]
@@ -199,6 +200,30 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         }
     }
 
+    /// canopy patch (small connection tasks): the handshake of `io`, boxed so
+    /// that its state is freed once it is done, then the connection.
+    async fn handshake_then_handle(
+        io: Box<UninitializedStream>,
+        app: Arc<A>,
+        shutdown: ShutdownWatch,
+    ) {
+        let peer_addr = io.peer_addr();
+        match Box::pin(timeout(Duration::from_secs(60), io.handshake())).await {
+            Ok(Ok(io)) => Self::handle_event(io, app, shutdown).await,
+            Ok(Err(e)) => {
+                // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                if let Some(addr) = peer_addr {
+                    error!("Downstream handshake error from {}: {e}", addr);
+                } else {
+                    error!("Downstream handshake error: {e}");
+                }
+            }
+            Err(_) => {
+                error!("Downstream handshake timeout");
+            }
+        }
+    }
+
     async fn run_endpoint(
         app_logic: Arc<A>,
         mut stack: TransportStack,
@@ -229,27 +254,24 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
-                                }
-                            }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                    // canopy patch (small connection tasks): a plaintext
+                    // connection has no handshake to wait for, so its task is
+                    // only the connection's; a TLS one waits for its
+                    // handshake in a box freed once it is done. The task of
+                    // every connection used to hold the handshake's state
+                    // (the TCP stream inline, a 60 s timer) for its whole life.
+                    match io.into_plain() {
+                        Ok(io) => {
+                            current_handle().spawn(Self::handle_event(io, app, shutdown));
                         }
-                    });
+                        Err(io) => {
+                            current_handle().spawn(Self::handshake_then_handle(
+                                Box::new(io),
+                                app,
+                                shutdown,
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");

@@ -19,3 +19,4 @@ pub mod listener;
 pub mod socket;
 pub mod stream;
 pub mod virt;
+mod write_buffer; // canopy patch (idle write buffer)
