@@ -183,15 +183,15 @@ pick_proxies() {
 # ---------------------------------------------------------------- CPU time
 CLK_TCK=$(getconf CLK_TCK)
 
-# cpu_ticks PID: CPU ticks (utime+stime, all threads) of PID and its direct
-# children (nginx workers).
+# cpu_ticks PID [user]: CPU ticks (utime+stime, all threads; with `user`,
+# utime only) of PID and its direct children (nginx workers).
 cpu_ticks() {
-  local total=0 p stat
+  local total=0 p stat user_only=${2:-}
   for p in "$1" $(pgrep -P "$1" || true); do
     stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     stat=${stat##*) }            # drop "pid (comm) " - comm may contain spaces
     set -- $stat                  # $1 = state (field 3), so utime = $12, stime = $13
-    total=$((total + ${12} + ${13}))
+    if [[ -n $user_only ]]; then total=$((total + ${12})); else total=$((total + ${12} + ${13})); fi
   done
   echo "$total"
 }

@@ -23,6 +23,9 @@
 #   h2        HTTP/2 over TLS (ALPN h2): h2load -c H2_CONNS -m H2_STREAMS
 #   plain     baseline without TLS: a new TCP connection per request to the
 #             plaintext listener, same client as full and resumed
+#   kaplain   the clients of plain, each keeping one connection for all its
+#             requests: plain minus kaplain is what a new connection costs
+#             (accept, set-up, close), with the same requests and wake-ups
 #   full      every request on a new TLS connection, full handshake
 #   resumed   every request on a new TLS connection resuming the session of
 #             the client's previous connection (TLS 1.3 session ticket)
@@ -36,7 +39,9 @@
 #
 # CPU as in load.sh: utime+stime of the proxy (all threads, and nginx's
 # worker) from /proc/PID/stat before and after the measured run, divided by
-# the requests answered 200, so the clients' CPU is not counted. Run on an
+# the requests answered 200, so the clients' CPU is not counted; "of it
+# user" is the utime part (the rest is the kernel's work for the proxy's
+# system calls and its sockets). Run on an
 # otherwise idle machine (the script prints how busy the CPUs were before it
 # started); single rounds vary, use ROUNDS=3.
 #
@@ -92,7 +97,8 @@ system_default = tls_client
 Ciphersuites = $TLS13_CIPHER
 EOF
 
-# The new-connection client: newconn.py PORT SECONDS plain|full|resumed CAFILE
+# The new-connection client: newconn.py PORT SECONDS plain|keepalive|full|resumed CAFILE
+# (keepalive: plaintext, one connection for all requests)
 # prints "ok failed resumed seconds version cipher alpn".
 cat >"$TMP/newconn.py" <<'EOF'
 import socket, ssl, sys, time
@@ -104,6 +110,25 @@ request = b"GET /products HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r
 ok = failed = resumed = 0
 session, first, error = None, None, None
 start = time.monotonic()
+if mode == "keepalive":
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while time.monotonic() - start < secs:
+        try:
+            c.request("GET", "/products", headers={"Host": "localhost"})
+            r = c.getresponse()
+            body = r.read()
+            if r.status == 200 and b'"release":"juniper"' in body:
+                ok += 1
+            else:
+                failed += 1
+                error = error or f"{r.status} {body[:60]!r}"
+        except (OSError, http.client.HTTPException) as e:
+            failed += 1
+            error = error or repr(e)
+            c.close()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    secs = 0  # not the new-connection loop below
 while time.monotonic() - start < secs:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -171,9 +196,9 @@ start_haproxy() {
 }
 
 pick_proxies ${CANOPY_BASE:+canopy-base}
-read -r -a SCENARIOS <<<"${SCENARIOS:-h1plain h1 h2 plain full resumed}"
-declare -A LABEL=([h1plain]=h1-plain [h1]=h1-keepalive [h2]=h2 [plain]=newconn-plain [full]=newconn-full [resumed]=newconn-resumed)
-for sc in "${SCENARIOS[@]}"; do [[ -n ${LABEL[$sc]:-} ]] || die "unknown scenario $sc (h1plain h1 h2 plain full resumed)"; done
+read -r -a SCENARIOS <<<"${SCENARIOS:-h1plain h1 h2 plain kaplain full resumed}"
+declare -A LABEL=([h1plain]=h1-plain [h1]=h1-keepalive [h2]=h2 [plain]=newconn-plain [kaplain]=keepalive-plain [full]=newconn-full [resumed]=newconn-resumed)
+for sc in "${SCENARIOS[@]}"; do [[ -n ${LABEL[$sc]:-} ]] || die "unknown scenario $sc (h1plain h1 h2 plain kaplain full resumed)"; done
 
 # ---------------------------------------------------------------- load
 # Each load_SCENARIO SECONDS runs the clients against TLS_PORT (PLAIN_PORT) and sets
@@ -197,9 +222,9 @@ load_h1plain() { h2load_run "$1" "http://127.0.0.1:$PLAIN_PORT/products" --h1 -c
 load_h1() { h2load_run "$1" "https://localhost:$TLS_PORT/products" --connect-to="127.0.0.1:$TLS_PORT" --h1 -c "$H1_CONNS"; }
 load_h2() { h2load_run "$1" "https://localhost:$TLS_PORT/products" --connect-to="127.0.0.1:$TLS_PORT" -c "$H2_CONNS" -m "$H2_STREAMS"; }
 
-newconn_run() { # newconn_run SECONDS plain|full|resumed
+newconn_run() { # newconn_run SECONDS plain|keepalive|full|resumed
   local i pids=() out port=$TLS_PORT
-  [[ $2 != plain ]] || port=$PLAIN_PORT
+  [[ $2 != plain && $2 != keepalive ]] || port=$PLAIN_PORT
   for ((i = 0; i < NEWCONN_CLIENTS; i++)); do
     OPENSSL_CONF=$TMP/openssl-client.cnf python3 "$TMP/newconn.py" "$port" "$1" "$2" "$CERT" >"$TMP/newconn.out.$i" 2>"$TMP/newconn.err.$i" &
     pids+=("$!")
@@ -214,9 +239,10 @@ newconn_run() { # newconn_run SECONDS plain|full|resumed
   read -r N_OK N_BAD RATE REUSED < <(awk '{ok += $1; bad += $2; re += $3; t += $4}
     END {printf "%d %d %.0f %d/%d\n", ok, bad, ok / (t / NR), re, ok + bad}' <<<"$out")
   NEG="$(awk 'NR == 1 {print $5 == "plain" ? "plain" : $5 " " $6 " (see probe) " $7}' <<<"$out")"
-  [[ $2 != plain ]] || REUSED=-
+  [[ $2 != plain && $2 != keepalive ]] || REUSED=-
 }
 load_plain() { newconn_run "$1" plain; }
+load_kaplain() { newconn_run "$1" keepalive; }
 load_full() { newconn_run "$1" full; }
 load_resumed() { newconn_run "$1" resumed; }
 
@@ -241,7 +267,7 @@ probe_resumption() {
 }
 
 # ---------------------------------------------------------------- measure
-declare -A REQS RPS CPU RESUMED NEGOTIATED
+declare -A REQS RPS CPU USER RESUMED NEGOTIATED
 measure() { # measure NAME: start the proxy, check it, run the scenarios, stop it
   local name=$1 headers before after cpu sc
   echo "== $name"
@@ -262,12 +288,13 @@ measure() { # measure NAME: start the proxy, check it, run the scenarios, stop i
 
   for sc in "${SCENARIOS[@]}"; do
     "load_$sc" "$WARM"
-    before=$(cpu_ticks "$PROXY_PID")
+    before=$(cpu_ticks "$PROXY_PID") user_before=$(cpu_ticks "$PROXY_PID" user)
     "load_$sc" "$DUR"
-    after=$(cpu_ticks "$PROXY_PID")
+    after=$(cpu_ticks "$PROXY_PID") user_after=$(cpu_ticks "$PROXY_PID" user)
     ((N_OK > 0)) || die "$name $sc: no request answered"
     cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$N_OK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-    REQS[$name/$sc]+=" $N_OK" RPS[$name/$sc]+=" $RATE" CPU[$name/$sc]+=" $cpu" RESUMED[$name/$sc]+=" $REUSED"
+    user=$(awk -v t=$((user_after - user_before)) -v hz="$CLK_TCK" -v n="$N_OK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    REQS[$name/$sc]+=" $N_OK" RPS[$name/$sc]+=" $RATE" CPU[$name/$sc]+=" $cpu" USER[$name/$sc]+=" $user" RESUMED[$name/$sc]+=" $REUSED"
     NEGOTIATED[$name/$sc]=$NEG
     printf '   %-16s %8d requests, %6d req/s, CPU %4d ticks = %7.2f us/req%s%s\n' "${LABEL[$sc]}" "$N_OK" "$RATE" \
       $((after - before)) "$cpu" "$([[ $REUSED == - ]] || echo ", resumed $REUSED")" "$( ((N_BAD == 0)) || echo ", $N_BAD FAILED")"
@@ -288,20 +315,20 @@ share() { # share " a/b c/d ...": resumed share over all rounds, as a percentage
 }
 echo
 echo "TLS 1.3 $TLS13_CIPHER offered by the clients, ECDSA P-256 certificate, 1 worker thread per proxy, upstream plain HTTP/1.1 keep-alive"
-echo "h1-plain/h1-keepalive: h2load --h1 -c$H1_CONNS; h2: h2load -c$H2_CONNS -m$H2_STREAMS; newconn-*: $NEWCONN_CLIENTS Python clients, a new connection per request"
+echo "h1-plain/h1-keepalive: h2load --h1 -c$H1_CONNS; h2: h2load -c$H2_CONNS -m$H2_STREAMS; newconn-*: $NEWCONN_CLIENTS Python clients, a new connection per request; keepalive-plain: the same clients, one connection each"
 echo "h1-plain and newconn-plain: baselines without TLS (plaintext listener, same clients)"
 echo "${DUR}s measured per scenario after ${WARM}s warm-up, GET /products, $(nproc) CPUs, CPUs busy before start: $BUSY_BEFORE, load average $LOADAVG"
 ((ROUNDS == 1)) || echo "median of $ROUNDS rounds"
-fmt='%-16s %-8s %10s %8s %11s %8s %9s %11s\n'
+fmt='%-16s %-8s %10s %8s %11s %9s %8s %9s %11s\n'
 # shellcheck disable=SC2059
-printf "$fmt" scenario proxy requests "req/s" "CPU us/req" resumed "vs nginx" "vs haproxy"
+printf "$fmt" scenario proxy requests "req/s" "CPU us/req" "of it user" resumed "vs nginx" "vs haproxy"
 declare -A M_CPU
 for sc in "${SCENARIOS[@]}"; do
   for name in "${PROXIES[@]}"; do M_CPU[$name/$sc]=$(median "${CPU[$name/$sc]}" %.2f); done
   for name in "${PROXIES[@]}"; do
     # shellcheck disable=SC2059
     printf "$fmt" "${LABEL[$sc]}" "$name" "$(median "${REQS[$name/$sc]}" %.0f)" "$(median "${RPS[$name/$sc]}" %.0f)" \
-      "${M_CPU[$name/$sc]}" "$(share "${RESUMED[$name/$sc]}")" \
+      "${M_CPU[$name/$sc]}" "$(median "${USER[$name/$sc]}" %.2f)" "$(share "${RESUMED[$name/$sc]}")" \
       "$(ratio "${M_CPU[$name/$sc]}" "${M_CPU[nginx/$sc]:-0}")" "$(ratio "${M_CPU[$name/$sc]}" "${M_CPU[haproxy/$sc]:-0}")"
   done
 done
