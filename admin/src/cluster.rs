@@ -30,6 +30,7 @@ use crate::error::ControlError;
 use crate::state::State;
 
 mod ack;
+mod answers;
 mod checks;
 mod counters;
 mod deploys;

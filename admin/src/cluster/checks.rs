@@ -8,12 +8,13 @@
 //! has its answers.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use canopy_proxy::ReleaseName;
-use etcd_client::{DeleteOptions, EventType};
+use etcd_client::DeleteOptions;
 use serde::{Deserialize, Serialize};
 
+use super::answers::{Leaving, Wait};
 use super::Fleet;
 use crate::clock::now_ms;
 use crate::error::ControlError;
@@ -78,27 +79,16 @@ impl Fleet {
         // died mid-flip goes with its lease
         let lease = self.session.lease.load(std::sync::atomic::Ordering::SeqCst);
         self.put_key(key.clone(), value, (lease != 0).then_some(lease)).await.map_err(|e| self.unavailable("pass on the checks", e))?;
-        let started = Instant::now();
-        let mut result = FleetChecks::default();
-        loop {
-            if let Ok(resp) = self.get_prefix(format!("{key}/")).await {
-                for kv in resp.kvs() {
-                    if let Ok(answer) = serde_json::from_slice::<CheckAnswer>(kv.value()) {
-                        result.answers.insert(answer.node, answer.report);
-                    }
-                }
-            }
-            let live = self.nodes().await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_else(|_| others.clone());
-            let waiting: Vec<String> = others.iter().filter(|n| live.contains(n) && !result.answers.contains_key(*n)).cloned().collect();
-            if waiting.is_empty() {
-                break;
-            }
-            if started.elapsed() >= self.settings.apply_timeout {
-                result.silent = waiting;
-                break;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let wait =
+            Wait { nodes: &others, limit: self.settings.apply_timeout, poll: POLL, leaving: Leaving::NotWaitedFor, assumed_live: &others };
+        let found = self.await_answers(&format!("{key}/"), wait).await;
+        let answers = found
+            .by_node
+            .into_values()
+            .filter_map(|value| serde_json::from_slice::<CheckAnswer>(&value).ok())
+            .map(|answer| (answer.node, answer.report))
+            .collect();
+        let result = FleetChecks { answers, silent: found.waiting };
         // off the flip's path: nothing waits for the clean-up
         let kv = self.client.kv_client();
         self.spawn(async move {
@@ -121,25 +111,8 @@ impl Fleet {
         F: Fn(CheckRequest) -> Fut,
         Fut: std::future::Future<Output = Option<Report>> + Send + 'static,
     {
-        // requests made while no watch ran (at start, after a break) first,
-        // then every new one from the revision they were read at
-        let Ok(listed) = self.get_prefix(self.checks_prefix()).await else { return };
-        let keys: Vec<String> = listed.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
-        for kv in listed.kvs() {
-            let answered = format!("{}/{}", String::from_utf8_lossy(kv.key()), self.node());
-            if !keys.contains(&answered) {
-                self.answer(kv.value(), &check);
-            }
-        }
-        let from = listed.header().map_or(0, |h| h.revision()) + 1;
-        let Ok(mut stream) = self.watch_prefix(self.checks_prefix(), from).await else { return };
-        while let Ok(Some(resp)) = stream.message().await {
-            for event in resp.events() {
-                if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
-                    self.answer(kv.value(), &check);
-                }
-            }
-        }
+        let answered = format!("/{}", self.node());
+        self.follow_requests(&self.checks_prefix(), &answered, |value| self.answer(value, &check)).await;
     }
 
     /// Answers the check request in `value` (anything else, and this node's

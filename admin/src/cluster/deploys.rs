@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use canopy_proxy::ReleaseName;
-use etcd_client::EventType;
 use serde::{Deserialize, Serialize};
 
+use super::answers::{Leaving, Wait};
 use super::Fleet;
 use crate::clock::now_ms;
 use crate::error::ControlError;
@@ -72,17 +72,6 @@ impl Fleet {
         self.put_key(key, value, None).await.map_err(|e| self.unavailable("pass on the deploy", e))
     }
 
-    async fn list(&self, prefix: String) -> Option<BTreeMap<String, Vec<u8>>> {
-        Some(self.list_at(prefix).await?.0)
-    }
-
-    /// The keys under `prefix` with their values, and the etcd revision read at.
-    async fn list_at(&self, prefix: String) -> Option<(BTreeMap<String, Vec<u8>>, i64)> {
-        let resp = self.get_prefix(prefix).await.ok()?;
-        let at = resp.header().map_or(0, |h| h.revision());
-        Some((resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect(), at))
-    }
-
     /// Asks every other node with a live session to prepare `release`;
     /// returns the deploy's id and the nodes asked.
     pub(crate) async fn ask_prepare(&self, release: &ReleaseName, keep_failed: bool) -> Result<(String, Vec<String>), ControlError> {
@@ -97,24 +86,15 @@ impl Fleet {
     /// Waits until each of `others` has answered deploy `id`, left the
     /// fleet, or `limit` passed.
     pub(crate) async fn prepared(&self, id: &str, others: &[String], limit: Duration) -> Prepared {
-        let started = Instant::now();
-        let prefix = format!("{}{id}/prepared/", self.deploys_prefix());
-        let mut result = Prepared::default();
-        loop {
-            for value in self.list(prefix.clone()).await.unwrap_or_default().into_values() {
-                if let Ok(answer) = serde_json::from_slice::<PrepareAnswer>(&value) {
-                    result.answers.insert(answer.node.clone(), answer);
-                }
-            }
-            let live = self.nodes().await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_else(|_| others.to_vec());
-            let waiting: Vec<String> = others.iter().filter(|n| !result.answers.contains_key(*n)).cloned().collect();
-            let gone: Vec<String> = waiting.iter().filter(|n| !live.contains(n)).cloned().collect();
-            if waiting.is_empty() || !gone.is_empty() || started.elapsed() >= limit {
-                result.silent = waiting;
-                return result;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let wait = Wait { nodes: others, limit, poll: POLL, leaving: Leaving::EndsTheWait, assumed_live: others };
+        let found = self.await_answers(&format!("{}{id}/prepared/", self.deploys_prefix()), wait).await;
+        let answers = found
+            .by_node
+            .into_values()
+            .filter_map(|value| serde_json::from_slice::<PrepareAnswer>(&value).ok())
+            .map(|answer| (answer.node.clone(), answer))
+            .collect();
+        Prepared { answers, silent: found.waiting }
     }
 
     /// Says how deploy `id` ended (`ok`: flipped, else every node undoes).
@@ -129,18 +109,9 @@ impl Fleet {
     /// fleet, or `limit` passed), then deletes the deploy's keys; returns
     /// the nodes that did not say they were done.
     pub(crate) async fn done(&self, id: &str, nodes: &[String], limit: Duration) -> Vec<String> {
-        let started = Instant::now();
-        let prefix = format!("{}{id}/done/", self.deploys_prefix());
-        let waiting = loop {
-            let done: Vec<String> = self.list(prefix.clone()).await.unwrap_or_default().into_keys().collect();
-            let live = self.nodes().await.map(|n| n.into_keys().collect::<Vec<_>>()).unwrap_or_default();
-            let waiting: Vec<String> =
-                nodes.iter().filter(|n| live.contains(n) && !done.iter().any(|d| d.ends_with(&format!("/{n}")))).cloned().collect();
-            if waiting.is_empty() || started.elapsed() >= limit {
-                break waiting;
-            }
-            tokio::time::sleep(POLL).await;
-        };
+        // best effort: while the node list cannot be read, nobody is waited for
+        let wait = Wait { nodes, limit, poll: POLL, leaving: Leaving::NotWaitedFor, assumed_live: &[] };
+        let waiting = self.await_answers(&format!("{}{id}/done/", self.deploys_prefix()), wait).await.waiting;
         self.forget_deploy(id).await;
         waiting
     }
@@ -176,7 +147,7 @@ impl Fleet {
         let started = Instant::now();
         let key = format!("{}{id}/outcome", self.deploys_prefix());
         while started.elapsed() < limit {
-            if let Some(found) = self.list(key.clone()).await {
+            if let Some((found, _)) = self.list_at(key.clone()).await {
                 if let Some(value) = found.get(&key) {
                     return Some(value.as_slice() == b"ok");
                 }
@@ -197,34 +168,16 @@ impl Fleet {
         F: Fn(PrepareRequest) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let prefix = self.deploys_prefix();
-        let Some((listed, at)) = self.list_at(prefix.clone()).await else { return };
-        for (key, value) in &listed {
-            let answered = format!("{key}/prepared/{}", self.node());
-            if !listed.contains_key(&answered) {
-                self.hand_over(value, &prefix, key, &prepare);
-            }
-        }
-        let Ok(mut stream) = self.watch_prefix(prefix, at + 1).await else { return };
-        while let Ok(Some(resp)) = stream.message().await {
-            for event in resp.events() {
-                if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    self.hand_over(kv.value(), &self.deploys_prefix(), &key, &prepare);
-                }
-            }
-        }
+        let answered = format!("/prepared/{}", self.node());
+        self.follow_requests(&self.deploys_prefix(), &answered, |value| self.hand_over(value, &prepare)).await;
     }
 
-    /// Hands the request at `key` (not an answer, not this node's own) to `prepare`.
-    fn hand_over<F, Fut>(&self, value: &[u8], prefix: &str, key: &str, prepare: &F)
+    /// Hands the deploy request in `value` (not this node's own) to `prepare`.
+    fn hand_over<F, Fut>(&self, value: &[u8], prepare: &F)
     where
         F: Fn(PrepareRequest) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        if key.strip_prefix(prefix).is_none_or(|id| id.contains('/')) {
-            return;
-        }
         let Ok(request) = serde_json::from_slice::<PrepareRequest>(value) else { return };
         // once per deploy, though a restarted watch lists it again
         if request.by != self.node() && self.deploys_seen.lock().expect("deploys lock").insert(request.id.clone()) {
