@@ -15,7 +15,6 @@
 //! Makes its own network and containers (`bdep-<pid>-…`) and removes them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,8 +74,7 @@ async fn baseline(engine: &Engine, bench: &Bench, round: usize) -> f64 {
 
 fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(6);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-images.sh");
-    assert!(Command::new("bash").arg(script).status().unwrap().success(), "scripts/test-images.sh failed");
+    canopy_testkit::process::run_script("test-images.sh", &[]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(run(rounds));
 }

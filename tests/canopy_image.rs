@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use canopy_testkit::process::run_script;
 use canopy_testkit::*;
 
 /// Runs the docker CLI; (success, stdout trimmed, stderr).
@@ -46,13 +47,11 @@ impl Drop for Scope {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_canopy_image_starts_and_proxies_a_request() {
-    let out = Command::new("bash").arg(script("test-images.sh")).output().unwrap();
-    assert!(out.status.success(), "test-images.sh: {}", String::from_utf8_lossy(&out.stderr));
+    run_script("test-images.sh", &[]);
     let n = std::process::id();
     let scope = Scope { prefix: format!("cimg-{n}"), image: format!("canopy-test/canopy:{n}") };
     let bin = canopy_bin();
-    let out = Command::new("bash").arg(script("canopy-image.sh")).arg(&bin).arg(&scope.image).output().unwrap();
-    assert!(out.status.success(), "canopy-image.sh: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    run_script("canopy-image.sh", &[&bin.to_string_lossy(), &scope.image]);
     // nothing but the binary, its libraries and the empty directories: no shell
     let (_, entrypoint, _) = docker(&["image", "inspect", "-f", "{{json .Config.Entrypoint}} {{json .Config.Cmd}}", &scope.image]);
     assert_eq!(entrypoint, r#"["canopy"] ["serve","-c","/etc/canopy/proxy.toml"]"#);

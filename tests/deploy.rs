@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use canopy_testkit::configs::listeners;
 use canopy_testkit::load::{assert_right_releases, count, Flip, Kind, Load};
-use canopy_testkit::process::docker;
+use canopy_testkit::process::{docker, run_script, unique_prefix};
 use canopy_testkit::registry::Registry;
 use canopy_testkit::*;
 use serde_json::{json, Value};
@@ -26,11 +26,8 @@ const UPSTREAM_IMAGE: &str = "canopy-test/upstream";
 fn images() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        for script in ["scripts/test-images.sh", "scripts/upstream-image.sh"] {
-            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
-            let out = Command::new("bash").arg(path).output().expect("run the image script");
-            assert!(out.status.success(), "{script}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
+        run_script("test-images.sh", &[]);
+        run_script("upstream-image.sh", &[]);
     });
 }
 
@@ -46,9 +43,7 @@ struct Scope {
 impl Scope {
     fn new() -> Scope {
         images();
-        let random = std::collections::hash_map::RandomState::new();
-        let n = std::hash::BuildHasher::hash_one(&random, std::process::id()) & 0xff_ffff;
-        let prefix = format!("dpl-{n:06x}");
+        let prefix = unique_prefix("dpl");
         Scope { network: format!("{prefix}-net"), prefix, images: Default::default() }
     }
 

@@ -5,12 +5,11 @@
 //! (scripts/test-images.sh). Every container, network and image tag the test
 //! makes is removed on drop.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use canopy_testkit::fleet::Fleet;
-use canopy_testkit::process::docker;
+use canopy_testkit::process::{docker, run_script, unique_prefix};
 use canopy_testkit::{client, eventually};
 use serde_json::{json, Value};
 
@@ -24,12 +23,8 @@ struct Scope {
 
 impl Scope {
     fn new() -> Scope {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-images.sh");
-        let out = Command::new("bash").arg(script).output().expect("scripts/test-images.sh");
-        assert!(out.status.success(), "test images: {}", String::from_utf8_lossy(&out.stderr));
-        let random = std::collections::hash_map::RandomState::new();
-        let n = std::hash::BuildHasher::hash_one(&random, std::process::id()) & 0xff_ffff;
-        let prefix = format!("flt-{n:06x}");
+        run_script("test-images.sh", &[]);
+        let prefix = unique_prefix("flt");
         let crashing = format!("canopy-test/{prefix}-crashing");
         Command::new("docker").args(["tag", "canopy-test/server:juniper", &format!("{crashing}:juniper")]).status().unwrap();
         Command::new("docker").args(["tag", "canopy-test/server:crash", &format!("{crashing}:elm")]).status().unwrap();

@@ -219,6 +219,22 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs the workspace's `scripts/NAME` with bash and `args` (e.g. the test
+/// image builders); panics with its output when it fails.
+pub fn run_script(name: &str, args: &[&str]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").join("scripts").join(name);
+    let out = Command::new("bash").arg(&path).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(out.status.success(), "scripts/{name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `KIND-xxxxxx`, random per test process: a prefix for the names of a
+/// test's containers, networks and image tags, so that runs never collide.
+pub fn unique_prefix(kind: &str) -> String {
+    let random = std::collections::hash_map::RandomState::new();
+    let n = std::hash::BuildHasher::hash_one(&random, std::process::id()) & 0xff_ffff;
+    format!("{kind}-{n:06x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
