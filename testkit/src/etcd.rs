@@ -189,6 +189,19 @@ impl EtcdCluster {
         })
     }
 
+    /// The index of the member that leads now, by asking each running
+    /// member (`etcdctl endpoint status`); `None` while none knows a leader.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].proc.is_some()).collect();
+        let endpoints: Vec<String> = running.iter().map(|&i| self.member_endpoint(i)).collect();
+        let out = etcdctl(&endpoints, &["--command-timeout=1s", "endpoint", "status", "-w", "json"]);
+        let statuses: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let member = |s: &serde_json::Value| s["Status"]["header"]["member_id"].as_u64();
+        let leader = statuses.iter().find_map(|s| s["Status"]["leader"].as_u64().filter(|&l| l != 0))?;
+        let endpoint = statuses.iter().find(|s| member(s) == Some(leader))?["Endpoint"].as_str()?;
+        running.into_iter().find(|&i| self.member_endpoint(i) == endpoint)
+    }
+
     /// Waits until at least `n` members are healthy; panics after `limit`
     /// with the tail of every member's log.
     pub fn wait_healthy(&self, n: usize, limit: Duration) {
@@ -345,24 +358,28 @@ mod tests {
         assert!(etcd.put("k", "v1"), "put on a healthy cluster\n{}", etcd.log_tails(20));
         assert_eq!(etcd.get("k").as_deref(), Some("v1"));
 
-        etcd.kill(0);
+        let leader = etcd.leader().expect("a healthy cluster has a leader");
+        etcd.kill(leader);
         // a killed leader leaves the others electing for up to a second
         etcd.wait_healthy(2, Duration::from_secs(10));
+        let next = etcd.leader().expect("the two left elect a leader");
+        assert_ne!(next, leader, "the new leader is one of the members left");
         let out = etcd.etcdctl(&["--command-timeout=2s", "put", "k", "v2"]);
         assert!(out.status.success(), "put with 2 of 3 members: {out:?}\n{}", etcd.log_tails(20));
         assert_eq!(etcd.get("k").as_deref(), Some("v2"));
 
-        etcd.kill(1);
+        etcd.kill(next);
         let out = etcd.etcdctl(&["--command-timeout=2s", "put", "k", "v3"]);
         assert!(!out.status.success(), "a put with 1 of 3 members succeeded: {out:?}");
         assert_eq!(etcd.healthy_members(), 0);
+        assert_eq!(etcd.leader(), None, "one member of three has no leader");
 
-        etcd.restart(1);
+        etcd.restart(next);
         etcd.wait_healthy(2, Duration::from_secs(20));
         assert!(etcd.put("k", "v4"), "put after a restart\n{}", etcd.log_tails(20));
         assert_eq!(etcd.get("k").as_deref(), Some("v4"));
         // the restarted member kept its data: it answers a serializable read itself
-        let out = etcdctl(&[etcd.member_endpoint(1)], &["--consistency=s", "get", "--print-value-only", "k"]);
+        let out = etcdctl(&[etcd.member_endpoint(next)], &["--consistency=s", "get", "--print-value-only", "k"]);
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v4");
     }
 
