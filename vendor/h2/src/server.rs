@@ -1786,3 +1786,55 @@ where
         }
     }
 }
+
+/// canopy patch: a connection without streams waits without read and write
+/// buffers; one with a stream keeps them.
+#[cfg(test)]
+mod canopy_idle_buffers {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    #[tokio::test]
+    async fn a_connection_waits_without_buffers_once_its_streams_are_done() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let client = tokio::spawn(async move {
+            let (mut send, connection) = crate::client::handshake(client_io).await.unwrap();
+            tokio::spawn(connection);
+            let request = http::Request::get("http://localhost/").body(()).unwrap();
+            let (response, _) = send.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(got, b"hello");
+            send // the connection stays open
+        });
+        let mut server = super::handshake(server_io).await.unwrap();
+        let (request, mut respond) = server.accept().await.unwrap().unwrap();
+        // a stream is open: the connection keeps its buffers while it waits
+        assert!(poll_fn(|cx| Poll::Ready(server.poll_closed(cx))).await.is_pending());
+        let (read, write) = server.connection.codec_buffer_capacities();
+        assert!(read > 0 && write > 0, "kept with a stream open: {read} {write}");
+        let mut body = respond.send_response(http::Response::new(()), false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"hello"), true).unwrap();
+        drop((request, respond, body));
+        // serve until the client has it all, then wait: nothing held
+        let mut client = client;
+        let send = loop {
+            assert!(poll_fn(|cx| Poll::Ready(server.poll_closed(cx))).await.is_pending());
+            tokio::select! {
+                sent = &mut client => break sent.unwrap(),
+                _ = tokio::task::yield_now() => {}
+            }
+        };
+        for _ in 0..3 {
+            assert!(poll_fn(|cx| Poll::Ready(server.poll_closed(cx))).await.is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(server.connection.codec_buffer_capacities(), (0, 0), "idle: no buffers");
+        drop(send);
+    }
+}

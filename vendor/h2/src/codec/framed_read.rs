@@ -410,6 +410,27 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
     Ok(Some(frame))
 }
 
+/// canopy patch: the read buffer taken to read after it was freed
+/// (tokio-util's initial capacity).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
+impl<T> FramedRead<T> {
+    /// canopy patch: the read buffer's capacity (0 once released), for tests.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.inner.read_buffer().capacity()
+    }
+
+    /// canopy patch: frees the read buffer if nothing is buffered (no part
+    /// of a frame); the next read takes a whole one again. For a
+    /// connection without streams: a busy one keeps its buffer.
+    pub fn release_buffer(&mut self) {
+        if self.inner.read_buffer().is_empty() && self.inner.read_buffer().capacity() > 0 {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+    }
+}
+
 impl<T> Stream for FramedRead<T>
 where
     T: AsyncRead + Unpin,
@@ -421,6 +442,11 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // canopy patch: a read buffer freed by `release_buffer` is
+            // taken whole again to read
+            if self.inner.read_buffer().capacity() == 0 {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
@@ -489,5 +515,89 @@ impl<T> From<Continuable> for Frame<T> {
                 push.into()
             }
         }
+    }
+}
+
+/// canopy patch: a connection without streams holds no read or write buffer.
+#[cfg(test)]
+mod canopy_idle_buffers {
+    use crate::codec::Codec;
+    use crate::frame::{self, Frame};
+    use futures_core::Stream;
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ping(byte: u8) -> Frame<bytes::Bytes> {
+        frame::Ping::new([byte; 8]).into()
+    }
+
+    fn read_buffer(codec: &Codec<tokio::io::DuplexStream, bytes::Bytes>) -> (usize, usize) {
+        let buffer = codec.inner.inner.read_buffer();
+        (buffer.len(), buffer.capacity())
+    }
+
+    #[tokio::test]
+    async fn frames_are_gathered_in_one_write_buffer_kept_until_released_once_written() {
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut codec: Codec<_, bytes::Bytes> = Codec::new(ours);
+        assert_eq!(codec.framed_write().buffer_capacity(), 0, "no buffer before the first frame");
+        for byte in [1, 2] {
+            poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+            codec.buffer(ping(byte)).unwrap();
+        }
+        assert!(codec.framed_write().buffer_capacity() >= 16 * 1024, "the whole buffer is taken");
+        codec.release_idle_buffers();
+        assert!(codec.framed_write().buffer_capacity() >= 16 * 1024, "not released while unwritten");
+        poll_fn(|cx| codec.flush(cx)).await.unwrap();
+        assert!(codec.framed_write().buffer_capacity() >= 16 * 1024, "a busy connection keeps it");
+        codec.release_idle_buffers();
+        assert_eq!(codec.framed_write().buffer_capacity(), 0, "released once written");
+        let mut wire = [0u8; 34];
+        peer.read_exact(&mut wire).await.unwrap();
+        assert_eq!((wire[3], &wire[9..17], wire[20], &wire[26..34]), (6, &[1u8; 8][..], 6, &[2u8; 8][..]));
+        // and taken whole again after it was released
+        for byte in [3, 4] {
+            poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+            codec.buffer(ping(byte)).unwrap();
+        }
+        assert!(codec.framed_write().buffer_capacity() >= 16 * 1024);
+        poll_fn(|cx| codec.flush(cx)).await.unwrap();
+        peer.read_exact(&mut wire).await.unwrap();
+        assert_eq!((&wire[9..17], &wire[26..34]), (&[3u8; 8][..], &[4u8; 8][..]));
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_is_released_with_nothing_buffered_and_kept_for_part_of_a_frame() {
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut codec: Codec<_, bytes::Bytes> = Codec::new(ours);
+        assert!(poll_fn(|cx| Poll::Ready(Pin::new(&mut codec).poll_next(cx))).await.is_pending());
+        // two pings on the wire, as the peer would write them
+        let mut wire = Vec::new();
+        for byte in [7u8, 8] {
+            wire.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+            wire.extend_from_slice(&[byte; 8]);
+        }
+        peer.write_all(&wire[..17 + 5]).await.unwrap();
+        let first = poll_fn(|cx| Pin::new(&mut codec).poll_next(cx)).await.unwrap().unwrap();
+        assert!(matches!(first, Frame::Ping(ref p) if p.payload() == &[7u8; 8]), "{first:?}");
+        // part of the second frame: released or not, the buffer holds it
+        assert!(poll_fn(|cx| Poll::Ready(Pin::new(&mut codec).poll_next(cx))).await.is_pending());
+        codec.release_idle_buffers();
+        let (len, capacity) = read_buffer(&codec);
+        assert!(len == 5 && capacity >= 5, "the part read is kept: {len} of {capacity}");
+        peer.write_all(&wire[17 + 5..]).await.unwrap();
+        let second = poll_fn(|cx| Pin::new(&mut codec).poll_next(cx)).await.unwrap().unwrap();
+        assert!(matches!(second, Frame::Ping(ref p) if p.payload() == &[8u8; 8]), "{second:?}");
+        assert!(poll_fn(|cx| Poll::Ready(Pin::new(&mut codec).poll_next(cx))).await.is_pending());
+        assert!(read_buffer(&codec).1 > 0, "a busy connection keeps it");
+        codec.release_idle_buffers();
+        assert_eq!(read_buffer(&codec), (0, 0), "nothing buffered: released");
+        // and a frame after that is read whole
+        peer.write_all(&wire[..17]).await.unwrap();
+        let third = poll_fn(|cx| Pin::new(&mut codec).poll_next(cx)).await.unwrap().unwrap();
+        assert!(matches!(third, Frame::Ping(ref p) if p.payload() == &[7u8; 8]), "{third:?}");
+        assert!(read_buffer(&codec).1 >= 8 * 1024 - 17, "taken whole: {:?}", read_buffer(&codec));
     }
 }

@@ -93,7 +93,8 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // canopy patch: no buffer until the first frame (see `buffer`)
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -118,6 +119,13 @@ where
         }
 
         Poll::Ready(Ok(()))
+    }
+
+    /// canopy patch: frees the write buffer if all of it is written (the
+    /// next frame takes a whole one again). For a connection without
+    /// streams: a busy one keeps its buffer.
+    pub fn release_buffer(&mut self) {
+        self.encoder.release_buffer();
     }
 
     /// Returns whether a frame can be buffered without first flushing the
@@ -223,6 +231,11 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // canopy patch: the buffer released by the last flush comes back
+        // whole, so frames are gathered as before (one write for many)
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +320,21 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // canopy patch: a released (empty) buffer has room: `buffer`
+        // allocates it again
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
+    }
+
+    /// canopy patch: frees the write buffer if all of it is written (empty,
+    /// position 0, no frame pending).
+    fn release_buffer(&mut self) {
+        if self.next.is_none() && !self.buf.has_remaining() && self.buf.get_ref().capacity() > 0 {
+            *self.buf.get_mut() = BytesMut::new();
+            self.buf.set_position(0);
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -327,6 +352,12 @@ impl<B> Encoder<B> {
 }
 
 impl<T, B> FramedWrite<T, B> {
+    /// canopy patch: the write buffer's capacity (0 once freed), for tests.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.encoder.buf.get_ref().capacity()
+    }
+
     /// Returns the max frame size that can be sent
     pub fn max_frame_size(&self) -> usize {
         self.encoder.max_frame_size()

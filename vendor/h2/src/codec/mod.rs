@@ -136,6 +136,19 @@ where
         self.framed_write().poll_ready(cx)
     }
 
+    /// canopy patch: the (read, write) buffers' capacities, for tests.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacities(&mut self) -> (usize, usize) {
+        (self.inner.buffer_capacity(), self.framed_write().buffer_capacity())
+    }
+
+    /// canopy patch: frees the read and write buffers where nothing is
+    /// buffered; each is taken whole again when next needed.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_buffer();
+        self.framed_write().release_buffer();
+    }
+
     /// Returns whether the codec can buffer a frame without flushing the
     /// underlying I/O object.
     pub(crate) fn has_send_capacity(&mut self) -> bool {

@@ -298,6 +298,12 @@ where
         self.inner.ping_pong.take_user_pings()
     }
 
+    /// canopy patch: the codec's (read, write) buffer capacities, for tests.
+    #[cfg(test)]
+    pub(crate) fn codec_buffer_capacities(&mut self) -> (usize, usize) {
+        self.codec.buffer_capacities()
+    }
+
     /// Advances the internal state of the connection.
     pub fn poll(&mut self, cx: &mut Context) -> Poll<Result<(), Error>> {
         // XXX(eliza): cloning the span is unfortunately necessary here in
@@ -330,6 +336,12 @@ where
                             {
                                 self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
                                 continue;
+                            }
+
+                            // canopy patch: a connection without streams
+                            // waits without read and write buffers
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
                             }
 
                             return Poll::Pending;
