@@ -14,6 +14,9 @@
 #   CANOPY_BASE=/path/to/older/canopy VARIANTS="canopy-base canopy" bash benches/callgrind.sh
 #                                        # before/after: another canopy build on the same config, same run
 #   NO_BUILD=1 bash benches/callgrind.sh # use the release binaries already built
+#   H2=1 VARIANTS="canopy-base canopy" bash benches/callgrind.sh
+#                                        # HTTP/2 over TLS (h2load, one connection, H2_STREAMS=1
+#                                        # stream at a time; 16: always streams open), canopy only
 #
 # Each proxy runs twice under callgrind (N1 and N2 keep-alive GETs from one
 # client); (instr(N2) - instr(N1)) / (N2 - N1) cancels start-up and shutdown.
@@ -40,18 +43,33 @@ run() {
   PIDS+=($pid)
   wait_port "$port"
   [ -z "${SETUP:-}" ] || $SETUP   # e.g. start a canary through the admin API
-  drive "$port" 20   # warm the upstream connection pool
-  drive "$port" "$n"
+  ${DRIVER:-drive} "${DRIVE_PORT:-$port}" 20   # warm the upstream connection pool
+  ${DRIVER:-drive} "${DRIVE_PORT:-$port}" "$n"
   kill -INT "$pid"
   wait "$pid" || true
   grep -m1 '^summary:' "$out" | awk '{print $2}'
 }
 
-# run_canopy NAME BINARY METRICS N PORT: `run` for a canopy binary on one thread
+# run_canopy NAME BINARY METRICS N PORT: `run` for a canopy binary on one
+# thread (with H2=1: driven over h2 on a TLS listener)
 run_canopy() {
   local cfg
-  cfg=$(canopy_cfg "$TMP/canopy-$5.toml" "$5" "$(port)" "127.0.0.1:$UP" "threads = 1"$'\n'"metrics = $3")
-  run "$1" "$4" "$5" "$2" serve -c "$cfg"
+  if [ -n "${H2:-}" ]; then
+    local tls
+    tls=$(port)
+    cfg=$(canopy_tls_cfg "$TMP/canopy-$5.toml" "$5" "$tls" "$(port)" "127.0.0.1:$UP" "threads = 1"$'\n'"metrics = $3")
+    DRIVER=drive_h2 DRIVE_PORT=$tls run "$1" "$4" "$5" "$2" serve -c "$cfg"
+  else
+    cfg=$(canopy_cfg "$TMP/canopy-$5.toml" "$5" "$(port)" "127.0.0.1:$UP" "threads = 1"$'\n'"metrics = $3")
+    run "$1" "$4" "$5" "$2" serve -c "$cfg"
+  fi
+}
+
+# drive_h2 TLS_PORT N: N GETs over one h2 connection, H2_STREAMS at a time
+drive_h2() {
+  local out
+  out=$(h2load -n "$2" -c 1 -m "${H2_STREAMS:-1}" "https://127.0.0.1:$1/products" 2>&1)
+  grep -q "status codes: $2 2xx" <<<"$out" || { echo "h2load: not $2 answers 2xx:" >&2; echo "$out" >&2; exit 1; }
 }
 
 # canary_on ADMIN_PORT: registers `elm` on the same upstream and starts a 50% canary of it
@@ -91,6 +109,12 @@ run_fleet() {
   run "$1" "$3" "$4" "$2" serve -c "$cfg"
 }
 
+if [ -n "${H2:-}" ]; then
+  command -v h2load >/dev/null || { echo "H2=1 needs h2load (nghttp2-client)" >&2; exit 1; }
+  for v in ${VARIANTS:-}; do [[ $v == canopy || $v == canopy-base || $v == canopy-nometrics ]] || { echo "H2=1: canopy variants only (not $v)" >&2; exit 1; }; done
+  [ -n "${VARIANTS:-}" ] || VARIANTS="canopy canopy-nometrics"
+  make_cert
+fi
 per_request() { echo "scale=0; ($2 - $1) / ($N2 - $N1)" | bc; }
 printf '%-22s %14s\n' proxy "instr/request"
 declare -A R
