@@ -94,7 +94,10 @@ async fn a_release_failing_under_traffic_is_rolled_back_by_canopy_alone() {
         sorted[sorted.len() - 1],
         answers.len()
     );
-    assert!(sorted.iter().all(|d| *d <= Duration::from_secs(3)), "detection to rollback over 3 s: {sorted:?}");
+    // a slow round is explained by canopy's own times: when the guard judged,
+    // and how long each flip (its durable write included) took
+    let slow = || c.log().lines().filter(|l| l.contains("guard") || l.contains(" to ")).collect::<Vec<_>>().join("\n");
+    assert!(sorted.iter().all(|d| *d <= Duration::from_secs(3)), "detection to rollback over 3 s: {detections:?}\n{}", slow());
     // nothing but the induced failures: every 500 came from elm, nothing failed in transport
     assert!(answers.iter().all(|a| a.status == 200 || (a.status == 500 && a.release == "elm")), "{:?}", odd(&answers));
 
