@@ -430,3 +430,72 @@ async fn state_file_wins_over_initial_after_restart() {
     assert_eq!((st["live"].clone(), st["generation"].clone()), (json!("elm"), json!(2)));
     assert_eq!(get(&c, "/").await.1, "elm");
 }
+
+/// Reading the status (a status page refreshing, a script polling it) never
+/// makes a flip busy: `/status` used to hold the one-flip lock while it
+/// built its answer, so a switch (or the guard's rollback) that started
+/// meanwhile was refused with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reading_the_status_never_refuses_a_flip() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    const FLIPS: u64 = 200;
+    let (c, juniper, _elm) = two_releases("", "").await;
+    // a status with something to say takes a while to build
+    for i in 0..40 {
+        juniper.register(&c, &format!("r{i}")).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (c.admin_url("/status"), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = http.get(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for i in 0..FLIPS {
+        let to = if i % 2 == 0 { "elm" } else { "juniper" };
+        let (code, body) = switch(&c, to).await;
+        if code != 200 {
+            refused.push((i, code, body["error"].clone()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    eprintln!("{FLIPS} flips while /status was read {reads} times: {} refused", refused.len());
+    assert!(reads >= FLIPS, "the status was read meanwhile: {reads} reads");
+    assert!(refused.is_empty(), "{} of {FLIPS} flips refused while /status was read {reads} times: {refused:?}", refused.len());
+}
+
+/// `/status` says a switch is in progress while one validates, and not
+/// once it is done (read from the flip's own flag, not its lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_says_a_switch_is_in_progress_while_it_validates() {
+    let check = r#"{ kind = "command", name = "slow", argv = ["sleep", "1"], timeout = "3s", retries = 0 },"#;
+    let (c, _j, _e) = two_releases("", check).await;
+    assert_eq!(status(&c).await["switch_in_progress"], false);
+    let switching = {
+        let url = c.admin_url("/switch");
+        tokio::spawn(async move { client().post(url).json(&json!({"release": "elm"})).send().await.unwrap().status().as_u16() })
+    };
+    eventually("the status says a switch runs", Duration::from_millis(900), || async { status(&c).await["switch_in_progress"] == true })
+        .await;
+    let (code, body) = switch(&c, "juniper").await;
+    assert_eq!(code, 409, "a second switch meanwhile is busy: {body}");
+    assert_eq!(switching.await.unwrap(), 200);
+    let st = status(&c).await;
+    assert_eq!((st["switch_in_progress"].clone(), st["live"].clone()), (json!(false), json!("elm")), "{st:#}");
+}

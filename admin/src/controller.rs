@@ -110,6 +110,9 @@ pub struct Controller {
     store: std::sync::Mutex<Box<dyn StateStore>>,
     /// One flip (switch, rollback, deploy, reload) at a time.
     flip: Mutex<()>,
+    /// Set while `flip` is held ([`FlipGuard`]): what `/status` reads, so
+    /// that reading the status never takes the lock a flip needs.
+    flipping: AtomicBool,
     /// Held while a deploy or a retirement starts or stops containers, so
     /// a redeploy never interleaves with the retirement of the same release.
     containers: Mutex<()>,
@@ -140,8 +143,18 @@ pub struct Controller {
     fleet: Option<Arc<Fleet>>,
 }
 
-/// Proof that the caller holds the one-flip-at-a-time lock.
-pub(crate) type FlipGuard<'a> = MutexGuard<'a, ()>;
+/// Proof that the caller holds the one-flip-at-a-time lock; `/status` says
+/// a flip runs for as long as it lives.
+pub(crate) struct FlipGuard<'a> {
+    _lock: MutexGuard<'a, ()>,
+    flipping: &'a AtomicBool,
+}
+
+impl Drop for FlipGuard<'_> {
+    fn drop(&mut self) {
+        self.flipping.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// Resolves `name`'s backends (explicit ones, else the address template) for `topology`.
 async fn resolve(
@@ -196,6 +209,7 @@ impl Controller {
             state: Mutex::new(state),
             store: std::sync::Mutex::new(Box::new(store)),
             flip: Mutex::new(()),
+            flipping: AtomicBool::new(false),
             containers: Mutex::new(()),
             wake: Notify::new(),
             warm_wake: Notify::new(),
@@ -328,7 +342,8 @@ impl Controller {
         let st = self.state.lock().await.clone();
         let snap = self.table.load();
         let watched = self.watched(st.previous.as_ref().map(|p| &p.release));
-        let mut view = StatusView::build(&st, &snap, self.flip.try_lock().is_err(), watched);
+        let switching = self.flipping.load(std::sync::atomic::Ordering::SeqCst);
+        let mut view = StatusView::build(&st, &snap, switching, watched);
         view.live_health = self.live_health(st.live.as_ref());
         let mut alerts: Vec<String> = view.live_health.as_ref().and_then(watch::live_alert).into_iter().collect();
         if let Some(discovered) = self.discovered() {

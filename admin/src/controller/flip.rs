@@ -120,9 +120,21 @@ impl Controller {
     /// The one-flip-at-a-time lock; refused at once while another flip runs
     /// (409) or after a hand-over (503).
     pub(crate) fn flip_lock(&self) -> Result<FlipGuard<'_>, ControlError> {
-        let guard = self.flip.try_lock().map_err(|_| ControlError::Busy)?;
+        let guard = self.flips_held(self.flip.try_lock().map_err(|_| ControlError::Busy)?);
         self.writable()?;
         Ok(guard)
+    }
+
+    /// The one-flip-at-a-time lock, waited for (a reload, a hand-over).
+    pub(crate) async fn flip_lock_wait(&self) -> FlipGuard<'_> {
+        self.flips_held(self.flip.lock().await)
+    }
+
+    /// `lock` (the flip lock, just taken) as a [`FlipGuard`]: flagged for
+    /// `/status` until it is dropped.
+    fn flips_held<'a>(&'a self, lock: tokio::sync::MutexGuard<'a, ()>) -> FlipGuard<'a> {
+        self.flipping.store(true, std::sync::atomic::Ordering::SeqCst);
+        FlipGuard { _lock: lock, flipping: &self.flipping }
     }
 
     /// The one flip routine: every change of the live release goes through

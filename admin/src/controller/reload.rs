@@ -27,7 +27,7 @@ impl Controller {
         let Some(source) = self.source.as_deref() else {
             return Err(ControlError::NotEnabled("this canopy was started without a config file to reload".into()));
         };
-        let _flip = self.flip.lock().await;
+        let _flip = self.flip_lock_wait().await;
         self.writable()?;
         let result = self.apply_reload(source, actor).await;
         self.metrics.reloaded(if result.is_ok() { "ok" } else { "refused" });

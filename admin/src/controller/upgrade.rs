@@ -16,7 +16,7 @@ impl Controller {
     /// exactly one process owns the state at any time and every acknowledged
     /// change is in what the new one loads.
     pub async fn hand_over(&self) {
-        let _flip = self.flip.lock().await;
+        let _flip = self.flip_lock_wait().await;
         let _state = self.state.lock().await;
         self.handed_over.store(true, Ordering::SeqCst);
         if let Some(fleet) = &self.fleet {
